@@ -1,0 +1,101 @@
+"""Python entry points: everything the CLI does is a call to one of these functions.
+
+>>> from pathseg.api import segment_nuclei
+>>> result = segment_nuclei("tile.png")          # best offline model, pixel size from the file or the model's
+>>> result.labels, result.table["area_um2"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pathseg.errors import PathsegError
+from pathseg.io.export import write_csv, write_geojson, write_label_tiff
+from pathseg.io.images import read_image
+from pathseg.models.base import NucleusModel
+from pathseg.models.zoo import get_nucleus_model
+from pathseg.nuclei.measure import geojson_features, measure_nuclei
+from pathseg.progress import ProgressCallback
+
+log = logging.getLogger("pathseg")
+
+
+@dataclass
+class NucleiResult:
+    """Nuclei found in one image.
+
+    ``labels`` (H, W) uint32 with 0 = background; ``table`` one row per nucleus (see
+    :data:`pathseg.nuclei.measure.COLUMNS`); ``mpp`` the pixel size used and ``mpp_source`` where it came from
+    (``"argument"``, ``"file"`` or ``"model default"``).
+    """
+
+    labels: np.ndarray
+    table: dict[str, np.ndarray]
+    mpp: float
+    mpp_source: str
+    model: str
+    image: np.ndarray = field(repr=False)
+    source: Path | None = None
+
+    @property
+    def count(self) -> int:
+        return int(len(self.table["id"]))
+
+
+def resolve_mpp(user_mpp: float | None, file_mpp: float | None, model_mpp: float) -> tuple[float, str]:
+    """Pick the pixel size: the user's, else the file's, else the model's own (µm/px)."""
+    if user_mpp is not None:
+        if not user_mpp > 0:
+            raise PathsegError(f"--mpp must be a positive number of µm per pixel, got {user_mpp}")
+        return float(user_mpp), "argument"
+    if file_mpp is not None:
+        return float(file_mpp), "file"
+    return float(model_mpp), "model default"
+
+
+def segment_nuclei(
+    image: np.ndarray | str | os.PathLike,
+    model: str | NucleusModel | None = None,
+    *,
+    mpp: float | None = None,
+    max_pixels: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> NucleiResult:
+    """Segment nuclei in an image file or an RGB uint8 array.
+
+    ``model``: a name from ``pathseg models list``, a model object, or ``None`` for the best offline model.
+    ``mpp``: pixel size in µm/px; overrides the file's. With neither, the model's own resolution is assumed.
+    """
+    net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
+    source = None
+    file_mpp = None
+    if isinstance(image, np.ndarray):
+        rgb = image
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise PathsegError(f"expected an RGB uint8 array of shape (H, W, 3), got {rgb.shape} {rgb.dtype}")
+    else:
+        loaded = read_image(image, max_pixels=max_pixels)
+        rgb, file_mpp, source = loaded.pixels, loaded.mpp, loaded.path
+    used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
+    labels = net.segment(rgb, used_mpp, progress=progress)
+    table = measure_nuclei(labels, rgb, used_mpp)
+    return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+
+
+def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Write ``<stem>_instances.tif``, ``<stem>.geojson`` and ``<stem>_nuclei.csv`` into ``outdir`` (atomically)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "instances": write_label_tiff(outdir / f"{stem}_instances.tif", result.labels, mpp=result.mpp),
+        "geojson": write_geojson(
+            outdir / f"{stem}.geojson", geojson_features(result.labels, result.table, namespace=stem)
+        ),
+        "table": write_csv(outdir / f"{stem}_nuclei.csv", result.table),
+    }
+    return paths

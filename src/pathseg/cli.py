@@ -1,0 +1,317 @@
+"""The ``pathseg`` command. It parses arguments, calls :mod:`pathseg.api` and prints; the logic lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pathseg import __version__
+from pathseg.errors import PathsegError
+from pathseg.progress import Bar
+
+log = logging.getLogger("pathseg")
+
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+}
+
+EPILOG = """examples:
+  pathseg demo                                  fetch a real slide and segment its nuclei
+  pathseg nuclei tiles/*.png -o out/            label TIFF + QuPath GeoJSON + CSV per image
+  pathseg nuclei slide.svs -o out/ --mpp 0.5    pixel size when the file carries none
+  pathseg evaluate nuclei --pred out/ --gt masks/ --json scores.json
+  pathseg models list
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pathseg",
+        description="Segmentation for computational pathology (H&E): nuclei, tissue, whole slides.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pathseg {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or notes (errors still print)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "nuclei",
+        parents=[common],
+        help="segment nuclei in images",
+        description="Segment nuclei. Writes per input <stem>_instances.tif (uint32 labels), <stem>.geojson "
+        "(QuPath detections) and <stem>_nuclei.csv (one row per nucleus, px and µm).",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results"
+    )
+    p.add_argument(
+        "--model", default=None, help="model name (see `pathseg models list`); default: best offline"
+    )
+    p.add_argument(
+        "--mpp",
+        type=_positive_float,
+        default=None,
+        help="pixel size in µm/px; overrides the file's. Without it and without file metadata the "
+        "model's own resolution is assumed",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this (default 100e6, or $PATHSEG_MAX_PIXELS)",
+    )
+    p.set_defaults(func=cmd_nuclei)
+
+    p = sub.add_parser("evaluate", help="score predictions against ground truth")
+    esub = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    e = esub.add_parser(
+        "nuclei",
+        parents=[common],
+        help="instance metrics: mSA, SA50, AJI, PQ/DQ/SQ, Dice",
+        description="Match prediction and ground-truth label images by file stem (a trailing _instances is "
+        "ignored) and print per-image and mean mSA, SA50, AJI, PQ, DQ, SQ and pixel Dice.",
+    )
+    e.add_argument("--pred", type=Path, required=True, help="folder of predicted label images")
+    e.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="folder of ground-truth label images (or a dataset folder holding instance_masks/)",
+    )
+    e.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    e.set_defaults(func=cmd_evaluate_nuclei)
+
+    p = sub.add_parser("models", help="list available models")
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = msub.add_parser(
+        "list", parents=[common], help="show every model, where it comes from, and offline status"
+    )
+    m.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="fetch a real slide and segment its nuclei",
+        description="Fetch the CC0 slide CMU-1-Small-Region.svs (sha256-checked, cached), segment its nuclei with "
+        "the best model available offline and say how to open the results in QuPath and napari.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("pathseg-demo"),
+        metavar="OUTDIR",
+        help="folder for the results (default: ./pathseg-demo)",
+    )
+    p.add_argument(
+        "--slide", type=Path, default=None, help="use this slide instead of downloading the demo slide"
+    )
+    p.add_argument("--model", default=None, help="model name; default: best offline")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the image files they hold (sorted)."""
+    out: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PathsegError(
+                    f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def output_stem(path: Path) -> str:
+    name = path.name
+    for double in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(double):
+            return name[: -len(double)]
+    return path.stem
+
+
+def cmd_nuclei(args: argparse.Namespace) -> int:
+    from pathseg.api import segment_nuclei, write_nuclei_outputs
+    from pathseg.models.zoo import get_nucleus_model
+
+    inputs = expand_inputs(args.inputs)
+    model = get_nucleus_model(args.model)
+    failures = 0
+    assumed = []
+    for path in inputs:
+        bar = Bar(f"{path.name}", quiet=args.quiet)
+        start = time.perf_counter()
+        try:
+            result = segment_nuclei(path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar)
+            paths = write_nuclei_outputs(result, args.output, output_stem(path))
+        except PathsegError as exc:
+            bar.close()
+            print(f"pathseg: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        bar.close()
+        if result.mpp_source == "model default":
+            assumed.append(path.name)
+        if not args.quiet:
+            print(
+                f"{path}: {result.count} nuclei at {result.mpp:g} µm/px ({result.mpp_source}) "
+                f"in {time.perf_counter() - start:.1f} s -> {paths['instances'].name}, {paths['geojson'].name}, "
+                f"{paths['table'].name}"
+            )
+    if assumed:
+        log.warning(
+            "note: %d input(s) carry no pixel size (%s); assumed %g µm/px, the resolution model %r was made for. "
+            "Pass --mpp to set it.",
+            len(assumed),
+            ", ".join(assumed[:3]) + (" ..." if len(assumed) > 3 else ""),
+            model.mpp,
+            model.name,
+        )
+    if failures:
+        print(f"pathseg: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate_nuclei(args: argparse.Namespace) -> int:
+    from pathseg.evaluate import evaluate_instance_folders
+    from pathseg.table import format_table
+
+    rows, mean = evaluate_instance_folders(args.pred, args.gt, quiet=args.quiet)
+    cols = ["image", "n_gt", "n_pred", "msa", "sa50", "aji", "pq", "dq", "sq", "dice"]
+    table_rows = [{**r, "n_gt": int(r["n_gt"]), "n_pred": int(r["n_pred"])} for r in rows]
+    table_rows.append(
+        {**mean, "image": f"mean ({len(rows)})", "n_gt": int(mean["n_gt"]), "n_pred": int(mean["n_pred"])}
+    )
+    print(format_table(table_rows, cols))
+    if args.json:
+        from pathseg.io.atomic import atomic_open
+
+        with atomic_open(args.json, "w") as f:
+            json.dump({"images": rows, "mean": mean}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pathseg.models.zoo import default_nucleus_model, list_models
+    from pathseg.table import format_table
+
+    default = default_nucleus_model()
+    rows = [
+        {
+            "name": e.name + (" *" if e.name == default else ""),
+            "task": e.task,
+            "µm/px": f"{e.mpp:g}",
+            "offline": "yes" if e.offline() else "no",
+            "source": e.source,
+            "description": e.description,
+        }
+        for e in list_models()
+    ]
+    print(format_table(rows, ["name", "task", "µm/px", "offline", "source", "description"]))
+    print("\n* default nucleus model (the best one available offline)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathseg.api import segment_nuclei, write_nuclei_outputs
+    from pathseg.demo import fetch_demo_slide, how_to_open
+    from pathseg.models.zoo import get_nucleus_model
+
+    if args.slide is not None:
+        slide = args.slide
+    else:
+        bar = Bar("download", quiet=args.quiet)
+        slide = fetch_demo_slide(progress=bar)
+        bar.close()
+    model = get_nucleus_model(args.model)
+    print(f"slide: {slide}\nmodel: {model.name}")
+    bar = Bar("nuclei", quiet=args.quiet)
+    start = time.perf_counter()
+    result = segment_nuclei(slide, model, progress=bar)
+    bar.close()
+    paths = write_nuclei_outputs(result, args.output, output_stem(slide))
+    h, w = result.labels.shape
+    print(
+        f"{result.count} nuclei in {w}x{h} px at {result.mpp:g} µm/px ({result.mpp_source}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    for kind, path in paths.items():
+        print(f"  {kind:9s} {path}")
+    print(how_to_open(slide.resolve(), {k: p.resolve() for k, p in paths.items()}))
+    return 0
+
+
+class _StderrHandler(logging.Handler):
+    """Writes records to whatever ``sys.stderr`` is at the time (so redirection and test capture work)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except PathsegError as exc:
+        print(f"pathseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pathseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Atomic file output: write to a temporary file beside the target, then rename over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``dest``'s folder; on success it is renamed to ``dest``, on error removed.
+
+    An interrupted run therefore never leaves a half-written file under the final name.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(dest: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
+    """``open()`` for writing whose result appears under ``dest`` only once the block completes."""
+    with atomic_path(dest) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f

@@ -1,0 +1,87 @@
+"""Conversion of decoded pixels (Pillow images or numpy arrays) to RGB uint8, with notes on what was done."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_rgb_uint8(data) -> tuple[np.ndarray, list[str]]:
+    """Convert a Pillow image or an array (H, W[, C]) to (H, W, 3) uint8 RGB.
+
+    Returns the pixels and a list of human-readable notes for every conversion made (empty if none).
+    Grey is replicated to 3 channels; alpha is composited on white; >8-bit integers are scaled by their bit depth
+    (the smallest of 8/10/12/14/16/32 bits that holds the maximum); floats in [0, 1] are scaled by 255.
+    """
+    notes: list[str] = []
+    if not isinstance(data, np.ndarray):
+        data, pil_notes = _from_pil(data)
+        notes.extend(pil_notes)
+    arr = np.asarray(data)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)):
+        raise ValueError(f"unsupported image shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    arr = _to_uint8(arr, notes)
+    if arr.ndim == 2:
+        notes.append("greyscale converted to RGB")
+        return np.repeat(arr[..., None], 3, axis=2), notes
+    channels = arr.shape[-1]
+    if channels == 2:  # grey + alpha
+        arr = np.concatenate([np.repeat(arr[..., :1], 3, axis=2), arr[..., 1:]], axis=2)
+        channels = 4
+        notes.append("greyscale converted to RGB")
+    if channels == 4:
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        if alpha.min() < 1.0:
+            notes.append("alpha channel composited on white")
+        rgb = arr[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        arr = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        if "alpha channel composited on white" not in notes:
+            notes.append("alpha channel dropped (fully opaque)")
+    return np.ascontiguousarray(arr), notes
+
+
+def _from_pil(im) -> tuple[np.ndarray, list[str]]:
+    notes: list[str] = []
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        notes.append("palette image converted to RGB")
+    elif mode == "1":
+        im = im.convert("L")
+        notes.append("1-bit image converted to 8-bit")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+        notes.append(f"{mode} image converted to RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        notes.append("palette image converted to RGB")
+    return np.asarray(im), notes
+
+
+def _to_uint8(arr: np.ndarray, notes: list[str]) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        notes.append("binary image scaled to 0/255")
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind in "iu":
+        hi = int(arr.max()) if arr.size else 0
+        if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+            arr = np.clip(arr, 0, None)
+        if hi <= 255:
+            notes.append(f"{arr.dtype} image with values <= 255 cast to uint8")
+            return arr.astype(np.uint8)
+        bits = next(b for b in (10, 12, 14, 16, 32, 64) if hi < 2**b)
+        notes.append(f"{bits}-bit image scaled to 8 bits")
+        return np.clip(np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    if arr.dtype.kind == "f":
+        finite = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        hi = float(finite.max()) if finite.size else 0.0
+        if hi <= 1.0:
+            notes.append("float image in [0, 1] scaled to 8 bits")
+            finite = finite * 255.0
+        else:
+            notes.append("float image clipped to [0, 255]")
+        return np.clip(np.rint(finite), 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {arr.dtype}")

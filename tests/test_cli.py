@@ -1,0 +1,105 @@
+"""The `pathseg` command end to end on synthetic images (no network, no shared data)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pathseg.cli import main
+from tests.conftest import synthetic_nuclei
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    folder = tmp_path / "tiles"
+    masks = tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    for i in range(2):
+        rgb, gt = synthetic_nuclei(seed=i)
+        Image.fromarray(rgb).save(folder / f"t{i}.png")
+        Image.fromarray(gt.astype(np.uint16)).save(masks / f"t{i}.png")
+    return folder, masks
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "pathseg demo" in out and "evaluate" in out
+    with pytest.raises(SystemExit):
+        main(["nuclei", "--help"])
+    assert "--mpp" in capsys.readouterr().out
+
+
+def test_nuclei_then_evaluate(tiles, tmp_path, capsys):
+    folder, masks = tiles
+    out = tmp_path / "out"
+    assert main(["nuclei", str(folder), "-o", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "assumed 0.25 µm/px" in captured.err  # said once for the run
+    assert captured.err.count("assumed") == 1
+    for i in range(2):
+        for name in (f"t{i}_instances.tif", f"t{i}.geojson", f"t{i}_nuclei.csv"):
+            assert (out / name).is_file()
+    report = tmp_path / "scores.json"
+    assert (
+        main(["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks), "--json", str(report), "-q"]) == 0
+    )
+    table = capsys.readouterr().out
+    assert "mean (2)" in table and "aji" in table
+    scores = json.loads(report.read_text())
+    assert len(scores["images"]) == 2 and scores["mean"]["sa50"] > 0.9
+
+
+def test_mpp_from_file_is_used(tmp_path, capsys):
+    rgb, _ = synthetic_nuclei()
+    tifffile.imwrite(tmp_path / "s.tif", rgb, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert main(["nuclei", str(tmp_path / "s.tif"), "-o", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "0.5 µm/px (file)" in captured.out and "assumed" not in captured.err
+
+
+def test_user_errors_have_no_traceback(tmp_path, capsys):
+    (tmp_path / "junk.png").write_text("not an image")
+    code = main(
+        ["nuclei", str(tmp_path / "junk.png"), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "junk.png: not a recognised image format" in err and "missing.png: file not found" in err
+    assert "Traceback" not in err
+    assert main(["nuclei", str(tmp_path / "junk.png"), "-o", str(tmp_path / "o"), "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_bad_mpp_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["nuclei", "x.png", "-o", str(tmp_path), "--mpp", "-1"])
+    assert "must be > 0" in capsys.readouterr().err
+
+
+def test_evaluate_reports_missing_predictions(tiles, tmp_path, capsys):
+    folder, masks = tiles
+    out = tmp_path / "out"
+    main(["nuclei", str(folder / "t0.png"), "-o", str(out), "-q"])
+    assert main(["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks)]) == 2
+    assert "have no prediction" in capsys.readouterr().err
+
+
+def test_models_list(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "classical" in out and "built-in" in out and "offline" in out
+
+
+def test_demo_with_local_slide(tmp_path, capsys):
+    rgb, _ = synthetic_nuclei()
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, rgb, resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    assert main(["demo", "--slide", str(slide), "-o", str(tmp_path / "demo"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "QuPath" in out and "napari" in out
+    assert (tmp_path / "demo" / "slide.geojson").is_file()

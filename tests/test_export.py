@@ -1,0 +1,88 @@
+"""Outputs: label TIFF with scale, QuPath GeoJSON, CSV table, atomic writes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.draw import polygon as draw_polygon
+
+from pathseg.api import segment_nuclei, write_nuclei_outputs
+from pathseg.io.atomic import atomic_open
+from pathseg.io.export import write_label_tiff
+from pathseg.nuclei.measure import COLUMNS, measure_nuclei, outlines
+
+
+def test_label_tiff_roundtrip_with_scale(tmp_path):
+    lab = np.zeros((10, 12), np.uint32)
+    lab[2:5, 3:7] = 70000
+    write_label_tiff(tmp_path / "l.tif", lab, mpp=0.25)
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        page = tif.pages[0]
+        assert page.dtype == np.uint32 and page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        num, den = page.tags["XResolution"].value
+        assert 1e4 / (num / den) == pytest.approx(0.25)
+        assert np.array_equal(page.asarray(), lab)
+
+
+def test_outline_rasterises_back_to_the_object():
+    lab = np.zeros((40, 40), np.uint32)
+    yy, xx = np.mgrid[:40, :40]
+    lab[(yy - 20) ** 2 + (xx - 15) ** 2 <= 64] = 1
+    lab[5:9, 28:35] = 2
+    rings = dict(outlines(lab))
+    assert set(rings) == {1, 2}
+    for k, ring in rings.items():
+        assert np.array_equal(ring[0], ring[-1])  # closed
+        # QuPath pixel (r, c) covers [c, c+1]: fill at pixel centres (x - 0.5, y - 0.5)
+        rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, lab.shape)
+        filled = np.zeros_like(lab, bool)
+        filled[rr, cc] = True
+        obj = lab == k
+        iou = (filled & obj).sum() / (filled | obj).sum()
+        assert iou > 0.85, (k, iou)
+
+
+def test_measurements_units(nuclei_image):
+    rgb, gt = nuclei_image
+    t = measure_nuclei(gt.astype(np.uint32), rgb, mpp=0.5)
+    assert list(t) == list(COLUMNS)
+    assert np.array_equal(t["id"], np.arange(1, gt.max() + 1))
+    assert np.allclose(t["area_um2"], t["area_px"] * 0.25)
+    assert np.allclose(t["centroid_x_um"], t["centroid_x_px"] * 0.5)
+    k = 0
+    ys, xs = np.nonzero(gt == 1)
+    assert t["centroid_x_px"][k] == pytest.approx(xs.mean()) and t["area_px"][k] == ys.size
+
+
+def test_nuclei_outputs(tmp_path, nuclei_image):
+    rgb, gt = nuclei_image
+    result = segment_nuclei(rgb, "classical", mpp=0.25)
+    paths = write_nuclei_outputs(result, tmp_path, "tile")
+    assert {p.name for p in paths.values()} == {"tile_instances.tif", "tile.geojson", "tile_nuclei.csv"}
+    labels = tifffile.imread(paths["instances"])
+    assert labels.dtype == np.uint32 and np.array_equal(labels, result.labels)
+    fc = json.loads(paths["geojson"].read_text())
+    assert fc["type"] == "FeatureCollection"
+    feats = fc["features"]
+    assert len(feats) == result.count == labels.max()
+    f = feats[0]
+    assert f["geometry"]["type"] == "Polygon" and f["properties"]["objectType"] == "detection"
+    lab = f["properties"]["label"]
+    assert isinstance(lab, int) and (labels == lab).any()
+    assert f["properties"]["measurements"]["area_px"] == (labels == lab).sum()
+    with open(paths["table"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == result.count and list(rows[0]) == list(COLUMNS)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]

@@ -1,0 +1,169 @@
+"""Reading images: conversions to RGB uint8, pixel size from metadata, and clear errors on bad files."""
+
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pathseg.errors import InputImageError
+from pathseg.io.images import read_image, read_labels
+
+
+@pytest.fixture
+def rgb():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+
+def test_png_rgb_roundtrip(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    im = read_image(tmp_path / "a.png")
+    assert im.pixels.dtype == np.uint8 and np.array_equal(im.pixels, rgb)
+    assert im.notes == [] and im.mpp is None
+
+
+def test_grey_png_is_replicated_with_a_note(tmp_path, rgb, caplog):
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    with caplog.at_level(logging.INFO, logger="pathseg"):
+        im = read_image(tmp_path / "g.png")
+    assert im.pixels.shape == (20, 30, 3)
+    assert np.array_equal(im.pixels[..., 2], rgb[..., 0])
+    assert "greyscale converted to RGB" in caplog.text
+
+
+def test_rgba_composited_on_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[:2, :, 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    im = read_image(tmp_path / "t.png")
+    assert tuple(im.pixels[0, 0]) == (255, 0, 0)
+    assert tuple(im.pixels[3, 0]) == (255, 255, 255)
+    assert any("alpha" in n for n in im.notes)
+
+
+def test_palette_png(tmp_path, rgb):
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    im = read_image(tmp_path / "p.png")
+    assert im.pixels.shape == (20, 30, 3) and any("palette" in n for n in im.notes)
+
+
+def test_16bit_tiff_scaled(tmp_path):
+    arr = np.array([[0, 65535], [257 * 100, 257 * 200]], dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", arr)
+    im = read_image(tmp_path / "x.tif")
+    assert im.pixels[..., 0].tolist() == [[0, 255], [100, 200]]
+    assert any("16-bit" in n for n in im.notes)
+
+
+def test_12bit_data_in_16bit_container(tmp_path):
+    arr = np.array([[0, 4095]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")  # PIL writes I;16
+    im = read_image(tmp_path / "x.png")
+    assert im.pixels[0, :, 0].tolist() == [0, 255]
+
+
+def test_channels_first_tiff_and_float(tmp_path):
+    arr = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "cf.tif", arr, photometric="rgb", planarconfig="separate")
+    im = read_image(tmp_path / "cf.tif")
+    assert im.pixels.shape == (8, 9, 3)
+    assert np.allclose(im.pixels[..., 1], np.rint(arr[1] * 255), atol=1)
+
+
+def test_jpeg(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    assert read_image(tmp_path / "a.jpg").pixels.shape == (20, 30, 3)
+
+
+def test_tiff_resolution_tags_give_mpp(tmp_path, rgb):
+    tifffile.imwrite(tmp_path / "r.tif", rgb, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert read_image(tmp_path / "r.tif").mpp == pytest.approx(0.5)
+
+
+def test_ome_tiff_physical_size(tmp_path, rgb):
+    tifffile.imwrite(
+        tmp_path / "o.ome.tif",
+        rgb,
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "PhysicalSizeXUnit": "µm"},
+    )
+    im = read_image(tmp_path / "o.ome.tif")
+    assert im.mpp == pytest.approx(0.25) and im.pixels.shape == (20, 30, 3)
+
+
+def test_screen_dpi_is_not_a_pixel_size(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "s.png", dpi=(72, 72))
+    assert read_image(tmp_path / "s.png").mpp is None
+
+
+def test_png_dpi_at_microscope_scale(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "m.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    assert read_image(tmp_path / "m.png").mpp == pytest.approx(0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("hello, not an image"), "not a recognised image format"),
+    ],
+)
+def test_bad_files_name_file_and_reason(tmp_path, make, reason):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(InputImageError, match=reason) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_png(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputImageError, match="truncated or corrupt"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_truncated_tiff(tmp_path, rgb):
+    tifffile.imwrite(tmp_path / "full.tif", np.tile(rgb, (20, 20, 1)), compression="zlib")
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputImageError) as info:
+        read_image(tmp_path / "cut.tif")
+    assert "cut.tif" in str(info.value)
+
+
+def test_pixel_cap_refuses_before_decoding(tmp_path, rgb, monkeypatch):
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    with pytest.raises(InputImageError, match="over the cap"):
+        read_image(tmp_path / "a.png", max_pixels=100)
+    monkeypatch.setenv("PATHSEG_MAX_PIXELS", "100")
+    with pytest.raises(InputImageError, match="over the cap"):
+        read_image(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", rgb)
+    with pytest.raises(InputImageError, match="over the cap"):
+        read_image(tmp_path / "a.tif")
+
+
+def test_multidimensional_tiff_refused(tmp_path):
+    tifffile.imwrite(
+        tmp_path / "z.tif",
+        np.zeros((4, 5, 6), dtype=np.uint8),
+        photometric="minisblack",
+        metadata={"axes": "ZYX"},
+    )
+    with pytest.raises(InputImageError, match="multi-dimensional"):
+        read_image(tmp_path / "z.tif")
+
+
+def test_read_labels(tmp_path):
+    lab = np.array([[0, 1], [2, 70000]], dtype=np.uint32)
+    tifffile.imwrite(tmp_path / "l.tif", lab)
+    assert np.array_equal(read_labels(tmp_path / "l.tif"), lab)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputImageError, match="2-D label image"):
+        read_labels(tmp_path / "rgb.png")
