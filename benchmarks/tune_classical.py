@@ -1,7 +1,7 @@
 """Tune the classical nucleus segmenter on a validation split carved from MoNuSeg *train* (never test).
 
 The validation split is the train images whose masks come from the original XML (exact outlines); a coordinate
-search over the parameters maximises mean AJI + PQ there. Prints the path taken and the best parameters.
+search over the parameters maximises mean AJI + 0.2 PQ there. Prints the path taken and the best parameters.
 
     python benchmarks/tune_classical.py --data ../shared/data/monuseg/train [--rounds 2]
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from pathseg.metrics import instance_scores
 from pathseg.models.classical import ClassicalParams, segment_classical
 
 GRID = {
-    "threshold_scale": [0.7, 0.8, 0.9, 1.0, 1.1],
-    "smooth_um": [0.25, 0.5, 0.75, 1.0],
-    "min_distance_um": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0],
-    "h_um": [0.0, 0.25, 0.5, 0.75, 1.0],
+    "smooth_um": [0.25, 0.5, 0.75, 1.0, 1.5],
+    "threshold_scale": [0.8, 0.9, 1.0, 1.1, 1.2],
+    "closing_um": [0.0, 0.5, 1.0, 1.5],
+    "opening_um": [0.0, 0.5, 1.0, 1.5],
+    "max_hole_um2": [5.0, 10.0, 20.0, 40.0],
+    "min_distance_um": [1.0, 1.5, 2.0, 3.0],
     "seed_smooth_um": [0.0, 0.5, 1.0, 1.5],
+    "h_um": [0.0, 0.25, 0.5],
     "min_area_um2": [4.0, 8.0, 12.0, 16.0],
-    "max_hole_um2": [5.0, 10.0, 20.0],
 }
 
 
@@ -38,9 +41,19 @@ def validation_ids(data: Path) -> list[str]:
     return sorted(r["id"] for r in rows)
 
 
-def score(params: ClassicalParams, images, mpp: float) -> float:
-    vals = [instance_scores(gt, segment_classical(rgb, mpp, params)) for rgb, gt in images]
-    return float(np.mean([v["aji"] + v["pq"] for v in vals]) / 2)
+_IMAGES: list = []
+
+
+def _one(args: tuple[int, ClassicalParams, float]) -> dict[str, float]:
+    index, params, mpp = args
+    rgb, gt = _IMAGES[index]
+    return instance_scores(gt, segment_classical(rgb, mpp, params))
+
+
+def score(params: ClassicalParams, pool, mpp: float) -> float:
+    """Mean AJI plus 0.2 x mean PQ over the validation images (AJI first, PQ breaks near-ties)."""
+    vals = pool.map(_one, [(i, params, mpp) for i in range(len(_IMAGES))])
+    return float(np.mean([v["aji"] for v in vals]) + 0.2 * np.mean([v["pq"] for v in vals]))
 
 
 def main() -> None:
@@ -48,19 +61,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/monuseg/train"))
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--start", default=None, help="JSON of parameters to start from (default: the current defaults)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/tune_classical.json"))
     args = ap.parse_args()
     ids = validation_ids(args.data)
-    images = [
-        (
-            read_image(args.data / "images" / f"{i}.png").pixels,
-            read_labels(args.data / "instance_masks" / f"{i}.png"),
-        )
+    _IMAGES.extend(
+        (read_image(args.data / "images" / f"{i}.png").pixels, read_labels(args.data / "instance_masks" / f"{i}.png"))
         for i in ids
-    ]
+    )
+    pool = multiprocessing.get_context("fork").Pool(args.workers)
     print(f"validation split: {len(ids)} MoNuSeg train images with XML masks")
-    best = ClassicalParams()
-    best_score = score(best, images, args.mpp)
+    best = ClassicalParams(**json.loads(args.start)) if args.start else ClassicalParams()
+    best_score = score(best, pool, args.mpp)
     print(f"start {best_score:.4f} {best}")
     history = [{"params": best.as_dict(), "score": best_score}]
     for rnd in range(args.rounds):
@@ -70,7 +83,7 @@ def main() -> None:
                 if getattr(best, name) == v:
                     continue
                 cand = replace(best, **{name: v})
-                s = score(cand, images, args.mpp)
+                s = score(cand, pool, args.mpp)
                 history.append({"params": cand.as_dict(), "score": s})
                 print(f"round {rnd} {name}={v}: {s:.4f}", flush=True)
                 if s > best_score + 1e-4:
@@ -78,7 +91,7 @@ def main() -> None:
                     print(f"  -> best {best_score:.4f} {best}", flush=True)
         if not changed:
             break
-    print(f"best (mean of AJI and PQ on validation) {best_score:.4f}")
+    print(f"best (AJI + 0.2 PQ on validation) {best_score:.4f}")
     print(json.dumps(best.as_dict(), indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(

@@ -45,9 +45,7 @@ def test_nuclei_then_evaluate(tiles, tmp_path, capsys):
         for name in (f"t{i}_instances.tif", f"t{i}.geojson", f"t{i}_nuclei.csv"):
             assert (out / name).is_file()
     report = tmp_path / "scores.json"
-    assert (
-        main(["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks), "--json", str(report), "-q"]) == 0
-    )
+    assert main(["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks), "--json", str(report), "-q"]) == 0
     table = capsys.readouterr().out
     assert "mean (2)" in table and "aji" in table
     scores = json.loads(report.read_text())
@@ -64,9 +62,7 @@ def test_mpp_from_file_is_used(tmp_path, capsys):
 
 def test_user_errors_have_no_traceback(tmp_path, capsys):
     (tmp_path / "junk.png").write_text("not an image")
-    code = main(
-        ["nuclei", str(tmp_path / "junk.png"), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")]
-    )
+    code = main(["nuclei", str(tmp_path / "junk.png"), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1
     assert "junk.png: not a recognised image format" in err and "missing.png: file not found" in err

@@ -46,9 +46,7 @@ def _closed_port() -> int:
 
 def test_good_hash(server, tmp_path):
     seen = []
-    path = download(
-        f"{server}/file.bin", tmp_path / "f.bin", SHA, progress=lambda d, t, m: seen.append((d, t))
-    )
+    path = download(f"{server}/file.bin", tmp_path / "f.bin", SHA, progress=lambda d, t, m: seen.append((d, t)))
     assert path.read_bytes() == PAYLOAD
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
 

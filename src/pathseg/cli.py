@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pathseg {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bars or notes (errors still print)"
-    )
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes (errors still print)")
     common.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -74,12 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(QuPath detections) and <stem>_nuclei.csv (one row per nucleus, px and µm).",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
-    p.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results"
-    )
-    p.add_argument(
-        "--model", default=None, help="model name (see `pathseg models list`); default: best offline"
-    )
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("--model", default=None, help="model name (see `pathseg models list`); default: best offline")
     p.add_argument(
         "--mpp",
         type=_positive_float,
@@ -116,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list available models")
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    m = msub.add_parser(
-        "list", parents=[common], help="show every model, where it comes from, and offline status"
-    )
+    m = msub.add_parser("list", parents=[common], help="show every model, where it comes from, and offline status")
     m.set_defaults(func=cmd_models_list)
 
     p = sub.add_parser(
@@ -136,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUTDIR",
         help="folder for the results (default: ./pathseg-demo)",
     )
-    p.add_argument(
-        "--slide", type=Path, default=None, help="use this slide instead of downloading the demo slide"
-    )
+    p.add_argument("--slide", type=Path, default=None, help="use this slide instead of downloading the demo slide")
     p.add_argument("--model", default=None, help="model name; default: best offline")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -151,9 +141,7 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise PathsegError(
-                    f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                )
+                raise PathsegError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             out.extend(found)
         else:
             out.append(path)

@@ -83,9 +83,7 @@ def download(
     digest = h.hexdigest()
     if digest != sha256.lower():
         part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: sha256 mismatch (expected {sha256.lower()}, got {digest}); file discarded"
-        )
+        raise DownloadError(f"{url}: sha256 mismatch (expected {sha256.lower()}, got {digest}); file discarded")
     os.replace(part, dest)
     return dest
 

@@ -13,9 +13,7 @@ T = TypeVar("T")
 ProgressCallback = Callable[[int, int | None, str], None]
 
 
-def track(
-    items: Iterable[T], *, total: int | None = None, desc: str = "", quiet: bool = False
-) -> Iterator[T]:
+def track(items: Iterable[T], *, total: int | None = None, desc: str = "", quiet: bool = False) -> Iterator[T]:
     """Iterate over ``items`` with a progress bar on stderr unless ``quiet``."""
     if quiet:
         yield from items

@@ -104,9 +104,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Loa
             log.info("note: %s: %s", path.name, note)
         return image
     if len(readers) > 1:
-        raise InputImageError(
-            path, "not a recognised image format (tried PNG/JPEG, TIFF and OpenSlide readers)"
-        )
+        raise InputImageError(path, "not a recognised image format (tried PNG/JPEG, TIFF and OpenSlide readers)")
     assert first_error is not None
     raise first_error
 
@@ -242,9 +240,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         raise InputImageError(path, f"cannot read label image ({exc})") from exc
     arr = np.squeeze(arr)
     if arr.ndim != 2:
-        raise InputImageError(
-            path, f"expected a 2-D label image (one integer id per pixel), got shape {arr.shape}"
-        )
+        raise InputImageError(path, f"expected a 2-D label image (one integer id per pixel), got shape {arr.shape}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
     if arr.dtype.kind not in "iu":

@@ -78,10 +78,7 @@ def object_dice(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def _hausdorff(a: np.ndarray, b: np.ndarray, slices_a, slices_b, la: int, lb: int) -> float:
     """Hausdorff distance (pixels) between object ``la`` of image ``a`` and object ``lb`` of image ``b``."""
-    sl = tuple(
-        slice(min(s1.start, s2.start), max(s1.stop, s2.stop))
-        for s1, s2 in zip(slices_a, slices_b, strict=True)
-    )
+    sl = tuple(slice(min(s1.start, s2.start), max(s1.stop, s2.stop)) for s1, s2 in zip(slices_a, slices_b, strict=True))
     ma = a[sl] == la
     mb = b[sl] == lb
     d_to_b = ndi.distance_transform_edt(~mb)

@@ -65,9 +65,7 @@ def get_entry(name: str) -> ModelEntry:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise PathsegError(
-            f"unknown model {name!r}; available: {known} (see `pathseg models list`)"
-        ) from None
+        raise PathsegError(f"unknown model {name!r}; available: {known} (see `pathseg models list`)") from None
 
 
 def get_nucleus_model(name: str | None = None) -> NucleusModel:

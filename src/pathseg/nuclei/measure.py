@@ -82,9 +82,7 @@ def outlines(labels: np.ndarray, tolerance: float = 0.3) -> Iterator[tuple[int, 
         yield lab, xy
 
 
-def geojson_features(
-    labels: np.ndarray, table: dict[str, np.ndarray], namespace: str = "pathseg"
-) -> Iterator[dict]:
+def geojson_features(labels: np.ndarray, table: dict[str, np.ndarray], namespace: str = "pathseg") -> Iterator[dict]:
     """QuPath detection features, one Polygon per nucleus, with the table's measurements.
 
     ``properties.label`` is the integer id of the nucleus in the label image; the feature ``id`` is a UUID derived
