@@ -21,7 +21,7 @@ def shared_data(*parts: str) -> Path:
 
 
 def synthetic_nuclei(
-    shape: tuple[int, int] = (256, 256), n: int = 25, radius: float = 8.0, seed: int = 0
+    shape: tuple[int, int] = (256, 256), n: int = 20, radius: float = 11.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """An H&E-like RGB uint8 image of dark-blue discs on pink, and its label image (1..N, non-touching)."""
     rng = np.random.default_rng(seed)

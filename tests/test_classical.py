@@ -51,4 +51,4 @@ def test_bad_input():
 def test_model_overrides():
     model = ClassicalModel(min_area_um2=1000.0)
     rgb, _ = synthetic_nuclei()
-    assert model.segment(rgb, 0.25).max() == 0  # every synthetic nucleus (~12 µm²) is below 1000 µm²
+    assert model.segment(rgb, 0.25).max() == 0  # every synthetic nucleus (~24 µm²) is below 1000 µm²

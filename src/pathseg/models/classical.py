@@ -30,14 +30,14 @@ class ClassicalParams:
     """
 
     smooth_um: float = 0.5  #: Gaussian σ applied to the haematoxylin map
-    threshold_scale: float = 1.0  #: multiplies the Otsu threshold of the haematoxylin map
-    closing_um: float = 1.0  #: radius of a morphological closing that smooths ragged chromatin outlines
+    threshold_scale: float = 1.1  #: multiplies the Otsu threshold of the haematoxylin map
+    closing_um: float = 0.0  #: radius of a morphological closing that smooths ragged chromatin outlines
     opening_um: float = 0.5  #: radius of an opening that removes thin spurs and bridges
     min_area_um2: float = 8.0  #: objects smaller than this are removed
-    max_hole_um2: float = 10.0  #: holes smaller than this are filled
-    min_distance_um: float = 2.0  #: minimum distance between two seeds
+    max_hole_um2: float = 20.0  #: holes smaller than this are filled
+    min_distance_um: float = 1.5  #: minimum distance between two seeds
     seed_smooth_um: float = 0.5  #: Gaussian σ on the distance map before seeds are taken
-    h_um: float = 0.5  #: seeds must rise this much above the saddle to their neighbours (h-maxima)
+    h_um: float = 0.0  #: seeds must rise this much above the saddle to their neighbours (h-maxima)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)

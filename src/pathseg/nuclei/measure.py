@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import approximate_polygon, find_contours, regionprops_table
+from skimage.measure import find_contours, regionprops_table
 
 from pathseg.models.classical import haematoxylin
 
@@ -59,11 +59,26 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, mpp: float) -> dict[str,
     }
 
 
-def outlines(labels: np.ndarray, tolerance: float = 0.3) -> Iterator[tuple[int, np.ndarray]]:
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove vertices of a closed ring (first == last) that lie on a straight run; the shape is unchanged."""
+    pts = ring[:-1]
+    if len(pts) < 4:
+        return ring
+    before = pts - np.roll(pts, 1, axis=0)
+    after = np.roll(pts, -1, axis=0) - pts
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    keep = np.abs(cross) > 1e-9
+    if keep.sum() < 3:
+        return ring
+    pts = pts[keep]
+    return np.vstack([pts, pts[:1]])
+
+
+def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(label, ring)`` per object: its outer outline as a closed (K, 2) array of x, y in pixels.
 
     Coordinates follow QuPath: pixel (row r, col c) covers [c, c+1] x [r, r+1]. The outline runs half-way between
-    inside and outside pixel centres and is simplified to within ``tolerance`` px. Holes are not traced.
+    inside and outside pixel centres (vertices on straight runs dropped). Holes are not traced.
     """
     for index, sl in enumerate(ndi.find_objects(labels)):
         if sl is None:
@@ -73,9 +88,7 @@ def outlines(labels: np.ndarray, tolerance: float = 0.3) -> Iterator[tuple[int, 
         contours = find_contours(crop, 0.5)
         if not contours:
             continue
-        ring = max(contours, key=len)
-        if tolerance > 0:
-            ring = approximate_polygon(ring, tolerance)
+        ring = _drop_collinear(max(contours, key=len))
         xy = np.stack([ring[:, 1] + sl[1].start - 0.5, ring[:, 0] + sl[0].start - 0.5], axis=1)
         if not np.array_equal(xy[0], xy[-1]):
             xy = np.vstack([xy, xy[:1]])
