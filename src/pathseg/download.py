@@ -1,4 +1,4 @@
-"""Hash-checked downloads into a local cache, with offline messages that say what to fetch and where to put it.
+"""Hash-checked (sha256 or xxh128) downloads into a local cache; offline messages say what to fetch and where.
 
 The cache is ``$PATHSEG_CACHE`` if set, else ``$XDG_CACHE_HOME/pathseg``, else ``~/.cache/pathseg``.
 """
@@ -34,29 +34,46 @@ def cache_dir() -> Path:
     return base
 
 
+def _hasher(algorithm: str):
+    if algorithm == "xxh128":
+        try:
+            import xxhash
+        except ImportError as exc:  # pragma: no cover - xxhash is a dependency
+            raise DownloadError("xxh128 hashes need the 'xxhash' package (pip install xxhash)") from exc
+        return xxhash.xxh128()
+    return hashlib.new(algorithm)
+
+
+def split_hash(known_hash: str) -> tuple[str, str]:
+    """``"sha256:ab.."`` / ``"xxh128:cd.."`` / bare hex (sha256) -> (algorithm, lower-case hex)."""
+    algorithm, _, digest = known_hash.rpartition(":")
+    return (algorithm or "sha256").lower(), digest.lower()
+
+
 def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.new(algorithm)
+    """Hex digest of a file (``sha256``, ``xxh128``, or any :mod:`hashlib` name), read in 1 MiB chunks."""
+    h = _hasher(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def verify(path: str | os.PathLike, sha256: str) -> bool:
-    """True if ``path`` exists and its sha256 equals ``sha256`` (hex, case-insensitive)."""
-    return Path(path).is_file() and file_hash(path) == sha256.lower()
+def verify(path: str | os.PathLike, known_hash: str) -> bool:
+    """True if ``path`` exists and matches ``known_hash`` (``algo:hex``, or bare hex for sha256)."""
+    algorithm, digest = split_hash(known_hash)
+    return Path(path).is_file() and file_hash(path, algorithm) == digest
 
 
 def download(
     url: str,
     dest: str | os.PathLike,
-    sha256: str,
+    known_hash: str,
     *,
     timeout: float = 30.0,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` and check its sha256.
+    """Download ``url`` to ``dest`` and check it against ``known_hash`` (``algo:hex``; bare hex = sha256).
 
     The file is written to ``dest`` + ``.part`` and renamed only once its hash matches, so ``dest`` is never a
     half-written or wrong file. Raises :class:`DownloadError` naming the URL and reason on any failure.
@@ -64,7 +81,8 @@ def download(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
+    algorithm, expected = split_hash(known_hash)
+    h = _hasher(algorithm)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = response.headers.get("Content-Length")
@@ -81,21 +99,22 @@ def download(
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"could not download {url}: {reason}") from exc
     digest = h.hexdigest()
-    if digest != sha256.lower():
+    if digest != expected:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: sha256 mismatch (expected {sha256.lower()}, got {digest}); file discarded")
+        raise DownloadError(f"{url}: {algorithm} mismatch (expected {expected}, got {digest}); file discarded")
     os.replace(part, dest)
     return dest
 
 
-def install_local(src: str | os.PathLike, dest: str | os.PathLike, sha256: str) -> Path:
-    """Copy a user-supplied file into the cache after checking its sha256."""
+def install_local(src: str | os.PathLike, dest: str | os.PathLike, known_hash: str) -> Path:
+    """Copy a user-supplied file into the cache after checking its hash."""
     src, dest = Path(src), Path(dest)
     if not src.is_file():
         raise DownloadError(f"{src}: file not found")
-    digest = file_hash(src)
-    if digest != sha256.lower():
-        raise DownloadError(f"{src}: sha256 mismatch (expected {sha256.lower()}, got {digest})")
+    algorithm, expected = split_hash(known_hash)
+    digest = file_hash(src, algorithm)
+    if digest != expected:
+        raise DownloadError(f"{src}: {algorithm} mismatch (expected {expected}, got {digest})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     shutil.copyfile(src, part)

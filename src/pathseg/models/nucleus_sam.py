@@ -1,0 +1,202 @@
+"""A SAM-family nucleus model: SAM (any image encoder) + the AIS decoder (+ an optional semantic decoder).
+
+Saved as a folder (or two files) in pathseg's format: ``config.json`` + ``model.safetensors`` whose keys are
+``sam.*``, ``ais.*`` (and ``semantic.*``). Official SAM / PathoSAM checkpoints load through
+:func:`from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pathseg.errors import PathsegError
+from pathseg.models.decoders import EmbeddingDecoder
+from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
+from pathseg.models.sam.checkpoint import load_checkpoint, load_into
+from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
+from pathseg.progress import ProgressCallback
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def default_config(size: str = "vit_b", mpp: float = 0.25, name: str | None = None) -> dict:
+    """Config of a ViT SAM of ``size`` with an AIS decoder; ``mpp`` = pixel size the model expects (µm/px)."""
+    if size not in SAM_SIZES:
+        raise PathsegError(f"unknown SAM size {size!r}; one of {', '.join(SAM_SIZES)}")
+    vit = SAM_SIZES[size]
+    return {
+        "name": name or f"sam_{size}",
+        "encoder": {"type": "vit", **vit.as_dict()},
+        "img_size": vit.img_size,
+        "embedding_size": vit.img_size // vit.patch_size,
+        "ais_decoder": {
+            "embed_dim": vit.out_chans,
+            "out_channels": 3,
+            "use_conv_transpose": True,
+            "initial_features": 64,
+        },
+        "semantic_decoder": None,
+        "mpp": mpp,
+        "tile": 512,
+        "halo": 64,
+        "ais_params": AISParams().as_dict(),
+    }
+
+
+def _build_encoder(cfg: dict) -> nn.Module:
+    kind = cfg.get("type", "vit")
+    if kind == "vit":
+        fields = {k: v for k, v in cfg.items() if k != "type"}
+        fields["global_attn_indexes"] = tuple(fields["global_attn_indexes"])
+        return build_image_encoder(ViTConfig(**fields))
+    raise PathsegError(f"unknown image encoder type {kind!r}")
+
+
+class SamNucleusModel(nn.Module):
+    """SAM + AIS decoder. ``segment(rgb, mpp)`` gives nucleus labels; ``sam`` serves interactive prompts."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.sam = build_sam_from_encoder(
+            _build_encoder(config["encoder"]),
+            config["img_size"],
+            config["embedding_size"],
+            config["ais_decoder"]["embed_dim"],
+        )
+        self.ais = (
+            EmbeddingDecoder(**config["ais_decoder"], final_activation="sigmoid") if config.get("ais_decoder") else None
+        )
+        sem = config.get("semantic_decoder")
+        self.semantic = EmbeddingDecoder(**sem, final_activation=None) if sem else None
+
+    # -- the NucleusModel interface -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", "sam"))
+
+    @property
+    def mpp(self) -> float:
+        return float(self.config.get("mpp", 0.25))
+
+    @torch.inference_mode()
+    def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
+        """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""
+        if self.ais is None:
+            raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
+        h, w = rgb.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        x = self.sam.resize_longest(x)
+        input_size = tuple(x.shape[-2:])
+        maps = self.ais(self.sam.embed(x))
+        maps = self.sam.postprocess_masks(maps, input_size, (h, w))
+        return maps[0].numpy()
+
+    def segmenter(self) -> AutomaticSegmenter:
+        return AutomaticSegmenter(
+            self.predict_maps, tile=int(self.config.get("tile", 512)), halo=int(self.config.get("halo", 64))
+        )
+
+    def segment(
+        self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None, **params: float
+    ) -> np.ndarray:
+        """Nucleus labels (H, W) uint32 of ``rgb`` at ``mpp`` µm/px (resampled to the model's pixel size)."""
+        factor = mpp / self.mpp  # model pixels per image pixel
+        h, w = rgb.shape[:2]
+        work = rgb if abs(factor - 1) < 1e-3 else _resize_rgb(rgb, (round(h * factor), round(w * factor)))
+        seg = self.segmenter()
+        seg.initialize(work, progress=progress)
+        if work is not rgb:
+            seg.maps = _resize_maps(seg.maps, (h, w))
+            seg.scale = 1.0 / factor
+        return seg.generate(**{**self.config.get("ais_params", {}), **params})
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (optionally cast to ``dtype``) into ``folder``."""
+        from safetensors.torch import save_file
+
+        from pathseg.io.atomic import atomic_open, atomic_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+            for k, v in self.state_dict().items()
+            if "num_batches_tracked" not in k
+        }
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        with atomic_open(folder / CONFIG_NAME, "w") as f:
+            json.dump(self.config, f, indent=2)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> SamNucleusModel:
+        """Load a model written by :meth:`save_pretrained`."""
+        from pathseg.models.sam.checkpoint import read_state
+
+        folder = Path(folder)
+        cfg_path = folder / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise PathsegError(f"{folder}: no {CONFIG_NAME} (not a pathseg model folder)")
+        model = cls(json.loads(cfg_path.read_text()))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in read_state(folder / WEIGHTS_NAME).items()}
+        expected = model.state_dict()
+        for k in expected:  # BatchNorm counters are not saved
+            if k.endswith("num_batches_tracked") and k not in state:
+                state[k] = expected[k]
+        load_into(model, state, f"model {model.name!r}", folder / WEIGHTS_NAME)
+        return model.eval()
+
+
+def from_checkpoint(
+    path: str | os.PathLike,
+    size: str | None = None,
+    decoder_path: str | os.PathLike | None = None,
+    mpp: float = 0.25,
+    name: str | None = None,
+) -> SamNucleusModel:
+    """Build a :class:`SamNucleusModel` from an official SAM / PathoSAM checkpoint (+ a separate decoder file)."""
+    ckpt = load_checkpoint(path)
+    if not ckpt.sam_state:
+        raise PathsegError(f"{path}: holds no SAM weights (image_encoder.*); is it a decoder-only file?")
+    if ckpt.size is None:
+        raise PathsegError(f"{path}: image encoder matches none of {', '.join(SAM_SIZES)}")
+    if size is not None and size != ckpt.size:
+        raise PathsegError(f"{path}: is a SAM {ckpt.size} checkpoint, expected {size}")
+    decoder = ckpt.decoder_state
+    if decoder_path is not None:
+        decoder = load_checkpoint(decoder_path).decoder_state
+        if decoder is None:
+            raise PathsegError(f"{decoder_path}: no decoder weights (out_conv.*) found")
+    cfg = default_config(ckpt.size, mpp=mpp, name=name)
+    if decoder is not None:
+        cfg["ais_decoder"] = EmbeddingDecoder.config_from_state(decoder)
+    else:
+        cfg["ais_decoder"] = None
+    model = SamNucleusModel(cfg)
+    load_into(model.sam, ckpt.sam_state, f"SAM {ckpt.size}", path)
+    if decoder is not None:
+        load_into(model.ais, decoder, f"the AIS decoder of SAM {ckpt.size}", decoder_path or path)
+    return model.eval()
+
+
+def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    x = F.interpolate(torch.from_numpy(maps)[None], size, mode="bilinear", align_corners=False)
+    return x[0].numpy()
