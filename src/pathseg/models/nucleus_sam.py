@@ -28,13 +28,16 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def default_config(size: str = "vit_b", mpp: float = 0.25, name: str | None = None) -> dict:
-    """Config of a ViT SAM of ``size`` with an AIS decoder; ``mpp`` = pixel size the model expects (µm/px)."""
-    if size not in SAM_SIZES:
+def default_config(size: str | ViTConfig = "vit_b", mpp: float = 0.25, name: str | None = None) -> dict:
+    """Config of a ViT SAM (``vit_b``/``vit_l``/``vit_h`` or a :class:`ViTConfig`) with an AIS decoder.
+
+    ``mpp`` is the pixel size (µm/px) of the tiles the model expects.
+    """
+    if isinstance(size, str) and size not in SAM_SIZES:
         raise PathsegError(f"unknown SAM size {size!r}; one of {', '.join(SAM_SIZES)}")
-    vit = SAM_SIZES[size]
+    vit = SAM_SIZES[size] if isinstance(size, str) else size
     return {
-        "name": name or f"sam_{size}",
+        "name": name or (f"sam_{size}" if isinstance(size, str) else "sam_custom"),
         "encoder": {"type": "vit", **vit.as_dict()},
         "img_size": vit.img_size,
         "embedding_size": vit.img_size // vit.patch_size,
@@ -71,7 +74,7 @@ class SamNucleusModel(nn.Module):
             _build_encoder(config["encoder"]),
             config["img_size"],
             config["embedding_size"],
-            config["ais_decoder"]["embed_dim"],
+            config["encoder"].get("out_chans", 256),
         )
         self.ais = (
             EmbeddingDecoder(**config["ais_decoder"], final_activation="sigmoid") if config.get("ais_decoder") else None
@@ -170,8 +173,8 @@ def from_checkpoint(
     ckpt = load_checkpoint(path)
     if not ckpt.sam_state:
         raise PathsegError(f"{path}: holds no SAM weights (image_encoder.*); is it a decoder-only file?")
-    if ckpt.size is None:
-        raise PathsegError(f"{path}: image encoder matches none of {', '.join(SAM_SIZES)}")
+    if ckpt.vit is None:
+        raise PathsegError(f"{path}: the image encoder is not a SAM ViT (no patch_embed / pos_embed / rel_pos)")
     if size is not None and size != ckpt.size:
         raise PathsegError(f"{path}: is a SAM {ckpt.size} checkpoint, expected {size}")
     decoder = ckpt.decoder_state
@@ -179,7 +182,7 @@ def from_checkpoint(
         decoder = load_checkpoint(decoder_path).decoder_state
         if decoder is None:
             raise PathsegError(f"{decoder_path}: no decoder weights (out_conv.*) found")
-    cfg = default_config(ckpt.size, mpp=mpp, name=name)
+    cfg = default_config(ckpt.vit, mpp=mpp, name=name)
     if decoder is not None:
         cfg["ais_decoder"] = EmbeddingDecoder.config_from_state(decoder)
     else:
@@ -200,3 +203,15 @@ def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x = F.interpolate(torch.from_numpy(maps)[None], size, mode="bilinear", align_corners=False)
     return x[0].numpy()
+
+
+def attach_semantic(model: SamNucleusModel, path: str | os.PathLike) -> SamNucleusModel:
+    """Load a semantic decoder state dict (e.g. PathoSAM's) into ``model.semantic``."""
+    decoder = load_checkpoint(path).decoder_state
+    if decoder is None:
+        raise PathsegError(f"{path}: no decoder weights (out_conv.*) found")
+    cfg = EmbeddingDecoder.config_from_state(decoder)
+    model.semantic = EmbeddingDecoder(**cfg, final_activation=None)
+    load_into(model.semantic, decoder, "a semantic decoder", path)
+    model.config["semantic_decoder"] = cfg
+    return model.eval()

@@ -17,18 +17,22 @@ from pathlib import Path
 import torch
 
 from pathseg.errors import PathsegError
-from pathseg.models.sam.build import SAM_SIZES
+from pathseg.models.sam.build import SAM_SIZES, ViTConfig
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 
 @dataclass
 class LoadedCheckpoint:
-    """SAM weights (may be empty), AIS/semantic decoder weights (may be ``None``) and the inferred size."""
+    """SAM weights (may be empty), AIS/semantic decoder weights (may be ``None``) and the inferred encoder."""
 
     sam_state: dict[str, torch.Tensor]
     decoder_state: dict[str, torch.Tensor] | None
-    size: str | None
+    vit: ViTConfig | None
+
+    @property
+    def size(self) -> str | None:
+        return size_name(self.vit)
 
 
 def read_state(path: str | os.PathLike) -> dict:
@@ -84,16 +88,48 @@ def split_checkpoint(obj: dict) -> tuple[dict, dict | None]:
     return sam, decoder
 
 
-def infer_size(sam_state: dict[str, torch.Tensor]) -> str | None:
-    """``vit_b`` / ``vit_l`` / ``vit_h`` from the patch embedding width and the number of blocks, else None."""
+def infer_vit_config(sam_state: dict[str, torch.Tensor]) -> ViTConfig | None:
+    """The ViT image-encoder configuration implied by the shapes of a SAM state dict (None if not a ViT)."""
     w = sam_state.get("image_encoder.patch_embed.proj.weight")
-    if w is None:
+    pos = sam_state.get("image_encoder.pos_embed")
+    if w is None or pos is None:
         return None
+    embed_dim, patch = int(w.shape[0]), int(w.shape[-1])
+    grid = int(pos.shape[1])
     depth = len({k.split(".")[2] for k in sam_state if k.startswith("image_encoder.blocks.")})
-    for name, cfg in SAM_SIZES.items():
-        if cfg.embed_dim == w.shape[0] and cfg.depth == depth:
+    rel = [sam_state.get(f"image_encoder.blocks.{i}.attn.rel_pos_h") for i in range(depth)]
+    if depth == 0 or any(r is None for r in rel):
+        return None
+    head_dim = int(rel[0].shape[1])
+    global_idx = tuple(i for i, r in enumerate(rel) if r.shape[0] == 2 * grid - 1)
+    windowed = [r for r in rel if r.shape[0] != 2 * grid - 1]
+    window = (int(windowed[0].shape[0]) + 1) // 2 if windowed else 14
+    neck = sam_state.get("image_encoder.neck.0.weight")
+    return ViTConfig(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        global_attn_indexes=global_idx,
+        img_size=grid * patch,
+        patch_size=patch,
+        window_size=window,
+        out_chans=int(neck.shape[0]) if neck is not None else 256,
+    )
+
+
+def size_name(cfg: ViTConfig | None) -> str | None:
+    """``vit_b`` / ``vit_l`` / ``vit_h`` when ``cfg`` is one of the official sizes, else a description."""
+    if cfg is None:
+        return None
+    for name, ref in SAM_SIZES.items():
+        if ref == cfg:
             return name
-    return None
+    return f"custom ViT (embed {cfg.embed_dim}, depth {cfg.depth}, {cfg.img_size}px)"
+
+
+def infer_size(sam_state: dict[str, torch.Tensor]) -> str | None:
+    """``vit_b`` / ``vit_l`` / ``vit_h`` (or a custom-ViT description) from the state's shapes, else None."""
+    return size_name(infer_vit_config(sam_state))
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
@@ -101,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     sam, decoder = split_checkpoint(read_state(path))
     if not sam and decoder is None:
         raise PathsegError(f"{path}: no SAM (image_encoder./prompt_encoder./mask_decoder.) or decoder weights found")
-    return LoadedCheckpoint(sam, decoder, infer_size(sam) if sam else None)
+    return LoadedCheckpoint(sam, decoder, infer_vit_config(sam) if sam else None)
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: object) -> None:

@@ -1,0 +1,117 @@
+"""The model zoo against a loopback HTTP server serving a small generated checkpoint."""
+
+import functools
+import http.server
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pathseg.download import file_hash
+from pathseg.errors import PathsegError
+from pathseg.models import zoo
+from pathseg.models.nucleus_sam import SamNucleusModel
+from tests.test_sam_checkpoints import tiny_model
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PATHSEG_OFFLINE", raising=False)
+    yield tmp_path / "cache"
+    zoo.unregister("tiny_test")
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "www"
+    folder.mkdir()
+    model = tiny_model()
+    torch.save({"model_state": model.sam.state_dict(), "decoder_state": model.ais.state_dict()}, folder / "tiny.pt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder / "tiny.pt", model
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _entry(url: str, known_hash: str) -> zoo.ModelEntry:
+    def build(paths):
+        from pathseg.models.nucleus_sam import from_checkpoint
+
+        return from_checkpoint(paths[0], name="tiny_test")
+
+    return zoo.ModelEntry("tiny_test", "nuclei", "test", 0.25, build, (zoo.RemoteFile("tiny.pt", url, known_hash),))
+
+
+def test_good_hash_downloads_once_then_works_offline(cache, served, monkeypatch):
+    url, path, ref = served
+    zoo.register(_entry(f"{url}/tiny.pt", "xxh128:" + file_hash(path, "xxh128")))
+    assert not zoo.get_entry("tiny_test").offline()
+    model = zoo.get_nucleus_model("tiny_test")
+    assert isinstance(model, SamNucleusModel)
+    assert torch.equal(model.sam.mask_decoder.iou_token.weight, ref.sam.mask_decoder.iou_token.weight)
+    assert (cache / "models" / "tiny.pt").is_file() and zoo.get_entry("tiny_test").offline()
+    monkeypatch.setenv("PATHSEG_OFFLINE", "1")  # no network needed any more
+    assert zoo.get_nucleus_model("tiny_test") is not None
+
+
+def test_bad_hash_is_refused_and_nothing_is_kept(cache, served):
+    url, _, _ = served
+    zoo.register(_entry(f"{url}/tiny.pt", "sha256:" + "0" * 64))
+    with pytest.raises(PathsegError) as info:
+        zoo.get_nucleus_model("tiny_test")
+    msg = str(info.value)
+    assert "sha256 mismatch" in msg and "put it at" in msg
+    assert not (cache / "models" / "tiny.pt").exists()
+
+
+def test_server_down_says_what_to_download_and_where(cache, served):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/tiny.pt"
+    zoo.register(_entry(url, "xxh128:" + "1" * 32))
+    with pytest.raises(PathsegError) as info:
+        zoo.get_nucleus_model("tiny_test")
+    msg = str(info.value)
+    assert url in msg and str(cache / "models" / "tiny.pt") in msg and "--model PATH" in msg
+
+
+def test_file_placed_by_hand_is_verified(cache, served):
+    url, path, _ = served
+    zoo.register(_entry("http://127.0.0.1:9/never", "xxh128:" + file_hash(path, "xxh128")))
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / "tiny.pt").write_bytes(path.read_bytes())
+    assert zoo.get_nucleus_model("tiny_test") is not None
+    (cache / "models" / "tiny.pt").write_bytes(b"tampered")
+    with pytest.raises(PathsegError, match="does not match the published hash"):
+        zoo.get_nucleus_model("tiny_test")
+
+
+def test_local_path_override(served):
+    _, path, ref = served
+    model = zoo.get_nucleus_model(str(path))
+    rgb = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert np.allclose(model.predict_maps(rgb), ref.predict_maps(rgb), atol=1e-6)
+
+
+def test_published_entries_are_listed():
+    names = {e.name for e in zoo.list_models()}
+    assert {
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+        "pathosam_vit_b",
+        "pathosam_vit_l",
+        "pathosam_vit_h",
+        "pathosam_vit_b_semantic",
+        "classical",
+    } <= names
+    for e in zoo.list_models():
+        for f in e.files:
+            assert f.url.startswith("https://") and f.known_hash.split(":")[0] in ("xxh128", "sha256")
