@@ -55,13 +55,61 @@ def default_config(size: str | ViTConfig = "vit_b", mpp: float = 0.25, name: str
     }
 
 
+def compact_config(mpp: float = 0.5, name: str = "pathseg_nuclei_cpu", tile: int = 512) -> dict:
+    """Config of the compact CPU model: CNN encoder (stride-16 embedding) + U-Net AIS decoder with skips."""
+    from pathseg.models.compact import CompactEncoder
+
+    enc = CompactEncoder()
+    return {
+        "name": name,
+        "encoder": {
+            "type": "compact",
+            "widths": list(enc.widths),
+            "blocks": [1, 1, 2, 2, 2],
+            "out_chans": 256,
+            "img_size": tile,
+        },
+        "img_size": tile,
+        "embedding_size": tile // 16,
+        "ais_decoder": {
+            "type": "unet",
+            "embed_dim": 256,
+            "skip_widths": list(enc.widths[:-1]),
+            "widths": [128, 64, 48, 32],
+            "out_channels": 3,
+        },
+        "semantic_decoder": None,
+        "mpp": mpp,
+        "tile": tile,
+        "halo": 64,
+        "ais_params": AISParams().as_dict(),
+    }
+
+
 def _build_encoder(cfg: dict) -> nn.Module:
     kind = cfg.get("type", "vit")
+    fields = {k: v for k, v in cfg.items() if k != "type"}
     if kind == "vit":
-        fields = {k: v for k, v in cfg.items() if k != "type"}
         fields["global_attn_indexes"] = tuple(fields["global_attn_indexes"])
         return build_image_encoder(ViTConfig(**fields))
+    if kind == "compact":
+        from pathseg.models.compact import CompactEncoder
+
+        return CompactEncoder(tuple(fields["widths"]), tuple(fields["blocks"]), fields["out_chans"], fields["img_size"])
     raise PathsegError(f"unknown image encoder type {kind!r}")
+
+
+def _build_ais(cfg: dict | None) -> nn.Module | None:
+    if not cfg:
+        return None
+    fields = {k: v for k, v in cfg.items() if k != "type"}
+    if cfg.get("type") == "unet":
+        from pathseg.models.compact import UNetAISDecoder
+
+        return UNetAISDecoder(
+            fields["embed_dim"], tuple(fields["skip_widths"]), tuple(fields["widths"]), fields["out_channels"]
+        )
+    return EmbeddingDecoder(**fields, final_activation="sigmoid")
 
 
 class SamNucleusModel(nn.Module):
@@ -76,9 +124,7 @@ class SamNucleusModel(nn.Module):
             config["embedding_size"],
             config["encoder"].get("out_chans", 256),
         )
-        self.ais = (
-            EmbeddingDecoder(**config["ais_decoder"], final_activation="sigmoid") if config.get("ais_decoder") else None
-        )
+        self.ais = _build_ais(config.get("ais_decoder"))
         sem = config.get("semantic_decoder")
         self.semantic = EmbeddingDecoder(**sem, final_activation=None) if sem else None
 
@@ -98,11 +144,26 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        if self.is_compact:  # fully convolutional: any size that is a multiple of 16
+            x = (x - self.sam.pixel_mean) / self.sam.pixel_std
+            x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
+            return self.forward_maps(x)[0, :, :h, :w].numpy()
         x = self.sam.resize_longest(x)
         input_size = tuple(x.shape[-2:])
         maps = self.ais(self.sam.embed(x))
         maps = self.sam.postprocess_masks(maps, input_size, (h, w))
         return maps[0].numpy()
+
+    @property
+    def is_compact(self) -> bool:
+        return self.config["encoder"].get("type") == "compact"
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """AIS maps (B, 3, H, W) for normalised input (B, 3, H, W) (compact models: any multiple of 16)."""
+        if self.is_compact:
+            embedding, skips = self.sam.image_encoder.forward_features(x)
+            return self.ais(embedding, skips)
+        return self.ais(self.sam.image_encoder(x))
 
     def segmenter(self) -> AutomaticSegmenter:
         return AutomaticSegmenter(

@@ -1,0 +1,148 @@
+"""Folders of image / instance-mask pairs, resampled to the model's pixel size, as random augmented crops.
+
+A data folder holds ``images/<id>.png`` and ``instance_masks/<id>.png`` (uint16 labels, 0 = background), the
+layout of ``../shared/data/monuseg``. Images are held in memory at the model's resolution (a few hundred MB at
+most for datasets of this size); crops are drawn on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathseg.errors import PathsegError
+from pathseg.io.images import read_image, read_labels
+from pathseg.nuclei.targets import distance_targets
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass
+class Sample:
+    """One image (H, W, 3 uint8) with its instance labels (H, W), both at the model's pixel size."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by stem in ``folder/images`` and ``folder/instance_masks``."""
+    folder = Path(folder)
+    img_dir, mask_dir = folder / "images", folder / "instance_masks"
+    if not img_dir.is_dir() or not mask_dir.is_dir():
+        raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/")
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs = [
+        (p, masks[p.stem]) for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks
+    ]
+    if not pairs:
+        raise PathsegError(f"{folder}: no image in images/ has a mask of the same name in instance_masks/")
+    return pairs
+
+
+def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale by ``factor`` (output px per input px): area/bilinear for the image, nearest for the labels."""
+    if abs(factor - 1) < 1e-3:
+        return image, labels
+    h, w = labels.shape
+    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+    image = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
+    labels = F.interpolate(lab, size, mode="nearest")[0, 0].numpy().astype(np.int32)
+    return image, labels
+
+
+def load_samples(folders: list[str | os.PathLike], mpp_in: float, mpp_model: float) -> list[Sample]:
+    """Every pair in ``folders``, resampled from ``mpp_in`` to ``mpp_model`` µm/px."""
+    samples = []
+    for folder in folders:
+        for img_path, mask_path in find_pairs(folder):
+            image = read_image(img_path).pixels
+            labels = read_labels(mask_path).astype(np.int32)
+            if labels.shape != image.shape[:2]:
+                raise PathsegError(f"{mask_path}: shape {labels.shape} differs from its image {image.shape[:2]}")
+            image, labels = resample(image, labels, mpp_in / mpp_model)
+            samples.append(Sample(img_path.stem, image, labels))
+    return samples
+
+
+def _stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Perturb haematoxylin / eosin / residual optical densities (scale and shift), as in HED augmentation."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb)
+    alpha = rng.uniform(1 - strength, 1 + strength, 3)
+    beta = rng.uniform(-strength / 10, strength / 10, 3)
+    out = hed2rgb(hed * alpha + beta)
+    return np.clip(out * 255, 0, 255).astype(np.uint8)
+
+
+class CropSampler:
+    """Random augmented crops: flips, 90° rotations, scale jitter, stain and brightness jitter.
+
+    ``__call__`` returns (image (3, S, S) float 0-255, targets (3, S, S) float) as torch tensors.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        size: int = 256,
+        scale_range: tuple[float, float] = (0.8, 1.25),
+        stain: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        if not samples:
+            raise PathsegError("no training samples")
+        self.samples = samples
+        self.size = size
+        self.scale_range = scale_range
+        self.stain = stain
+        self.rng = np.random.default_rng(seed)
+        weights = np.array([s.labels.size for s in samples], dtype=float)
+        self.p = weights / weights.sum()
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng
+        s = self.samples[rng.choice(len(self.samples), p=self.p)]
+        scale = float(np.exp(rng.uniform(np.log(self.scale_range[0]), np.log(self.scale_range[1]))))
+        src = max(8, int(round(self.size / scale)))
+        h, w = s.labels.shape
+        src_h, src_w = min(src, h), min(src, w)
+        y0 = int(rng.integers(0, h - src_h + 1))
+        x0 = int(rng.integers(0, w - src_w + 1))
+        img = s.image[y0 : y0 + src_h, x0 : x0 + src_w]
+        lab = s.labels[y0 : y0 + src_h, x0 : x0 + src_w]
+        k = int(rng.integers(4))
+        img, lab = np.rot90(img, k), np.rot90(lab, k)
+        if rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+        if self.stain > 0:
+            img = _stain_jitter(img, rng, self.stain)
+        img, lab = resample(img, lab, self.size / max(src_h, src_w))
+        img, lab = _pad_to(img, lab, self.size)
+        x = torch.from_numpy(img).permute(2, 0, 1).float()
+        x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-10, 10))
+        return x.clamp(0, 255), torch.from_numpy(distance_targets(lab))
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self() for _ in range(n)]
+        return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+def _pad_to(img: np.ndarray, lab: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = lab.shape
+    if h >= size and w >= size:
+        return img[:size, :size], lab[:size, :size]
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+    lab = np.pad(lab, ((0, ph), (0, pw)))
+    return img[:size, :size], lab[:size, :size]
