@@ -1,0 +1,227 @@
+"""Interactive segmentation: point (+/-), box, box + points and mask prompts on precomputed embeddings.
+
+:class:`Predictor` embeds an image once (in tiles of the model's prompt window with a halo, for images larger
+than one window) and answers prompts from those embeddings. A prompt goes to the tile whose inner box holds its
+centre; if the predicted mask touches that tile's outer edge (the object is cut off), the object is predicted
+again in a window centred on it, so objects crossing tile borders come out whole. Embeddings can be cached on
+disk with a signature (input hash, model, tile, halo, version) that is checked on reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import pathseg
+from pathseg.models.nucleus_sam import SamNucleusModel, _resize_rgb
+from pathseg.tiling import Tile, tile_grid
+
+log = logging.getLogger("pathseg")
+
+
+@dataclass
+class Prediction:
+    """Masks (K, H, W) bool in image pixels, predicted IoU (K,), and low-resolution logits (K, 4h, 4w) that can be
+    passed back as ``mask_input`` for iterative correction."""
+
+    masks: np.ndarray
+    iou: np.ndarray
+    low_res_logits: torch.Tensor
+
+
+class Predictor:
+    """Prompts on one image with a SAM-family model (``SamNucleusModel``)."""
+
+    def __init__(self, model: SamNucleusModel, halo: int | None = None) -> None:
+        self.model = model.eval()
+        self.window = int(model.sam.img_size) if model.is_compact else int(model.config.get("tile", 512))
+        self.halo = int(model.config.get("halo", 64) if halo is None else halo)
+        self.image: np.ndarray | None = None
+        self.factor = 1.0
+        self.tiles: list[Tile] = []
+        self.embeddings: list[torch.Tensor] = []
+        self._extra: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        self._weights: str | None = None
+
+    # -- embeddings ----------------------------------------------------------------------------------------
+    def _weights_digest(self) -> str:
+        if self._weights is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.model.sam.image_encoder.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().float().contiguous().numpy().tobytes())
+            self._weights = h.hexdigest()
+        return self._weights
+
+    def signature(self, rgb: np.ndarray, mpp: float) -> dict[str, str]:
+        """What the cached embeddings depend on: the pixels, the encoder weights, tiling, pixel size, version."""
+        digest = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+        return {
+            "input": digest,
+            "shape": str(rgb.shape),
+            "model": self.model.name,
+            "weights": self._weights_digest(),
+            "tile": str(self.window),
+            "halo": str(self.halo),
+            "mpp": f"{mpp:g}",
+            "version": pathseg.__version__,
+        }
+
+    def set_image(self, rgb: np.ndarray, mpp: float | None = None, cache: str | os.PathLike | None = None) -> None:
+        """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
+        mpp = self.model.mpp if mpp is None else mpp
+        self.image = rgb
+        self.factor = mpp / self.model.mpp
+        h, w = rgb.shape[:2]
+        work = (
+            rgb if abs(self.factor - 1) < 1e-3 else _resize_rgb(rgb, (round(h * self.factor), round(w * self.factor)))
+        )
+        self.tiles = (
+            tile_grid(work.shape[:2], self.window, self.halo)
+            if max(work.shape[:2]) > self.window
+            else [Tile((0, 0, *work.shape[:2]), (0, 0, *work.shape[:2]))]
+        )
+        self._work = work
+        self._extra = {}
+        sig = self.signature(rgb, mpp)
+        if cache is not None and self._load(Path(cache), sig):
+            return
+        self.embeddings = [self._embed(work[t.outer_slices]) for t in self.tiles]
+        if cache is not None:
+            self._save(Path(cache), sig)
+
+    def _embed(self, crop: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+        if not self.model.is_compact:
+            x = self.model.sam.resize_longest(x)
+        with torch.inference_mode():
+            return self.model.sam.embed(x)[0]
+
+    def _save(self, path: Path, sig: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        from pathseg.io.atomic import atomic_path
+
+        tensors = {f"tile_{i}": e.contiguous() for i, e in enumerate(self.embeddings)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=sig)
+
+    def _load(self, path: Path, sig: dict[str, str]) -> bool:
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta != sig:
+                changed = sorted(k for k in sig if meta.get(k) != sig[k])
+                log.warning("embedding cache %s does not match (%s differ); recomputing", path, ", ".join(changed))
+                return False
+            self.embeddings = [f.get_tensor(f"tile_{i}") for i in range(len(self.tiles))]
+        return True
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Segment one object. ``points`` (N, 2) as x, y in image pixels with ``labels`` (N,) 1 = positive,
+        0 = negative; ``box`` (4,) as x0, y0, x1, y1; ``mask_input`` (1, 4h, 4w) logits of an earlier prediction.
+        Returns 3 candidate masks (``multimask``) or 1."""
+        if self.image is None:
+            raise RuntimeError("call set_image(image) first")
+        if points is None and box is None and mask_input is None:
+            raise ValueError("give at least one of points, box or mask_input")
+        pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2) * self.factor
+        lbl = None if points is None else np.asarray(labels if labels is not None else np.ones(len(pts)), int)
+        bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
+        centre = (bx[:2] + bx[2:]) / 2 if bx is not None else pts[lbl == 1].mean(0) if (lbl == 1).any() else pts.mean(0)
+        tile = self._tile_for(centre)
+        pred = self._predict_in(
+            tile.outer, self.embeddings[self.tiles.index(tile)], pts, lbl, bx, mask_input, multimask
+        )
+        best = int(np.argmax(pred[1]))
+        if self._touches_edge(pred[0][best], tile.outer):
+            window = self._window_around(pred[0][best], tile.outer)
+            emb = self._extra.get(window)
+            if emb is None:
+                emb = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
+            pred = self._predict_in(window, emb, pts, lbl, bx, None, multimask)
+        return self._to_image(*pred)
+
+    def _tile_for(self, centre: np.ndarray) -> Tile:
+        x, y = centre
+        for t in self.tiles:
+            y0, x0, y1, x1 = t.inner
+            if y0 <= y < y1 and x0 <= x < x1:
+                return t
+        return min(
+            self.tiles, key=lambda t: abs((t.inner[0] + t.inner[2]) / 2 - y) + abs((t.inner[1] + t.inner[3]) / 2 - x)
+        )
+
+    def _predict_in(self, box_yx, emb, pts, lbl, bx, mask_input, multimask):
+        """Masks (K, h, w) bool in ``box_yx`` (work pixels), IoU, low-res logits."""
+        y0, x0, y1, x1 = box_yx
+        h, w = y1 - y0, x1 - x0
+        scale = 1.0 if self.model.is_compact else self.model.sam.img_size / max(h, w)
+        offset = np.array([x0, y0], dtype=np.float64)
+        t_pts = None
+        if pts is not None:
+            t_pts = (
+                torch.tensor((pts - offset) * scale, dtype=torch.float32)[None],
+                torch.tensor(lbl, dtype=torch.float32)[None],
+            )
+        t_box = (
+            None
+            if bx is None
+            else torch.tensor(np.concatenate([bx[:2] - offset, bx[2:] - offset]) * scale, dtype=torch.float32)[None]
+        )
+        with torch.inference_mode():
+            low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
+            input_size = (round(h * scale), round(w * scale))
+            full = self.model.sam.postprocess_masks(low, input_size, (h, w))[0]
+        return (full > self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
+
+    def _touches_edge(self, mask: np.ndarray, box_yx) -> bool:
+        """True if the mask reaches an edge of its window that is not an edge of the image (object cut off)."""
+        if not mask.any():
+            return False
+        y0, x0, y1, x1 = box_yx
+        h, w = self._work.shape[:2]
+        return bool(
+            (y0 > 0 and mask[0].any())
+            or (y1 < h and mask[-1].any())
+            or (x0 > 0 and mask[:, 0].any())
+            or (x1 < w and mask[:, -1].any())
+        )
+
+    def _window_around(self, mask: np.ndarray, box_yx) -> tuple[int, int, int, int]:
+        ys, xs = np.nonzero(mask)
+        cy, cx = ys.mean() + box_yx[0], xs.mean() + box_yx[1]
+        H, W = self._work.shape[:2]
+        size = self.window
+        y0 = int(np.clip(round(cy - size / 2), 0, max(H - size, 0)))
+        x0 = int(np.clip(round(cx - size / 2), 0, max(W - size, 0)))
+        return (y0, x0, min(y0 + size, H), min(x0 + size, W))
+
+    def _to_image(self, masks, iou, low, box_yx) -> Prediction:
+        H, W = self._work.shape[:2]
+        y0, x0, y1, x1 = box_yx
+        full = np.zeros((masks.shape[0], H, W), dtype=bool)
+        full[:, y0:y1, x0:x1] = masks
+        if abs(self.factor - 1) >= 1e-3:
+            h, w = self.image.shape[:2]
+            t = torch.from_numpy(full[None].astype(np.float32))
+            full = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)[0].numpy() > 0.5
+        return Prediction(full, iou, low)
