@@ -1,0 +1,230 @@
+"""Prompt-based automatic modes: AMG (SAM's grid of point prompts) and APG (point prompts at AIS seed centres).
+
+Both split an expensive ``initialize`` (embeddings; for AMG also every grid mask) from a cheap ``generate``
+(filtering, NMS, painting the label image) so thresholds can be tuned without re-running the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from pathseg.nuclei.automatic import AISParams
+from pathseg.nuclei.interactive import Predictor
+from pathseg.progress import ProgressCallback
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes (N, 4) and (M, 4) given as x0, y0, x1, y1 (exclusive ends)."""
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= box_iou(boxes[i : i + 1], boxes)[0] > iou_threshold
+    return np.array(keep, dtype=np.int64)
+
+
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """IoU of the masks thresholded at ``threshold + offset`` and ``threshold - offset`` (SAM's definition)."""
+    inter = (logits > threshold + offset).flatten(-2).sum(-1).float()
+    union = (logits > threshold - offset).flatten(-2).sum(-1).float()
+    return inter / union.clamp_min(1)
+
+
+@dataclass
+class Candidate:
+    """A predicted object: its mask cropped to ``box`` (x0, y0, x1, y1 in image pixels) and scores."""
+
+    box: np.ndarray
+    mask: np.ndarray
+    iou: float
+    stability: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def paint(candidates: list[Candidate], shape: tuple[int, int], min_size: int = 0) -> np.ndarray:
+    """Label image: larger objects painted first so that smaller ones stay visible on top (as micro-sam)."""
+    labels = np.zeros(shape, dtype=np.uint32)
+    next_id = 1
+    for c in sorted(candidates, key=lambda c: -c.area):
+        if c.area < min_size:
+            continue
+        x0, y0, x1, y1 = c.box
+        region = labels[y0:y1, x0:x1]
+        region[c.mask] = next_id
+        next_id += 1
+    ids, sizes = np.unique(labels, return_counts=True)
+    small = ids[(sizes < max(min_size, 1)) & (ids > 0)]
+    if small.size:
+        labels[np.isin(labels, small)] = 0
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def _candidates(
+    predictor: Predictor, tile_index: int, points: np.ndarray, multimask: bool, batch: int = 64
+) -> list[Candidate]:
+    """Decode one positive point per prompt (work pixels) on one tile's embedding."""
+    tile = predictor.tiles[tile_index]
+    y0, x0, y1, x1 = tile.outer
+    h, w = y1 - y0, x1 - x0
+    model = predictor.model
+    scale = 1.0 if model.is_compact else model.sam.img_size / max(h, w)
+    emb = predictor.embeddings[tile_index][None]
+    out: list[Candidate] = []
+    for start in range(0, len(points), batch):
+        pts = points[start : start + batch]
+        coords = torch.tensor((pts - [x0, y0]) * scale, dtype=torch.float32)[:, None, :]
+        labels = torch.ones(len(pts), 1)
+        with torch.inference_mode():
+            low, iou = model.sam.decode(emb, (coords, labels), None, None, multimask_output=multimask)
+            logits = model.sam.postprocess_masks(low, (round(h * scale), round(w * scale)), (h, w))
+            stab = stability_score(logits, model.sam.mask_threshold)
+        masks = (logits > model.sam.mask_threshold).numpy()
+        for i in range(masks.shape[0]):
+            for k in range(masks.shape[1]):
+                m = masks[i, k]
+                if not m.any():
+                    continue
+                ys, xs = np.nonzero(m)
+                by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+                box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
+                out.append(Candidate(box, m[by0:by1, bx0:bx1], float(iou[i, k]), float(stab[i, k])))
+    return out
+
+
+def _to_image_scale(c: Candidate, factor: float, shape: tuple[int, int]) -> Candidate:
+    """Candidate in work pixels -> image pixels (nearest resampling of its mask)."""
+    if abs(factor - 1) < 1e-3:
+        return c
+    x0, y0, x1, y1 = c.box
+    ix0, iy0 = int(np.floor(x0 / factor)), int(np.floor(y0 / factor))
+    ix1, iy1 = min(int(np.ceil(x1 / factor)), shape[1]), min(int(np.ceil(y1 / factor)), shape[0])
+    yy = np.clip(((np.arange(iy0, iy1) + 0.5) * factor - y0).astype(int), 0, c.mask.shape[0] - 1)
+    xx = np.clip(((np.arange(ix0, ix1) + 0.5) * factor - x0).astype(int), 0, c.mask.shape[1] - 1)
+    return Candidate(np.array([ix0, iy0, ix1, iy1]), c.mask[np.ix_(yy, xx)], c.iou, c.stability)
+
+
+class AutomaticMaskGenerator:
+    """SAM's AMG: a grid of ``points_per_side``² positive points per tile, multimask output, then filtering."""
+
+    def __init__(self, predictor: Predictor, points_per_side: int = 32) -> None:
+        self.predictor = predictor
+        self.points_per_side = points_per_side
+        self.candidates: list[Candidate] = []
+
+    def initialize(self, rgb: np.ndarray, mpp: float | None = None, progress: ProgressCallback | None = None) -> None:
+        p = self.predictor
+        p.set_image(rgb, mpp)
+        self.candidates = []
+        n = self.points_per_side
+        for i, tile in enumerate(p.tiles):
+            y0, x0, y1, x1 = tile.inner
+            gy = y0 + (np.arange(n) + 0.5) * (y1 - y0) / n
+            gx = x0 + (np.arange(n) + 0.5) * (x1 - x0) / n
+            pts = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+            found = _candidates(p, i, pts, multimask=True)
+            self.candidates += [_to_image_scale(c, p.factor, rgb.shape[:2]) for c in found]
+            if progress:
+                progress(i + 1, len(p.tiles), "tiles")
+        self.shape = rgb.shape[:2]
+
+    def generate(
+        self,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        box_nms_thresh: float = 0.7,
+        min_size: int = 0,
+    ) -> np.ndarray:
+        keep = [c for c in self.candidates if c.iou > pred_iou_thresh and c.stability >= stability_score_thresh]
+        if not keep:
+            return np.zeros(self.shape, dtype=np.uint32)
+        boxes = np.stack([c.box for c in keep]).astype(np.float64)
+        idx = box_nms(boxes, np.array([c.iou for c in keep]), box_nms_thresh)
+        return paint([keep[i] for i in idx], self.shape, min_size)
+
+
+class AutomaticPromptGenerator:
+    """APG: one positive point at the centre of every AIS seed component, SAM masks, NMS, size filter.
+
+    Needs a model with an AIS decoder; ``generate`` derives the seeds with the given thresholds.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.maps: np.ndarray | None = None
+
+    def initialize(self, rgb: np.ndarray, mpp: float | None = None, progress: ProgressCallback | None = None) -> None:
+        p = self.predictor
+        p.set_image(rgb, mpp)
+        seg = p.model.segmenter()
+        seg.initialize(p._work, progress=progress)
+        self.maps = seg.maps
+        self.shape = rgb.shape[:2]
+
+    def seed_points(self, params: AISParams) -> np.ndarray:
+        """Centres (x, y) in work pixels of the seed components (inside their component)."""
+        fg, center, boundary = self.maps
+        if params.distance_smoothing > 0:
+            center = ndi.gaussian_filter(center, params.distance_smoothing)
+            boundary = ndi.gaussian_filter(boundary, params.distance_smoothing)
+        if params.foreground_smoothing > 0:
+            fg = ndi.gaussian_filter(fg, params.foreground_smoothing)
+        seeds = (center < params.center_distance_threshold) & (boundary < params.boundary_distance_threshold)
+        seeds &= fg > params.foreground_threshold
+        comp, n = ndi.label(seeds)
+        if n == 0:
+            return np.zeros((0, 2))
+        # the component pixel closest to its centre of mass, so the point lies inside the component
+        com = np.array(ndi.center_of_mass(seeds, comp, range(1, n + 1)))
+        dist = ndi.distance_transform_edt(comp > 0)
+        best = ndi.maximum_position(dist, comp, range(1, n + 1))
+        pts = np.array(
+            [
+                b if comp[int(round(c[0])), int(round(c[1]))] != i + 1 else (round(c[0]), round(c[1]))
+                for i, (c, b) in enumerate(zip(com, best, strict=True))
+            ],
+            dtype=np.float64,
+        )
+        return pts[:, ::-1]
+
+    def generate(self, nms_thresh: float = 0.9, min_size: int = 25, **ais: float) -> np.ndarray:
+        if self.maps is None:
+            raise RuntimeError("call initialize(image) first")
+        params = AISParams(**{**AISParams().as_dict(), **ais})
+        pts = self.seed_points(params)
+        p = self.predictor
+        cands: list[Candidate] = []
+        for i, tile in enumerate(p.tiles):
+            y0, x0, y1, x1 = tile.inner
+            inside = (pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)
+            if inside.any():
+                found = _candidates(p, i, pts[inside], multimask=False)
+                cands += [_to_image_scale(c, p.factor, self.shape) for c in found]
+        if not cands:
+            return np.zeros(self.shape, dtype=np.uint32)
+        boxes = np.stack([c.box for c in cands]).astype(np.float64)
+        idx = box_nms(boxes, np.array([c.iou for c in cands]), nms_thresh)
+        return paint([cands[i] for i in idx], self.shape, min_size)
