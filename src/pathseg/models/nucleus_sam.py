@@ -160,10 +160,15 @@ class SamNucleusModel(nn.Module):
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         """AIS maps (B, 3, H, W) for normalised input (B, 3, H, W) (compact models: any multiple of 16)."""
+        return self.forward_train(x)[0]
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """AIS maps and the image embedding of normalised input (one encoder pass serves both losses)."""
         if self.is_compact:
             embedding, skips = self.sam.image_encoder.forward_features(x)
-            return self.ais(embedding, skips)
-        return self.ais(self.sam.image_encoder(x))
+            return self.ais(embedding, skips), embedding
+        embedding = self.sam.image_encoder(x)
+        return self.ais(embedding), embedding
 
     def segmenter(self) -> AutomaticSegmenter:
         return AutomaticSegmenter(

@@ -52,7 +52,7 @@ def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
         return image, labels
     h, w = labels.shape
     size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
     image = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
@@ -88,7 +88,7 @@ def _stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) ->
 class CropSampler:
     """Random augmented crops: flips, 90° rotations, scale jitter, stain and brightness jitter.
 
-    ``__call__`` returns (image (3, S, S) float 0-255, targets (3, S, S) float) as torch tensors.
+    ``__call__`` returns (image (3, S, S) float 0-255, AIS targets (3, S, S) float, labels (S, S) int) tensors.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class CropSampler:
         weights = np.array([s.labels.size for s in samples], dtype=float)
         self.p = weights / weights.sum()
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = self.rng
         s = self.samples[rng.choice(len(self.samples), p=self.p)]
         scale = float(np.exp(rng.uniform(np.log(self.scale_range[0]), np.log(self.scale_range[1]))))
@@ -131,11 +131,11 @@ class CropSampler:
         img, lab = _pad_to(img, lab, self.size)
         x = torch.from_numpy(img).permute(2, 0, 1).float()
         x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-10, 10))
-        return x.clamp(0, 255), torch.from_numpy(distance_targets(lab))
+        return x.clamp(0, 255), torch.from_numpy(distance_targets(lab)), torch.from_numpy(lab.astype(np.int64))
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         items = [self() for _ in range(n)]
-        return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+        return tuple(torch.stack([item[i] for item in items]) for i in range(3))  # type: ignore[return-value]
 
 
 def _pad_to(img: np.ndarray, lab: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

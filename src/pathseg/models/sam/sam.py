@@ -79,7 +79,13 @@ class Sam(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits (N, K, 4h, 4w) and predicted IoU (N, K) for N prompts on one embedding.
 
-        Coordinates are in the padded input frame (pixels of the ``img_size`` square).
+        Coordinates are in the padded input frame (pixels of the ``img_size`` square). An embedding of an input
+        smaller than ``img_size`` (compact models, training crops) uses the matching top-left part of the
+        positional encoding, as if the input had been padded.
         """
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
-        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+        h, w = embedding.shape[-2:]
+        pe = self.prompt_encoder.get_dense_pe()[..., :h, :w]  # an embedding of a smaller (unpadded) input
+        if mask_input is None:
+            dense = dense[..., :h, :w]
+        return self.mask_decoder(embedding, pe, sparse, dense, multimask_output)

@@ -1,0 +1,109 @@
+"""Prompt simulation for training the prompt encoder and mask decoder (the micro-sam recipe, CPU-sized).
+
+Per object: a first prompt (one positive point with multimask output, or a box with a single output,
+alternating), then ``n_corrections`` corrective rounds: a point sampled from the error region (positive in a
+missed part, negative in a false part) added to the prompts, and the previous logits fed back as a mask prompt
+with probability 0.5. Loss per round: Dice of the best of the candidate masks + MSE of the predicted IoU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathseg.models.sam.sam import Sam
+
+
+def sample_objects(labels: torch.Tensor, per_image: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(batch index, label) of up to ``per_image`` random objects of each image of (B, H, W) labels."""
+    picks = []
+    for b in range(labels.shape[0]):
+        ids = torch.unique(labels[b])
+        ids = ids[ids > 0].numpy()
+        if ids.size:
+            for lab in rng.choice(ids, size=min(per_image, ids.size), replace=False):
+                picks.append((b, int(lab)))
+    return picks
+
+
+def _random_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float] | None:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    i = rng.integers(ys.size)
+    return float(xs[i]), float(ys[i])
+
+
+def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    d = jitter * max(x1 - x0, y1 - y0)
+    return [float(v + rng.uniform(-d, d)) for v in (x0, y0, x1, y1)]
+
+
+def prompt_loss(
+    sam: Sam,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    rng: np.random.Generator,
+    per_image: int = 4,
+    n_corrections: int = 2,
+    step: int = 0,
+) -> torch.Tensor:
+    """Interactive-segmentation loss over simulated prompts for objects of ``labels`` (B, H, W).
+
+    ``embeddings`` (B, C, h, w) are the encoder outputs of the same (normalised, unpadded) crops.
+    """
+    picks = sample_objects(labels, per_image, rng)
+    if not picks:
+        return embeddings.sum() * 0.0
+    h, w = labels.shape[-2:]
+    low_h, low_w = embeddings.shape[-2] * 4, embeddings.shape[-1] * 4
+    gt = torch.stack([(labels[b] == lab).float() for b, lab in picks])[:, None]  # (N, 1, H, W)
+    gt_low = F.interpolate(gt, (low_h, low_w), mode="area")
+    emb = embeddings[[b for b, _ in picks]]
+    masks_np = gt[:, 0].numpy().astype(bool)
+    use_box = step % 2 == 1
+    points: list[list[tuple[float, float]]] = [[] for _ in picks]
+    point_labels: list[list[int]] = [[] for _ in picks]
+    boxes = None
+    if use_box:
+        boxes = torch.tensor([_box(m, rng) for m in masks_np], dtype=torch.float32)
+    else:
+        for i, m in enumerate(masks_np):
+            points[i].append(_random_point(m, rng))
+            point_labels[i].append(1)
+    total = embeddings.sum() * 0.0
+    mask_input = None
+    multimask = not use_box
+    for round_ in range(n_corrections + 1):
+        pts = None
+        if points[0]:
+            pts = (torch.tensor(points, dtype=torch.float32), torch.tensor(point_labels, dtype=torch.float32))
+        low, iou_pred = sam.decode(emb, pts, boxes, mask_input, multimask_output=multimask)
+        prob = torch.sigmoid(low)
+        # Dice per candidate; the best candidate of each object counts (as micro-sam)
+        dims = (2, 3)
+        inter = (prob * gt_low).sum(dims)
+        dice = 1 - (2 * inter + 1e-6) / ((prob * prob).sum(dims) + (gt_low * gt_low).sum(dims) + 1e-6)
+        best = dice.argmin(dim=1)
+        total = total + dice.gather(1, best[:, None]).mean()
+        with torch.no_grad():
+            hard = (low > 0).float()
+            true_iou = (hard * gt_low).sum(dims) / ((hard + gt_low) > 0).float().sum(dims).clamp_min(1)
+        total = total + F.mse_loss(iou_pred, true_iou)
+        if round_ == n_corrections:
+            break
+        # corrective point from the error of the best candidate, at full crop resolution
+        chosen = low[torch.arange(low.shape[0]), best][:, None]
+        pred_full = (F.interpolate(chosen.detach(), (h, w), mode="bilinear", align_corners=False) > 0)[:, 0].numpy()
+        for i, m in enumerate(masks_np):
+            fn, fp = m & ~pred_full[i], ~m & pred_full[i]
+            take_fn = fn.sum() >= fp.sum()
+            p = _random_point(fn if take_fn else fp, rng) or _random_point(m, rng)
+            points[i].append(p)
+            point_labels[i].append(1 if take_fn else 0)
+        mask_input = chosen.detach() if rng.random() < 0.5 else None
+        multimask = False
+    return total / (n_corrections + 1)
