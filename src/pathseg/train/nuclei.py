@@ -144,7 +144,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                 best = {**scores, "iteration": step}
                 model.save_pretrained(out / "best")
             log(
-                f"iteration {step}: loss {float(loss.detach()):.4f}, validation mSA {scores['msa']:.4f} AJI {scores['aji']:.4f} "
+                f"iteration {step}: loss {record['loss']:.4f}, validation mSA {scores['msa']:.4f} AJI {scores['aji']:.4f} "
                 f"PQ {scores['pq']:.4f} (best mSA {best['msa']:.4f} at {best.get('iteration')}), "
                 f"{(time.perf_counter() - t0) / (step - start):.2f} s/it"
             )
@@ -163,7 +163,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                     tmp,
                 )
         if progress:
-            progress(step, cfg.iterations, f"loss {float(loss.detach()):.3f} val mSA {best['msa']:.3f}")
+            progress(step, cfg.iterations, f"loss {record['loss']:.3f} val mSA {best['msa']:.3f}")
     if not val:
         model.save_pretrained(out / "best")
     return best
