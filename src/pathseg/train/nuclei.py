@@ -145,7 +145,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                 model.save_pretrained(out / "best")
             log(
                 f"iteration {step}: loss {record['loss']:.4f}, validation mSA {scores['msa']:.4f} "
-                f"AJI {scores['aji']:.4f} PQ {scores['pq']:.4f} (best mSA {best['msa']:.4f} at {best.get('iteration')}), "
+                f"AJI {scores['aji']:.4f} PQ {scores['pq']:.4f} "
+                f"(best mSA {best['msa']:.4f} at {best.get('iteration')}), "
                 f"{(time.perf_counter() - t0) / (step - start):.2f} s/it"
             )
         with open(history, "a") as f:
