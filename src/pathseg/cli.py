@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser(
         "nuclei",
         parents=[common],
-        help="train a SAM-family nucleus model (AIS path) on image / instance-mask folders",
+        help="train a SAM-family nucleus model on image / instance-mask folders",
+        epilog="several GPUs or machines: torchrun --nproc_per_node N -m pathseg.cli train nuclei ...",
         description="Train or fine-tune a nucleus model on folders holding images/ and instance_masks/ "
         "(uint16 labels). A validation split is carved from the training images; the best model by validation "
         "mSA is saved to OUT/best (pathseg format: use it with --model OUT/best). Re-running the same command "
@@ -141,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bf16", "fp32"],
         default="bf16",
         help="bf16 mixed precision (default; ~3x faster on CPUs with AVX512-BF16) or fp32",
+    )
+    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    t.add_argument(
+        "--check-sync",
+        action="store_true",
+        help="under torchrun: verify at the end that every replica holds identical weights",
+    )
+    t.add_argument(
+        "--prompt-weight",
+        type=float,
+        default=1.0,
+        help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
     t.set_defaults(func=cmd_train_nuclei)
 
@@ -288,6 +301,9 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         seed=args.seed,
         init=args.init,
         precision=args.precision,
+        device=args.device,
+        check_sync=args.check_sync,
+        prompt_weight=args.prompt_weight,
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))
