@@ -72,19 +72,54 @@ def segment_nuclei(
     ``mpp``: pixel size in µm/px; overrides the file's. With neither, the model's own resolution is assumed.
     """
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
-    source = None
-    file_mpp = None
-    if isinstance(image, np.ndarray):
-        rgb = image
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise PathsegError(f"expected an RGB uint8 array of shape (H, W, 3), got {rgb.shape} {rgb.dtype}")
-    else:
-        loaded = read_image(image, max_pixels=max_pixels)
-        rgb, file_mpp, source = loaded.pixels, loaded.mpp, loaded.path
+    rgb, file_mpp, source = _load(image, max_pixels)
     used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
     labels = net.segment(rgb, used_mpp, progress=progress)
     table = measure_nuclei(labels, rgb, used_mpp)
     return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+
+
+def segment_nuclei_prompted(
+    image: np.ndarray | str | os.PathLike,
+    prompts: list,
+    model: str | NucleusModel | None = None,
+    *,
+    mpp: float | None = None,
+    max_pixels: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> NucleiResult:
+    """One nucleus per prompt (:class:`pathseg.io.prompts.Prompt`), with a SAM-family model.
+
+    Each prompt's most confident mask is painted in prompt order; a pixel claimed by an earlier object stays
+    with it.
+    """
+    from pathseg.nuclei.interactive import Predictor
+
+    net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
+    if not hasattr(net, "sam"):
+        raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
+    rgb, file_mpp, source = _load(image, max_pixels)
+    used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
+    predictor = Predictor(net)
+    predictor.set_image(rgb, used_mpp)
+    labels = np.zeros(rgb.shape[:2], dtype=np.uint32)
+    for i, p in enumerate(prompts, start=1):
+        r = predictor.predict(points=p.points, labels=p.labels, box=p.box, multimask=p.box is None)
+        mask = r.masks[int(np.argmax(r.iou))] & (labels == 0)
+        labels[mask] = i
+        if progress:
+            progress(i, len(prompts), "prompts")
+    table = measure_nuclei(labels, rgb, used_mpp)
+    return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+
+
+def _load(image, max_pixels):
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise PathsegError(f"expected an RGB uint8 array of shape (H, W, 3), got {image.shape} {image.dtype}")
+        return image, None, None
+    loaded = read_image(image, max_pixels=max_pixels)
+    return loaded.pixels, loaded.mpp, loaded.path
 
 
 def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:

@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse images with more pixels than this (default 100e6, or $PATHSEG_MAX_PIXELS)",
     )
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="segment one nucleus per prompt instead of all automatically: points.csv (x,y[,label][,object]) or "
+        "boxes.geojson (polygons -> boxes, points -> points), in image pixels; needs a SAM-family model and one "
+        "input image",
+    )
     p.set_defaults(func=cmd_nuclei)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -201,18 +210,30 @@ def output_stem(path: Path) -> str:
 
 
 def cmd_nuclei(args: argparse.Namespace) -> int:
-    from pathseg.api import segment_nuclei, write_nuclei_outputs
+    from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
     from pathseg.models.zoo import get_nucleus_model
 
     inputs = expand_inputs(args.inputs)
     model = get_nucleus_model(args.model)
+    prompts = None
+    if args.prompts is not None:
+        from pathseg.io.prompts import read_prompts
+
+        if len(inputs) != 1:
+            raise PathsegError("--prompts goes with exactly one input image (prompt coordinates are per image)")
+        prompts = read_prompts(args.prompts)
     failures = 0
     assumed = []
     for path in inputs:
         bar = Bar(f"{path.name}", quiet=args.quiet)
         start = time.perf_counter()
         try:
-            result = segment_nuclei(path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar)
+            if prompts is not None:
+                result = segment_nuclei_prompted(
+                    path, prompts, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar
+                )
+            else:
+                result = segment_nuclei(path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar)
             paths = write_nuclei_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:
             bar.close()

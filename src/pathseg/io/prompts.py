@@ -1,0 +1,96 @@
+"""Reading prompt files for batch interactive segmentation: points (CSV) and boxes or points (GeoJSON).
+
+CSV: columns ``x, y`` in image pixels, optional ``label`` (1 positive, 0 negative; default 1) and ``object``
+(rows with the same object id prompt one object together; default: one object per row).
+GeoJSON: a FeatureCollection (e.g. QuPath annotations); every Polygon/MultiPolygon becomes a box prompt (its
+bounding box), every Point a positive point prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pathseg.errors import PathsegError
+
+
+@dataclass
+class Prompt:
+    """Prompts for one object: points (N, 2) x, y with labels (N,), and/or a box (x0, y0, x1, y1), in pixels."""
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    name: str = field(default="")
+
+
+def read_prompts(path: str | os.PathLike) -> list[Prompt]:
+    """Prompts from a ``.csv`` or ``.geojson``/``.json`` file (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PathsegError(f"{path}: prompt file not found")
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path)
+    if path.suffix.lower() in (".geojson", ".json"):
+        return _read_geojson(path)
+    raise PathsegError(f"{path}: prompts must be a .csv of points or a .geojson of boxes/points")
+
+
+def _read_csv(path: Path) -> list[Prompt]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return []
+    cols = {c.strip().lower(): c for c in rows[0]}
+    if "x" not in cols or "y" not in cols:
+        raise PathsegError(f"{path}: needs columns x and y (found {', '.join(rows[0])})")
+    groups: dict[str, list[tuple[float, float, int]]] = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            x, y = float(row[cols["x"]]), float(row[cols["y"]])
+            label = int(row[cols["label"]]) if "label" in cols and row[cols["label"]] != "" else 1
+        except ValueError as exc:
+            raise PathsegError(f"{path}:{i}: not a number ({exc})") from None
+        if label not in (0, 1):
+            raise PathsegError(f"{path}:{i}: label must be 1 (positive) or 0 (negative), got {label}")
+        key = row[cols["object"]] if "object" in cols else str(i)
+        groups.setdefault(key, []).append((x, y, label))
+    prompts = []
+    for key, pts in groups.items():
+        arr = np.array(pts, dtype=np.float64)
+        if not (arr[:, 2] == 1).any():
+            raise PathsegError(f"{path}: object {key} has no positive point")
+        prompts.append(Prompt(points=arr[:, :2], labels=arr[:, 2].astype(int), name=key))
+    return prompts
+
+
+def _read_geojson(path: Path) -> list[Prompt]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PathsegError(f"{path}: not valid JSON ({exc})") from None
+    features = data.get("features", [data] if data.get("type") == "Feature" else []) if isinstance(data, dict) else data
+    prompts = []
+    for i, feat in enumerate(features):
+        geom = (feat or {}).get("geometry") or {}
+        kind, coords = geom.get("type"), geom.get("coordinates")
+        if kind == "Point":
+            prompts.append(Prompt(points=np.array([coords[:2]], float), labels=np.array([1]), name=str(i)))
+        elif kind in ("Polygon", "MultiPolygon"):
+            flat = np.array(
+                [
+                    p[:2]
+                    for ring in (coords if kind == "Polygon" else [r for poly in coords for r in poly])
+                    for p in ring
+                ],
+                dtype=np.float64,
+            )
+            prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=str(i)))
+    if not prompts:
+        raise PathsegError(f"{path}: no Point or Polygon features to use as prompts")
+    return prompts

@@ -1,0 +1,83 @@
+"""Prompt files (CSV points, GeoJSON boxes/points) and `pathseg nuclei --prompts`."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pathseg.cli import main
+from pathseg.errors import PathsegError
+from pathseg.io.prompts import read_prompts
+from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+from tests.conftest import synthetic_nuclei
+
+
+def test_csv_points_grouped_by_object(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("x,y,label,object\n10,12,1,a\n14,15,0,a\n40,41,1,b\n")
+    prompts = read_prompts(f)
+    assert len(prompts) == 2
+    assert prompts[0].points.tolist() == [[10, 12], [14, 15]] and prompts[0].labels.tolist() == [1, 0]
+
+
+def test_csv_errors(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("col,row\n1,2\n")
+    with pytest.raises(PathsegError, match="columns x and y"):
+        read_prompts(f)
+    f.write_text("x,y,label\n1,2,0\n")
+    with pytest.raises(PathsegError, match="no positive point"):
+        read_prompts(f)
+    f.write_text("x,y\n1,abc\n")
+    with pytest.raises(PathsegError, match=r"p.csv:2: not a number"):
+        read_prompts(f)
+
+
+def test_geojson_polygons_become_boxes(tmp_path):
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [[[5, 6], [20, 6], [20, 30], [5, 30], [5, 6]]]},
+                "properties": {},
+            },
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [50, 60]}, "properties": {}},
+        ],
+    }
+    f = tmp_path / "b.geojson"
+    f.write_text(json.dumps(fc))
+    prompts = read_prompts(f)
+    assert prompts[0].box.tolist() == [5, 6, 20, 30] and prompts[1].points.tolist() == [[50, 60]]
+
+
+def test_cli_prompts(tmp_path, capsys):
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    rgb, gt = synthetic_nuclei((160, 200), n=6, radius=12, seed=1)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    ys, xs = np.nonzero(gt == 1)
+    (tmp_path / "p.csv").write_text(f"x,y\n{xs.mean():.1f},{ys.mean():.1f}\n")
+    code = main(
+        [
+            "nuclei",
+            str(tmp_path / "t.png"),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "model"),
+            "--prompts",
+            str(tmp_path / "p.csv"),
+            "-q",
+        ]
+    )
+    assert code == 0
+    labels = tifffile.imread(tmp_path / "out" / "t_instances.tif")
+    assert labels.shape == gt.shape and labels.max() <= 1
+    assert (
+        main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "o2"), "--prompts", str(tmp_path / "p.csv")]) == 1
+    )
+    assert "cannot take prompts" in capsys.readouterr().err
