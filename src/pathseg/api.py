@@ -105,8 +105,7 @@ def segment_nuclei_prompted(
     labels = np.zeros(rgb.shape[:2], dtype=np.uint32)
     for i, p in enumerate(prompts, start=1):
         r = predictor.predict(points=p.points, labels=p.labels, box=p.box, multimask=p.box is None)
-        mask = r.masks[int(np.argmax(r.iou))] & (labels == 0)
-        labels[mask] = i
+        r.paste(labels, int(np.argmax(r.iou)), i)
         if progress:
             progress(i, len(prompts), "prompts")
     table = measure_nuclei(labels, rgb, used_mpp)

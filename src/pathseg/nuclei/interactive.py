@@ -28,12 +28,32 @@ log = logging.getLogger("pathseg")
 
 @dataclass
 class Prediction:
-    """Masks (K, H, W) bool in image pixels, predicted IoU (K,), and low-resolution logits (K, 4h, 4w) that can be
-    passed back as ``mask_input`` for iterative correction."""
+    """Candidate masks of one prompt, held in the window where they were predicted.
 
-    masks: np.ndarray
+    ``window_masks`` (K, h, w) bool cover ``window`` = (y0, x0, y1, x1) in image pixels; ``iou`` (K,) is the
+    predicted IoU; ``low_res_logits`` (K, 4h', 4w') can be passed back as ``mask_input`` for iterative correction.
+    """
+
+    window_masks: np.ndarray
+    window: tuple[int, int, int, int]
     iou: np.ndarray
     low_res_logits: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(K, H, W) bool masks over the whole image."""
+        y0, x0, y1, x1 = self.window
+        full = np.zeros((self.window_masks.shape[0], *self.shape), dtype=bool)
+        full[:, y0:y1, x0:x1] = self.window_masks
+        return full
+
+    def paste(self, labels: np.ndarray, k: int, value: int, overwrite: bool = False) -> None:
+        """Write mask ``k`` into ``labels`` as ``value`` (only into background unless ``overwrite``)."""
+        y0, x0, y1, x1 = self.window
+        region = labels[y0:y1, x0:x1]
+        m = self.window_masks[k] if overwrite else self.window_masks[k] & (region == 0)
+        region[m] = value
 
 
 class Predictor:
@@ -216,12 +236,18 @@ class Predictor:
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
     def _to_image(self, masks, iou, low, box_yx) -> Prediction:
-        H, W = self._work.shape[:2]
         y0, x0, y1, x1 = box_yx
-        full = np.zeros((masks.shape[0], H, W), dtype=bool)
-        full[:, y0:y1, x0:x1] = masks
+        h, w = self.image.shape[:2]
         if abs(self.factor - 1) >= 1e-3:
-            h, w = self.image.shape[:2]
-            t = torch.from_numpy(full[None].astype(np.float32))
-            full = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)[0].numpy() > 0.5
-        return Prediction(full, iou, low)
+            f = self.factor
+            iy0, ix0 = int(np.floor(y0 / f)), int(np.floor(x0 / f))
+            iy1, ix1 = min(int(np.ceil(y1 / f)), h), min(int(np.ceil(x1 / f)), w)
+            t = torch.from_numpy(masks[None].astype(np.float32))
+            # sample the work-pixel masks at the image pixels' centres
+            grid_y = ((torch.arange(iy0, iy1) + 0.5) * f - y0) / (y1 - y0) * 2 - 1
+            grid_x = ((torch.arange(ix0, ix1) + 0.5) * f - x0) / (x1 - x0) * 2 - 1
+            gy, gx = torch.meshgrid(grid_y, grid_x, indexing="ij")
+            grid = torch.stack([gx, gy], -1)[None].float()
+            masks = F.grid_sample(t, grid, mode="bilinear", align_corners=False)[0].numpy() > 0.5
+            box_yx = (iy0, ix0, iy1, ix1)
+        return Prediction(masks, tuple(int(v) for v in box_yx), iou, low, (h, w))
