@@ -81,3 +81,32 @@ def test_cli_prompts(tmp_path, capsys):
         main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "o2"), "--prompts", str(tmp_path / "p.csv")]) == 1
     )
     assert "cannot take prompts" in capsys.readouterr().err
+
+
+def test_cli_modes(tmp_path, capsys):
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    rgb, _ = synthetic_nuclei((140, 150), n=4, radius=12, seed=2)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    for mode in ("ais", "apg"):
+        out = tmp_path / mode
+        assert (
+            main(
+                [
+                    "nuclei",
+                    str(tmp_path / "t.png"),
+                    "-o",
+                    str(out),
+                    "--model",
+                    str(tmp_path / "model"),
+                    "--mode",
+                    mode,
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        assert tifffile.imread(out / "t_instances.tif").shape == rgb.shape[:2]
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c"), "--mode", "amg"]) == 1
+    assert "needs a SAM-family model" in capsys.readouterr().err

@@ -65,16 +65,24 @@ def segment_nuclei(
     mpp: float | None = None,
     max_pixels: int | None = None,
     progress: ProgressCallback | None = None,
+    mode: str = "ais",
 ) -> NucleiResult:
     """Segment nuclei in an image file or an RGB uint8 array.
 
     ``model``: a name from ``pathseg models list``, a model object, or ``None`` for the best offline model.
     ``mpp``: pixel size in µm/px; overrides the file's. With neither, the model's own resolution is assumed.
+    ``mode``: ``ais`` (default), or for SAM-family models ``apg`` / ``amg`` (prompt-based automatic modes).
     """
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
     rgb, file_mpp, source = _load(image, max_pixels)
     used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
-    labels = net.segment(rgb, used_mpp, progress=progress)
+    if mode != "ais" and not hasattr(net, "sam"):
+        raise PathsegError(f"mode {mode!r} needs a SAM-family model; {net.name!r} only does automatic segmentation")
+    labels = (
+        net.segment(rgb, used_mpp, progress=progress, mode=mode)
+        if mode != "ais"
+        else net.segment(rgb, used_mpp, progress=progress)
+    )
     table = measure_nuclei(labels, rgb, used_mpp)
     return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
 

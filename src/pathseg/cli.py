@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "boxes.geojson (polygons -> boxes, points -> points), in image pixels; needs a SAM-family model and one "
         "input image",
     )
+    p.add_argument(
+        "--mode",
+        choices=["ais", "apg", "amg"],
+        default="ais",
+        help="automatic mode: ais = decoder maps + watershed (default, fastest); apg = SAM prompts at "
+        "the AIS seeds; amg = SAM's grid of point prompts (SAM-family models only)",
+    )
     p.set_defaults(func=cmd_nuclei)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -144,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--val-fraction", type=float, default=0.15)
     t.add_argument("--val-every", type=int, default=500)
-    t.add_argument("--init", default=None, help="fine-tune from this pathseg model folder")
+    t.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune this model: a zoo name (e.g. pathosam_vit_b), a checkpoint file or a model folder",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--precision",
@@ -233,7 +244,9 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                     path, prompts, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar
                 )
             else:
-                result = segment_nuclei(path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar)
+                result = segment_nuclei(
+                    path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar, mode=args.mode
+                )
             paths = write_nuclei_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:
             bar.close()

@@ -176,9 +176,24 @@ class SamNucleusModel(nn.Module):
         )
 
     def segment(
-        self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None, **params: float
+        self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None, mode: str = "ais", **params: float
     ) -> np.ndarray:
-        """Nucleus labels (H, W) uint32 of ``rgb`` at ``mpp`` µm/px (resampled to the model's pixel size)."""
+        """Nucleus labels (H, W) uint32 of ``rgb`` at ``mpp`` µm/px (resampled to the model's pixel size).
+
+        ``mode``: ``ais`` (decoder maps + watershed, default), ``apg`` (SAM prompts at AIS seeds) or ``amg``
+        (SAM's point grid). ``params`` override the mode's post-processing thresholds.
+        """
+        if mode in ("amg", "apg"):
+            from pathseg.nuclei.interactive import Predictor
+            from pathseg.nuclei.prompted import AutomaticMaskGenerator, AutomaticPromptGenerator
+
+            gen = (
+                AutomaticMaskGenerator(Predictor(self)) if mode == "amg" else AutomaticPromptGenerator(Predictor(self))
+            )
+            gen.initialize(rgb, mpp, progress=progress)
+            return gen.generate(**params)
+        if mode != "ais":
+            raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
         factor = mpp / self.mpp  # model pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(factor - 1) < 1e-3 else _resize_rgb(rgb, (round(h * factor), round(w * factor)))

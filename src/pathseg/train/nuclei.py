@@ -160,8 +160,12 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     samples = load_samples(cfg.data, cfg.mpp_in, cfg.model_mpp)
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed)
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
-    if cfg.init:
-        model = SamNucleusModel.from_pretrained(cfg.init)
+    if cfg.init:  # fine-tune: a pathseg model folder, a checkpoint file, or a zoo name (e.g. pathosam_vit_b)
+        from pathseg.models.zoo import get_nucleus_model
+
+        model = get_nucleus_model(cfg.init)
+        if not isinstance(model, SamNucleusModel):
+            raise PathsegError(f"--init {cfg.init!r} is not a SAM-family model")
         model.config["mpp"] = cfg.model_mpp
     else:
         model = SamNucleusModel(compact_config(mpp=cfg.model_mpp, name=cfg.name))
