@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the results (default: benchmarks/results/nuclei_<model>_<data>.json)",
     )
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
+    ap.add_argument("--mode", default="ais", choices=["ais", "apg", "amg"], help="automatic mode (SAM-family models)")
     args = ap.parse_args(argv)
 
     images = sorted((args.data / "images").glob("*.png"))
@@ -53,14 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = images[: args.limit] if args.limit else images
     name = args.model or default_nucleus_model()
-    model = get_nucleus_model(name)
+    if name.startswith("random:"):  # architecture speed only: a SAM of this size with random weights
+        from pathseg.models.nucleus_sam import SamNucleusModel, default_config
+
+        model = SamNucleusModel(default_config(name.split(":", 1)[1], name=name)).eval()
+    else:
+        model = get_nucleus_model(name)
     mpp = args.mpp or model.mpp
     rows = []
     for path in images:
         rgb = read_image(path).pixels
         gt = read_labels(args.data / "instance_masks" / path.name)
         start = time.perf_counter()
-        pred = model.segment(rgb, mpp)
+        pred = model.segment(rgb, mpp, mode=args.mode) if args.mode != "ais" else model.segment(rgb, mpp)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         scores = instance_scores(gt, pred)
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             COLUMNS,
         )
     )
-    out = args.json or Path("benchmarks/results") / f"nuclei_{name}_{args.data.parent.name}_{args.data.name}.json"
+    tag = name.replace(":", "_").replace("/", "_") + ("" if args.mode == "ais" else f"_{args.mode}")
+    out = args.json or Path("benchmarks/results") / f"nuclei_{tag}_{args.data.parent.name}_{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         json.dump(

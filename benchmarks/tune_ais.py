@@ -1,0 +1,84 @@
+"""Tune a SAM-family model's AIS post-processing on the validation split of its training run (never on test).
+
+Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, seed and fraction),
+computes the decoder maps once per image (``initialize``), then grid-searches the watershed thresholds with the
+cheap ``generate``. Writes the best parameters into the model folder's config.json (``ais_params``) with
+``--write``, and the search into ``benchmarks/results/tune_ais_<model>.json``.
+
+    python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pathseg.io.atomic import atomic_open
+from pathseg.metrics import instance_scores
+from pathseg.models.nucleus_sam import CONFIG_NAME, SamNucleusModel
+from pathseg.train.data import load_samples
+from pathseg.train.nuclei import split_validation
+
+GRID = {
+    "center_distance_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "boundary_distance_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "foreground_threshold": [0.4, 0.5, 0.6],
+    "distance_smoothing": [1.0, 1.6, 2.0],
+    "min_size": [0, 10, 25],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="training run folder (holds train_config.json)")
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
+    ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
+    args = ap.parse_args(argv)
+    cfg = json.loads((args.run / "train_config.json").read_text())
+    model_dir = args.model or args.run / "best"
+    model = SamNucleusModel.from_pretrained(model_dir)
+    samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["model_mpp"])
+    _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"])
+    print(f"validation split: {', '.join(s.name for s in val)}")
+    segmenters = []
+    for s in val:
+        seg = model.segmenter()
+        seg.initialize(s.image)
+        segmenters.append((seg, s.labels))
+    keys = list(GRID)
+    results = []
+    for values in itertools.product(*(GRID[k] for k in keys)):
+        params = dict(zip(keys, values, strict=True))
+        rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
+        mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
+        results.append({"params": params, **mean, "score": mean["msa"] + mean["aji"] + mean["pq"]})
+    results.sort(key=lambda r: -r["score"])
+    best = results[0]
+    default = (
+        next(r for r in results if r["params"] == {k: model.config["ais_params"].get(k) for k in keys})
+        if any(r["params"] == {k: model.config["ais_params"].get(k) for k in keys} for r in results)
+        else None
+    )
+    print(f"best on validation (mSA + AJI + PQ): {json.dumps(best)}")
+    if default:
+        print(f"current parameters:                 {json.dumps(default)}")
+    out = Path("benchmarks/results") / f"tune_ais_{model.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "w") as f:
+        json.dump({"validation": [s.name for s in val], "best": best, "top10": results[:10]}, f, indent=2)
+    if args.write:
+        config = json.loads((model_dir / CONFIG_NAME).read_text())
+        config["ais_params"] = {**config.get("ais_params", {}), **best["params"]}
+        with atomic_open(model_dir / CONFIG_NAME, "w") as f:
+            json.dump(config, f, indent=2)
+        print(f"wrote ais_params into {model_dir / CONFIG_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
