@@ -1,0 +1,1 @@
+"""Whole-slide processing: tissue detection, tiling with halo, resumable runs (in progress)."""
