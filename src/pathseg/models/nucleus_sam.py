@@ -125,6 +125,7 @@ class SamNucleusModel(nn.Module):
             config["encoder"].get("out_chans", 256),
         )
         self.ais = _build_ais(config.get("ais_decoder"))
+        self._channels_last = False
         sem = config.get("semantic_decoder")
         self.semantic = EmbeddingDecoder(**sem, final_activation=None) if sem else None
 
@@ -145,8 +146,12 @@ class SamNucleusModel(nn.Module):
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
+            if not self._channels_last:  # ~1.5x faster convolutions on CPU, same numbers
+                self.to(memory_format=torch.channels_last)
+                self._channels_last = True
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
+            x = x.contiguous(memory_format=torch.channels_last)
             return self.forward_maps(x)[0, :, :h, :w].numpy()
         x = self.sam.resize_longest(x)
         input_size = tuple(x.shape[-2:])
