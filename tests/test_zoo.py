@@ -115,3 +115,19 @@ def test_published_entries_are_listed():
     for e in zoo.list_models():
         for f in e.files:
             assert f.url.startswith("https://") and f.known_hash.split(":")[0] in ("xxh128", "sha256")
+
+
+def test_bundled_models_are_registered_and_preferred(tmp_path, monkeypatch):
+    from pathseg.models.nucleus_sam import compact_config
+
+    cfg = compact_config(name="pathseg_nuclei_cpu", tile=128)
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "pathseg_nuclei_cpu")
+    try:
+        assert zoo.register_bundled(tmp_path) == ["pathseg_nuclei_cpu"]
+        entry = zoo.get_entry("pathseg_nuclei_cpu")
+        assert entry.offline() and entry.source == "bundled"
+        assert zoo.default_nucleus_model() == "pathseg_nuclei_cpu"
+        assert isinstance(zoo.get_nucleus_model(), SamNucleusModel)
+    finally:
+        zoo.unregister("pathseg_nuclei_cpu")
+    assert zoo.default_nucleus_model() == "classical"

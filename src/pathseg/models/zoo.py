@@ -54,7 +54,7 @@ class ModelEntry:
     def offline(self) -> bool:
         """True if the model can be built now without a network."""
         if self.bundled is not None:
-            return self.bundled.exists()
+            return (self.bundled / "model.safetensors").is_file()
         return all(_is_verified(models_dir() / f.filename, f.known_hash) for f in self.files)
 
 
@@ -232,9 +232,46 @@ register(
     )
 )
 
+#: Models shipped inside the package: ``pathseg/weights/<name>/`` holding config.json + model.safetensors.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def _bundled_builder(folder: Path) -> Callable[[list[Path]], object]:
+    def build(_: list[Path]):
+        from pathseg.models.nucleus_sam import SamNucleusModel
+
+        return SamNucleusModel.from_pretrained(folder)
+
+    return build
+
+
+def register_bundled(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
+    """Register every model folder found under ``weights_dir`` (its config.json names task and pixel size)."""
+    import json
+
+    names = []
+    for folder in sorted(p for p in weights_dir.glob("*") if (p / "config.json").is_file()):
+        cfg = json.loads((folder / "config.json").read_text())
+        name = cfg.get("name", folder.name)
+        register(
+            ModelEntry(
+                name,
+                cfg.get("task", "nuclei"),
+                cfg.get("description", "bundled model"),
+                float(cfg.get("mpp", 0.25)),
+                _bundled_builder(folder),
+                bundled=folder,
+            )
+        )
+        names.append(name)
+    return names
+
+
+register_bundled()
+
 #: Nucleus models in order of preference for "the best model available offline". PathoSAM models stay opt-in
 #: (--model): their 1024-px ViT decoders take ~30 s per 512-px tile on a laptop CPU.
-NUCLEUS_PREFERENCE = ("classical",)
+NUCLEUS_PREFERENCE = ("pathseg_nuclei_cpu", "classical")
 
 
 def list_models(task: str | None = None) -> list[ModelEntry]:
