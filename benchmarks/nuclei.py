@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         help="folder with images/ and instance_masks/ (default: MoNuSeg test)",
     )
     ap.add_argument("--model", default=None, help="model name (default: the best offline model)")
-    ap.add_argument("--mpp", type=float, default=None, help="pixel size of the images (default: the model's own)")
+    ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument(
         "--json",
         type=Path,
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         model = SamNucleusModel(default_config(name.split(":", 1)[1], name=name)).eval()
     else:
         model = get_nucleus_model(name)
-    mpp = args.mpp or model.mpp
+    mpp = args.mpp
     rows = []
     for path in images:
         rgb = read_image(path).pixels
