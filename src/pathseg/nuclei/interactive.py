@@ -236,8 +236,19 @@ class Predictor:
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
     def _to_image(self, masks, iou, low, box_yx) -> Prediction:
-        y0, x0, y1, x1 = box_yx
         h, w = self.image.shape[:2]
+        # shrink the window to the masks' bounding box (plus a pixel), so later work stays local
+        any_mask = masks.any(axis=0)
+        if any_mask.any():
+            ys, xs = np.nonzero(any_mask.any(axis=1))[0], np.nonzero(any_mask.any(axis=0))[0]
+            cy0, cy1 = max(ys[0] - 1, 0), min(ys[-1] + 2, masks.shape[1])
+            cx0, cx1 = max(xs[0] - 1, 0), min(xs[-1] + 2, masks.shape[2])
+        else:
+            cy0 = cx0 = 0
+            cy1 = cx1 = 1
+        masks = masks[:, cy0:cy1, cx0:cx1]
+        box_yx = (box_yx[0] + cy0, box_yx[1] + cx0, box_yx[0] + cy1, box_yx[1] + cx1)
+        y0, x0, y1, x1 = box_yx
         if abs(self.factor - 1) >= 1e-3:
             f = self.factor
             iy0, ix0 = int(np.floor(y0 / f)), int(np.floor(x0 / f))
