@@ -76,15 +76,15 @@ def run_image(pred: Predictor, gt: np.ndarray, corrections: int) -> dict[str, np
         pts, lbl = [[x, y]], [1]
         current = r
         current.window_masks = r.window_masks[best : best + 1]
-        logits = r.low_res_logits[best][None, None]
+        prompt = r.mask_prompt(best)
         for _ in range(corrections):
             c = corrective_point((y0, x0, y1, x1), obj, current)
             if c is None:
                 break
             pts.append([c[0], c[1]])
             lbl.append(c[2])
-            current = pred.predict(points=np.array(pts), labels=np.array(lbl), mask_input=logits, multimask=False)
-            logits = current.low_res_logits[0][None, None]
+            current = pred.predict(points=np.array(pts), labels=np.array(lbl), mask_input=prompt, multimask=False)
+            prompt = current.mask_prompt(0)
         current.paste(out["corrected"], 0, lab)
     return out
 

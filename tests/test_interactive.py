@@ -60,7 +60,7 @@ def test_prompts_and_shapes(model):
     single = p.predict(box=np.array([40, 50, 70, 80]), multimask=False)
     assert single.masks.shape == (1, 200, 260)
     both = p.predict(points=np.array([[55, 65]]), labels=np.array([1]), box=np.array([40, 50, 70, 80]))
-    again = p.predict(points=np.array([[55, 65]]), labels=np.array([1]), mask_input=both.low_res_logits[:1][None])
+    again = p.predict(points=np.array([[55, 65]]), labels=np.array([1]), mask_input=both.mask_prompt(0))
     assert again.masks.shape == (3, 200, 260)
     with pytest.raises(ValueError, match="at least one"):
         p.predict()

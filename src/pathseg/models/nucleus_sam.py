@@ -159,6 +159,32 @@ class SamNucleusModel(nn.Module):
         maps = self.sam.postprocess_masks(maps, input_size, (h, w))
         return maps[0].numpy()
 
+    @torch.inference_mode()
+    def embed_window(self, rgb: np.ndarray) -> torch.Tensor:
+        """Image embedding (C, h, w) of an RGB uint8 window for prompts.
+
+        ViT SAM: the window is resized (longest side ``img_size``) and padded, as SAM does. Compact models: the
+        window is only padded to a multiple of 16, exactly as the training crops were seen.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        if not self.is_compact:
+            return self.sam.embed(self.sam.resize_longest(x))[0]
+        h, w = rgb.shape[:2]
+        x = (x - self.sam.pixel_mean) / self.sam.pixel_std
+        x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
+        return self.sam.image_encoder(x)[0]
+
+    def window_logits(self, low: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Low-resolution mask logits (N, K, h', w') of a window embedded by :meth:`embed_window` -> (N, K, h, w)."""
+        if self.is_compact:  # 4x up to the (padded) input, then crop the padding
+            return F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w]
+        scale = self.sam.img_size / max(h, w)
+        return self.sam.postprocess_masks(low, (round(h * scale), round(w * scale)), (h, w))
+
+    def prompt_scale(self, h: int, w: int) -> float:
+        """Factor from window pixels to the prompt encoder's input frame."""
+        return 1.0 if self.is_compact else self.sam.img_size / max(h, w)
+
     @property
     def is_compact(self) -> bool:
         return self.config["encoder"].get("type") == "compact"

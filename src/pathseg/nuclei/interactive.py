@@ -27,11 +27,19 @@ log = logging.getLogger("pathseg")
 
 
 @dataclass
+class MaskPrompt:
+    """Logits of an earlier prediction (1, 1, h, w) and the window (work pixels) whose embedding produced them."""
+
+    logits: torch.Tensor
+    window: tuple[int, int, int, int]
+
+
+@dataclass
 class Prediction:
     """Candidate masks of one prompt, held in the window where they were predicted.
 
     ``window_masks`` (K, h, w) bool cover ``window`` = (y0, x0, y1, x1) in image pixels; ``iou`` (K,) is the
-    predicted IoU; ``low_res_logits`` (K, 4h', 4w') can be passed back as ``mask_input`` for iterative correction.
+    predicted IoU; ``mask_prompt(k)`` passes candidate ``k`` back as ``mask_input`` for iterative correction.
     """
 
     window_masks: np.ndarray
@@ -39,6 +47,11 @@ class Prediction:
     iou: np.ndarray
     low_res_logits: torch.Tensor
     shape: tuple[int, int]
+    embed_window: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def mask_prompt(self, k: int = 0) -> MaskPrompt:
+        """Candidate ``k`` as a mask prompt for the next, corrective prediction."""
+        return MaskPrompt(self.low_res_logits[k][None, None], self.embed_window)
 
     @property
     def masks(self) -> np.ndarray:
@@ -118,11 +131,7 @@ class Predictor:
             self._save(Path(cache), sig)
 
     def _embed(self, crop: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
-        if not self.model.is_compact:
-            x = self.model.sam.resize_longest(x)
-        with torch.inference_mode():
-            return self.model.sam.embed(x)[0]
+        return self.model.embed_window(crop)
 
     def _save(self, path: Path, sig: dict[str, str]) -> None:
         from safetensors.torch import save_file
@@ -153,11 +162,11 @@ class Predictor:
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
-        mask_input: torch.Tensor | None = None,
+        mask_input: MaskPrompt | None = None,
         multimask: bool = True,
     ) -> Prediction:
         """Segment one object. ``points`` (N, 2) as x, y in image pixels with ``labels`` (N,) 1 = positive,
-        0 = negative; ``box`` (4,) as x0, y0, x1, y1; ``mask_input`` (1, 4h, 4w) logits of an earlier prediction.
+        0 = negative; ``box`` (4,) as x0, y0, x1, y1; ``mask_input``: an earlier prediction's ``mask_prompt(k)``.
         Returns 3 candidate masks (``multimask``) or 1."""
         if self.image is None:
             raise RuntimeError("call set_image(image) first")
@@ -166,19 +175,29 @@ class Predictor:
         pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2) * self.factor
         lbl = None if points is None else np.asarray(labels if labels is not None else np.ones(len(pts)), int)
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
+        if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
+            window, logits = mask_input.window, mask_input.logits
+            pred = self._predict_in(window, self._embedding_for(window), pts, lbl, bx, logits, multimask)
+            return self._to_image(*pred)
         centre = (bx[:2] + bx[2:]) / 2 if bx is not None else pts[lbl == 1].mean(0) if (lbl == 1).any() else pts.mean(0)
         tile = self._tile_for(centre)
         pred = self._predict_in(
             tile.outer, self.embeddings[self.tiles.index(tile)], pts, lbl, bx, mask_input, multimask
         )
         best = int(np.argmax(pred[1]))
-        if self._touches_edge(pred[0][best], tile.outer):
+        if mask_input is None and self._touches_edge(pred[0][best], tile.outer):
             window = self._window_around(pred[0][best], tile.outer)
-            emb = self._extra.get(window)
-            if emb is None:
-                emb = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
-            pred = self._predict_in(window, emb, pts, lbl, bx, None, multimask)
+            pred = self._predict_in(window, self._embedding_for(window), pts, lbl, bx, None, multimask)
         return self._to_image(*pred)
+
+    def _embedding_for(self, window: tuple[int, int, int, int]) -> torch.Tensor:
+        for t, emb in zip(self.tiles, self.embeddings, strict=True):
+            if tuple(t.outer) == tuple(window):
+                return emb
+        emb = self._extra.get(window)
+        if emb is None:
+            emb = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
+        return emb
 
     def _tile_for(self, centre: np.ndarray) -> Tile:
         x, y = centre
@@ -194,7 +213,7 @@ class Predictor:
         """Masks (K, h, w) bool in ``box_yx`` (work pixels), IoU, low-res logits."""
         y0, x0, y1, x1 = box_yx
         h, w = y1 - y0, x1 - x0
-        scale = 1.0 if self.model.is_compact else self.model.sam.img_size / max(h, w)
+        scale = self.model.prompt_scale(h, w)
         offset = np.array([x0, y0], dtype=np.float64)
         t_pts = None
         if pts is not None:
@@ -209,8 +228,7 @@ class Predictor:
         )
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
-            input_size = (round(h * scale), round(w * scale))
-            full = self.model.sam.postprocess_masks(low, input_size, (h, w))[0]
+            full = self.model.window_logits(low, h, w)[0]
         return (full > self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 
     def _touches_edge(self, mask: np.ndarray, box_yx) -> bool:
@@ -236,6 +254,7 @@ class Predictor:
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
     def _to_image(self, masks, iou, low, box_yx) -> Prediction:
+        embed_window = tuple(int(v) for v in box_yx)
         h, w = self.image.shape[:2]
         # shrink the window to the masks' bounding box (plus a pixel), so later work stays local
         any_mask = masks.any(axis=0)
@@ -261,4 +280,4 @@ class Predictor:
             grid = torch.stack([gx, gy], -1)[None].float()
             masks = F.grid_sample(t, grid, mode="bilinear", align_corners=False)[0].numpy() > 0.5
             box_yx = (iy0, ix0, iy1, ix1)
-        return Prediction(masks, tuple(int(v) for v in box_yx), iou, low, (h, w))
+        return Prediction(masks, tuple(int(v) for v in box_yx), iou, low, (h, w), embed_window)

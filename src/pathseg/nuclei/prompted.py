@@ -91,7 +91,7 @@ def _candidates(
     y0, x0, y1, x1 = tile.outer
     h, w = y1 - y0, x1 - x0
     model = predictor.model
-    scale = 1.0 if model.is_compact else model.sam.img_size / max(h, w)
+    scale = model.prompt_scale(h, w)
     emb = predictor.embeddings[tile_index][None]
     out: list[Candidate] = []
     for start in range(0, len(points), batch):
@@ -100,7 +100,7 @@ def _candidates(
         labels = torch.ones(len(pts), 1)
         with torch.inference_mode():
             low, iou = model.sam.decode(emb, (coords, labels), None, None, multimask_output=multimask)
-            logits = model.sam.postprocess_masks(low, (round(h * scale), round(w * scale)), (h, w))
+            logits = model.window_logits(low, h, w)
             stab = stability_score(logits, model.sam.mask_threshold)
         masks = (logits > model.sam.mask_threshold).numpy()
         for i in range(masks.shape[0]):
