@@ -23,6 +23,7 @@ from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, 
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into
 from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
 from pathseg.progress import ProgressCallback
+from pathseg.resize import resize_maps, resize_rgb, scaled_size
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -227,11 +228,11 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
         factor = mpp / self.mpp  # model pixels per image pixel
         h, w = rgb.shape[:2]
-        work = rgb if abs(factor - 1) < 1e-3 else _resize_rgb(rgb, (round(h * factor), round(w * factor)))
+        work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
         seg = self.segmenter()
         seg.initialize(work, progress=progress)
         if work is not rgb:
-            seg.maps = _resize_maps(seg.maps, (h, w))
+            seg.maps = resize_maps(seg.maps, (h, w))
             seg.scale = 1.0 / factor
         return seg.generate(**{**self.config.get("ais_params", {}), **params})
 
@@ -303,27 +304,4 @@ def from_checkpoint(
     load_into(model.sam, ckpt.sam_state, f"SAM {ckpt.size}", path)
     if decoder is not None:
         load_into(model.ais, decoder, f"the AIS decoder of SAM {ckpt.size}", decoder_path or path)
-    return model.eval()
-
-
-def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    x = F.interpolate(torch.from_numpy(maps)[None], size, mode="bilinear", align_corners=False)
-    return x[0].numpy()
-
-
-def attach_semantic(model: SamNucleusModel, path: str | os.PathLike) -> SamNucleusModel:
-    """Load a semantic decoder state dict (e.g. PathoSAM's) into ``model.semantic``."""
-    decoder = load_checkpoint(path).decoder_state
-    if decoder is None:
-        raise PathsegError(f"{path}: no decoder weights (out_conv.*) found")
-    cfg = EmbeddingDecoder.config_from_state(decoder)
-    model.semantic = EmbeddingDecoder(**cfg, final_activation=None)
-    load_into(model.semantic, decoder, "a semantic decoder", path)
-    model.config["semantic_decoder"] = cfg
     return model.eval()

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import pathseg
-from pathseg.models.nucleus_sam import SamNucleusModel, _resize_rgb
+from pathseg.models.nucleus_sam import SamNucleusModel
+from pathseg.resize import resize_rgb, scaled_size
 from pathseg.tiling import Tile, tile_grid
 
 log = logging.getLogger("pathseg")
@@ -113,9 +114,7 @@ class Predictor:
         self.image = rgb
         self.factor = mpp / self.model.mpp
         h, w = rgb.shape[:2]
-        work = (
-            rgb if abs(self.factor - 1) < 1e-3 else _resize_rgb(rgb, (round(h * self.factor), round(w * self.factor)))
-        )
+        work = rgb if abs(self.factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), self.factor))
         self.tiles = (
             tile_grid(work.shape[:2], self.window, self.halo)
             if max(work.shape[:2]) > self.window

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.io.images import read_image, read_labels
 from pathseg.nuclei.targets import distance_targets
+from pathseg.resize import resize_labels, resize_rgb, scaled_size
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -47,17 +47,11 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 
 def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scale by ``factor`` (output px per input px): area/bilinear for the image, nearest for the labels."""
+    """Scale by ``factor`` (output px per input px): bilinear/antialiased image, nearest-neighbour labels."""
     if abs(factor - 1) < 1e-3:
         return image, labels
-    h, w = labels.shape
-    size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-    image = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
-    labels = F.interpolate(lab, size, mode="nearest")[0, 0].numpy().astype(np.int32)
-    return image, labels
+    size = scaled_size(labels.shape, factor)
+    return resize_rgb(image, size), resize_labels(labels, size)
 
 
 def load_samples(folders: list[str | os.PathLike], mpp_in: float, mpp_model: float) -> list[Sample]:

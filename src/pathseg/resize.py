@@ -1,0 +1,36 @@
+"""Resampling of images, label images and float maps (torch interpolation; no torchvision)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> ``size`` (h, w), bilinear with antialiasing (area-like when shrinking)."""
+    if tuple(rgb.shape[:2]) == tuple(size):
+        return rgb
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Integer label image -> ``size``, nearest neighbour (int32)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels.astype(np.int32, copy=False)
+    lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
+    return F.interpolate(lab, size, mode="nearest")[0, 0].numpy().astype(np.int32)
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float maps (C, H, W) -> (C, h, w), bilinear."""
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    return F.interpolate(torch.from_numpy(maps)[None], size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def scaled_size(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    """(H, W) of ``shape`` scaled by ``factor`` (at least 1 px)."""
+    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
