@@ -38,6 +38,7 @@ class ClassicalParams:
     min_distance_um: float = 1.5  #: minimum distance between two seeds
     seed_smooth_um: float = 0.5  #: Gaussian σ on the distance map before seeds are taken
     h_um: float = 0.0  #: seeds must rise this much above the saddle to their neighbours (h-maxima)
+    threshold: float | None = None  #: fixed haematoxylin OD threshold (None: Otsu of each image x threshold_scale)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -61,7 +62,7 @@ def segment_classical(rgb: np.ndarray, mpp: float, params: ClassicalParams | Non
         h = ndi.gaussian_filter(h, p.smooth_um * px)
     if float(h.max()) - float(h.min()) < 1e-6:
         return np.zeros(rgb.shape[:2], dtype=np.uint32)
-    fg = h > threshold_otsu(h) * p.threshold_scale
+    fg = h > (p.threshold if p.threshold is not None else threshold_otsu(h) * p.threshold_scale)
     if p.closing_um > 0:
         fg = closing(fg, disk(max(int(round(p.closing_um * px)), 1)))
     fg = remove_small_holes(fg, max_size=max(int(p.max_hole_um2 * px * px), 1))
@@ -114,6 +115,15 @@ class ClassicalModel:
 
     def __init__(self, params: ClassicalParams | None = None, **overrides: float) -> None:
         self.params = replace(params or ClassicalParams(), **overrides)
+
+    def fit_slide(self, samples: list[np.ndarray], mpp: float) -> None:
+        """Fix the foreground threshold from tissue samples of a whole slide (RGB uint8 at ``mpp`` µm/px), so that
+        every chunk of the slide is thresholded alike (an Otsu threshold per chunk would differ chunk to chunk)."""
+        values = [ndi.gaussian_filter(haematoxylin(s), self.params.smooth_um / mpp).ravel() for s in samples]
+        if values:
+            self.params = replace(
+                self.params, threshold=float(threshold_otsu(np.concatenate(values))) * self.params.threshold_scale
+            )
 
     def segment(self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None) -> np.ndarray:
         if progress:

@@ -1,0 +1,264 @@
+"""Nuclei on whole slides in bounded memory: chunks with a halo, ownership by centroid, resumable, streamed outputs.
+
+Pass 1 (per chunk, independent): read the chunk plus a halo at the working level, segment it, keep the nuclei
+whose centroid lies in the chunk's inner box (so a nucleus crossing a border is kept whole, by exactly one
+chunk), and store them (bounding box, mask, measurements) in ``parts/chunk_<i>.npz`` — written atomically, so a
+killed run resumes at the first missing part. Nucleus ids are ``chunk index * 65536 + local index``: fixed by the
+grid, not by the order chunks finish in.
+Pass 2 (assembly): paint the label image region by region into a zarr array, and stream the GeoJSON and the
+per-nucleus table from the parts. Nothing slide-sized is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+import pathseg
+from pathseg.errors import PathsegError
+from pathseg.io.atomic import atomic_open, atomic_path
+from pathseg.io.slides import Slide, open_slide
+from pathseg.nuclei.measure import COLUMNS, measure_nuclei
+from pathseg.progress import ProgressCallback
+
+LOCAL_BITS = 16
+
+
+@dataclass
+class SlideRun:
+    """Settings of a slide run. ``roi`` = (x, y, w, h) in level-0 pixels; chunk and halo in working-level pixels."""
+
+    slide: str
+    out: str
+    model: str | None = None
+    mpp: float | None = None
+    roi: tuple[int, int, int, int] | None = None
+    chunk: int = 2048
+    halo: int = 128
+    use_tissue_mask: bool = True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    inner: tuple[int, int, int, int]  # x0, y0, x1, y1 at the working level
+    outer: tuple[int, int, int, int]
+
+
+def chunk_grid(region: tuple[int, int, int, int], size: tuple[int, int], chunk: int, halo: int) -> list[Chunk]:
+    """Chunks covering ``region`` (x0, y0, x1, y1), outer boxes grown by ``halo`` and clipped to ``size`` (w, h)."""
+    x0, y0, x1, y1 = region
+    w, h = size
+    out = []
+    for cy in range(y0, y1, chunk):
+        for cx in range(x0, x1, chunk):
+            inner = (cx, cy, min(cx + chunk, x1), min(cy + chunk, y1))
+            outer = (max(inner[0] - halo, 0), max(inner[1] - halo, 0), min(inner[2] + halo, w), min(inner[3] + halo, h))
+            out.append(Chunk(len(out), inner, outer))
+    if len(out) >= 2 ** (32 - LOCAL_BITS):
+        raise PathsegError(f"{len(out)} chunks exceed the id space; use a larger --chunk")
+    return out
+
+
+def segment_chunk(slide: Slide, level: int, mpp: float, chunk: Chunk, model) -> dict[str, np.ndarray]:
+    """Segment one chunk (with halo); return the nuclei it owns, in working-level coordinates."""
+    ox0, oy0, ox1, oy1 = chunk.outer
+    rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
+    labels = model.segment(rgb, mpp)
+    table = measure_nuclei(labels, rgb, mpp)
+    ix0, iy0, ix1, iy1 = chunk.inner
+    cx = table["centroid_x_px"] + ox0
+    cy = table["centroid_y_px"] + oy0
+    own = (cx >= ix0) & (cx < ix1) & (cy >= iy0) & (cy < iy1)
+    slices = ndi.find_objects(labels)
+    boxes, masks, offsets = [], [], [0]
+    for lab in table["id"][own]:
+        sl = slices[int(lab) - 1]
+        boxes.append((sl[1].start + ox0, sl[0].start + oy0, sl[1].stop + ox0, sl[0].stop + oy0))
+        m = labels[sl] == lab
+        masks.append(m.ravel())
+        offsets.append(offsets[-1] + m.size)
+    n = int(own.sum())
+    result = {c: np.asarray(table[c])[own] for c in COLUMNS}
+    result["centroid_x_px"] = cx[own]
+    result["centroid_y_px"] = cy[own]
+    result["centroid_x_um"] = result["centroid_x_px"] * mpp
+    result["centroid_y_um"] = result["centroid_y_px"] * mpp
+    result["id"] = (chunk.index << LOCAL_BITS) + np.arange(1, n + 1, dtype=np.int64)
+    result["boxes"] = np.array(boxes, dtype=np.int64).reshape(n, 4)
+    result["masks"] = np.concatenate(masks) if masks else np.zeros(0, bool)
+    result["mask_offsets"] = np.array(offsets, dtype=np.int64)
+    return result
+
+
+def _part_path(out: Path, chunk: Chunk) -> Path:
+    return out / "parts" / f"chunk_{chunk.index:06d}.npz"
+
+
+def _load_part(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _objects(part: dict[str, np.ndarray]) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+    for i, (lab, box) in enumerate(zip(part["id"], part["boxes"], strict=True)):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        flat = part["masks"][part["mask_offsets"][i] : part["mask_offsets"][i + 1]]
+        yield int(lab), (x0, y0, x1, y1), flat.reshape(y1 - y0, x1 - x0)
+
+
+def _neighbours(chunks: list[Chunk], c: Chunk) -> list[Chunk]:
+    x0, y0, x1, y1 = c.outer
+    return [d for d in chunks if d.outer[0] < x1 and d.outer[2] > x0 and d.outer[1] < y1 and d.outer[3] > y0]
+
+
+def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) -> dict[str, Path]:
+    """Pass 2: label image (zarr), GeoJSON and CSV from the chunk parts (streamed, region by region)."""
+    import zarr
+
+    from pathseg.io.export import write_csv, write_geojson
+    from pathseg.nuclei.measure import outlines
+
+    w, h = size
+    done = [c for c in chunks if _part_path(out, c).is_file()]
+    labels_path = out / "labels.zarr"
+    arr = zarr.open_array(str(labels_path), mode="w", shape=(h, w), chunks=(1024, 1024), dtype="uint32", fill_value=0)
+    for c in done:
+        x0, y0, x1, y1 = c.inner
+        region = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
+        for d in _neighbours(done, c):
+            for lab, (bx0, by0, bx1, by1), mask in _objects(_load_part(_part_path(out, d))):
+                ix0, iy0, ix1, iy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+                if ix0 >= ix1 or iy0 >= iy1:
+                    continue
+                sub = mask[iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0]
+                tgt = region[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+                tgt[sub & (tgt == 0)] = lab
+        arr[y0:y1, x0:x1] = region
+
+    def features() -> Iterator[dict]:
+        for c in done:
+            part = _load_part(_part_path(out, c))
+            for k, (lab, (bx0, by0, _, _), mask) in enumerate(_objects(part)):
+                for _, ring in outlines(mask.astype(np.uint8)):
+                    ring = ring + np.array([bx0, by0])
+                    yield {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
+                        "properties": {
+                            "objectType": "detection",
+                            "label": lab,
+                            "name": f"nucleus {lab}",
+                            "measurements": {n: round(float(part[n][k]), 4) for n in COLUMNS},
+                        },
+                    }
+
+    paths = {"labels": labels_path, "geojson": write_geojson(out / "nuclei.geojson", features())}
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    for c in done:  # the table of a slide is small next to its pixels (tens of bytes per nucleus)
+        part = _load_part(_part_path(out, c))
+        for n in COLUMNS:
+            columns[n].append(part[n])
+    paths["table"] = write_csv(
+        out / "nuclei.csv", {n: np.concatenate(v) if v else np.zeros(0) for n, v in columns.items()}
+    )
+    return paths
+
+
+def _samples(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: int = 512) -> list[np.ndarray]:
+    """Up to ``n`` evenly spread tissue samples (``size`` px squares at the chunk centres) for slide statistics."""
+    picks = chunks[:: max(1, len(chunks) // n)][:n]
+    out = []
+    for c in picks:
+        cx, cy = (c.inner[0] + c.inner[2]) // 2, (c.inner[1] + c.inner[3]) // 2
+        out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
+    return out
+
+
+def _model_parameters(model) -> dict:
+    if hasattr(model, "params"):
+        return model.params.as_dict()
+    return dict(getattr(model, "config", {}).get("ais_params", {}))
+
+
+def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
+    """Segment the nuclei of a slide (or its ``roi``) and write labels.zarr, nuclei.geojson, nuclei.csv and
+    report.json into ``run.out``. Re-running the same command resumes after the last finished chunk."""
+    from pathseg.errors import InputImageError
+    from pathseg.models.zoo import get_nucleus_model
+    from pathseg.wsi.tissue_mask import tissue_mask
+
+    start = time.perf_counter()
+    out = Path(run.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    model = get_nucleus_model(run.model)
+    with open_slide(run.slide, mpp=run.mpp) as slide:
+        if slide.mpp is None:
+            raise PathsegError(f"{run.slide}: the slide carries no pixel size; give it with --mpp (µm/px of level 0)")
+        level = slide.best_level(model.mpp)
+        mpp = slide.level_mpp(level)
+        lv = slide.levels[level]
+        if run.roi is not None:
+            rx, ry, rw, rh = run.roi
+            d = lv.downsample
+            region = (int(rx / d), int(ry / d), min(int((rx + rw) / d), lv.width), min(int((ry + rh) / d), lv.height))
+            if region[2] <= region[0] or region[3] <= region[1]:
+                raise PathsegError(
+                    f"--roi {run.roi} lies outside the slide ({slide.dimensions[0]}x{slide.dimensions[1]})"
+                )
+        else:
+            region = (0, 0, lv.width, lv.height)
+        chunks = chunk_grid(region, (lv.width, lv.height), run.chunk, run.halo)
+        keep = set(range(len(chunks)))
+        if run.use_tissue_mask:
+            thumb, tdown = slide.thumbnail(2048)
+            mask = tissue_mask(thumb, slide.mpp * tdown)
+            f = lv.downsample / tdown
+            keep = {
+                c.index
+                for c in chunks
+                if mask[
+                    int(c.inner[1] * f) : int(np.ceil(c.inner[3] * f)) + 1,
+                    int(c.inner[0] * f) : int(np.ceil(c.inner[2] * f)) + 1,
+                ].any()
+            }
+        if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)
+            model.fit_slide(_samples(slide, level, [c for c in chunks if c.index in keep]), mpp)
+        todo = [c for c in chunks if c.index in keep and not _part_path(out, c).is_file()]
+        failed = []
+        for i, c in enumerate(todo):
+            try:
+                result = segment_chunk(slide, level, mpp, c, model)
+            except InputImageError as exc:  # a corrupt tile: reported, not fatal
+                failed.append({"chunk": c.index, "box": c.inner, "error": str(exc)})
+                log(f"chunk {c.index} skipped: {exc}")
+                continue
+            with atomic_path(_part_path(out, c)) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **result)
+            if progress:
+                progress(i + 1, len(todo), f"chunk {c.index}")
+        paths = assemble(out, chunks, (lv.width, lv.height), mpp)
+    report = {
+        "pathseg": pathseg.__version__,
+        "slide": str(run.slide),
+        "model": model.name,
+        "settings": asdict(run),
+        "model_parameters": _model_parameters(model),
+        "level": level,
+        "mpp": mpp,
+        "chunks": len(chunks),
+        "chunks_with_tissue": len(keep),
+        "chunks_done": sum(_part_path(out, c).is_file() for c in chunks),
+        "chunks_failed": failed,
+        "seconds": time.perf_counter() - start,
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    with atomic_open(out / "report.json", "w") as f:
+        json.dump(report, f, indent=2)
+    return report
