@@ -69,3 +69,31 @@ def test_slide_without_pixel_size_needs_mpp(tmp_path):
     tifffile.imwrite(path, np.full((256, 256, 3), 200, np.uint8), tile=(128, 128), photometric="rgb")
     with pytest.raises(PathsegError, match="give it with --mpp"):
         run_slide(SlideRun(str(path), str(tmp_path / "o"), model="classical"), log=lambda *a: None)
+
+
+def test_cli_wsi(tmp_path, capsys):
+    from pathseg.cli import main
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    assert (
+        main(
+            [
+                "wsi",
+                str(svs),
+                "-o",
+                str(tmp_path / "w"),
+                "--model",
+                "classical",
+                "--roi",
+                "100,100,700,600",
+                "--chunk",
+                "400",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "chunks done" in out and (tmp_path / "w" / "report.json").is_file()
+    assert main(["wsi", str(svs), "-o", str(tmp_path / "w"), "--roi", "9000,9000,10,10"]) == 2
+    assert "outside the slide" in capsys.readouterr().err

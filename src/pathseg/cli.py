@@ -129,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("list", parents=[common], help="show every model, where it comes from, and offline status")
     m.set_defaults(func=cmd_models_list)
 
+    p = sub.add_parser(
+        "wsi",
+        parents=[common],
+        help="segment nuclei in a whole-slide image (bounded memory, resumable)",
+        description="Segment a whole slide chunk by chunk (each with a halo; every nucleus kept whole, once). Writes "
+        "OUTDIR/labels.zarr (uint32 nucleus ids), nuclei.geojson (QuPath detections), nuclei.csv and report.json. "
+        "Re-running the same command resumes after the last finished chunk.",
+    )
+    p.add_argument("slide", type=Path, metavar="SLIDE", help="svs, ndpi, mrxs, scn, OME-TIFF, tiled TIFF, ...")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    p.add_argument("--task", choices=["nuclei"], default="nuclei")
+    p.add_argument("--model", default=None, help="model name or path; default: best offline")
+    p.add_argument(
+        "--mpp",
+        type=_positive_float,
+        default=None,
+        help="µm/px of level 0 when the slide's metadata has none (required then)",
+    )
+    p.add_argument("--roi", default=None, metavar="X,Y,W,H", help="only this region (level-0 pixels)")
+    p.add_argument("--chunk", type=int, default=2048, help="chunk size in working-level pixels (default 2048)")
+    p.add_argument("--halo", type=int, default=128, help="context around each chunk in pixels (default 128)")
+    p.add_argument("--no-tissue-mask", action="store_true", help="process every chunk, tissue or not")
+    p.set_defaults(func=cmd_wsi)
+
     p = sub.add_parser("train", help="train models on your annotated images")
     tsub = p.add_subparsers(dest="task", metavar="TASK", required=True)
     t = tsub.add_parser(
@@ -344,6 +368,44 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
     bar.close()
     print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
     return 0
+
+
+def _roi(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise PathsegError(f"--roi must be X,Y,W,H in level-0 pixels, got {text!r}") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise PathsegError(f"--roi needs x, y >= 0 and w, h > 0, got {text!r}")
+    return x, y, w, h
+
+
+def cmd_wsi(args: argparse.Namespace) -> int:
+    from pathseg.wsi.pipeline import SlideRun, run_slide
+
+    run = SlideRun(
+        str(args.slide),
+        str(args.output),
+        model=args.model,
+        mpp=args.mpp,
+        roi=_roi(args.roi),
+        chunk=args.chunk,
+        halo=args.halo,
+        use_tissue_mask=not args.no_tissue_mask,
+    )
+    bar = Bar("chunks", quiet=args.quiet)
+    report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))
+    bar.close()
+    print(
+        f"{args.slide}: {report['chunks_done']} of {report['chunks']} chunks done "
+        f"({report['chunks'] - report['chunks_with_tissue']} without tissue, {len(report['chunks_failed'])} failed) "
+        f"in {report['seconds']:.1f} s at {report['mpp']:g} µm/px"
+    )
+    for kind, path in report["outputs"].items():
+        print(f"  {kind:8s} {path}")
+    return 1 if report["chunks_failed"] else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
