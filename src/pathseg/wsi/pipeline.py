@@ -11,6 +11,7 @@ per-nucleus table from the parts. Nothing slide-sized is held in memory.
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Iterator
@@ -122,7 +123,7 @@ def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) 
     """Pass 2: label image (zarr), GeoJSON and CSV from the chunk parts (streamed, region by region)."""
     import zarr
 
-    from pathseg.io.export import write_csv, write_geojson
+    from pathseg.io.export import write_geojson
     from pathseg.nuclei.measure import outlines
 
     w, h = size
@@ -160,14 +161,14 @@ def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) 
                     }
 
     paths = {"labels": labels_path, "geojson": write_geojson(out / "nuclei.geojson", features())}
-    columns: dict[str, list] = {c: [] for c in COLUMNS}
-    for c in done:  # the table of a slide is small next to its pixels (tens of bytes per nucleus)
-        part = _load_part(_part_path(out, c))
-        for n in COLUMNS:
-            columns[n].append(part[n])
-    paths["table"] = write_csv(
-        out / "nuclei.csv", {n: np.concatenate(v) if v else np.zeros(0) for n, v in columns.items()}
-    )
+    with atomic_open(out / "nuclei.csv", "w", newline="", encoding="utf-8") as f:  # streamed, part by part
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for c in done:
+            part = _load_part(_part_path(out, c))
+            for row in zip(*(part[n] for n in COLUMNS), strict=True):
+                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
+    paths["table"] = out / "nuclei.csv"
     return paths
 
 
