@@ -30,7 +30,7 @@ def test_chunked_equals_single_pass_on_a_real_slide_region(tmp_path):
     run = SlideRun(str(svs), str(tmp_path / "run"), model="classical", roi=roi, chunk=512, halo=64)
     report = run_slide(run, log=lambda *a: None)
     assert report["chunks"] == 9 and report["chunks_done"] == report["chunks_with_tissue"]
-    chunked = zarr.open_array(str(tmp_path / "run" / "labels.zarr"), mode="r")[800:2000, 500:1700]
+    chunked = zarr.open_array(str(tmp_path / "run" / "labels.zarr" / "0"), mode="r")[800:2000, 500:1700]
     with open_slide(svs) as s:
         rgb = s.read_region(0, 500, 800, 1200, 1200)
     # the same slide-level threshold the run used, then one pass over the whole region
@@ -48,7 +48,7 @@ def test_resume_after_interruption(tmp_path):
     svs = shared_data("wsi", "CMU-1-Small-Region.svs")
     run = SlideRun(str(svs), str(tmp_path / "a"), model="classical", roi=(0, 0, 900, 900), chunk=300, halo=48)
     run_slide(run, log=lambda *a: None)
-    ref = zarr.open_array(str(tmp_path / "a" / "labels.zarr"), mode="r")[:]
+    ref = zarr.open_array(str(tmp_path / "a" / "labels.zarr" / "0"), mode="r")[:]
     # simulate a run killed half-way: drop half the chunk parts and the outputs, then start again
     parts = sorted((tmp_path / "a" / "parts").glob("*.npz"))
     for p in parts[::2]:
@@ -56,7 +56,7 @@ def test_resume_after_interruption(tmp_path):
     shutil.rmtree(tmp_path / "a" / "labels.zarr")
     (tmp_path / "a" / "nuclei.geojson").unlink()
     run_slide(run, log=lambda *a: None)
-    again = zarr.open_array(str(tmp_path / "a" / "labels.zarr"), mode="r")[:]
+    again = zarr.open_array(str(tmp_path / "a" / "labels.zarr" / "0"), mode="r")[:]
     assert np.array_equal(ref, again)
 
 
@@ -97,3 +97,16 @@ def test_cli_wsi(tmp_path, capsys):
     assert "chunks done" in out and (tmp_path / "w" / "report.json").is_file()
     assert main(["wsi", str(svs), "-o", str(tmp_path / "w"), "--roi", "9000,9000,10,10"]) == 2
     assert "outside the slide" in capsys.readouterr().err
+
+
+def test_labels_are_multiscale_ome_zarr(tmp_path):
+    from pathseg.wsi.pipeline import write_multiscales
+
+    root = zarr.open_group(str(tmp_path / "l.zarr"), mode="w", zarr_format=2)
+    a = np.arange(3000 * 2500, dtype=np.uint32).reshape(3000, 2500)
+    root.create_array("0", shape=a.shape, chunks=(1024, 1024), dtype="uint32")[:] = a
+    write_multiscales(root, 0.25)
+    ms = zarr.open_group(str(tmp_path / "l.zarr"), mode="r").attrs["multiscales"][0]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][2]["coordinateTransformations"][0]["scale"] == [1.0, 1.0]
+    assert np.array_equal(root["2"][:], a[::4, ::4])
