@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="segment nuclei in a whole-slide image (bounded memory, resumable)",
         description="Segment a whole slide chunk by chunk (each with a halo; every nucleus kept whole, once). Writes "
-        "OUTDIR/labels.zarr (uint32 nucleus ids, multiscale OME-Zarr), nuclei.geojson (QuPath detections), nuclei.csv and report.json. "
+        "OUTDIR/labels.zarr (uint32 nucleus ids, multiscale OME-Zarr), nuclei.geojson (QuPath detections), "
+        "nuclei.csv and report.json. "
         "Re-running the same command resumes after the last finished chunk.",
     )
     p.add_argument("slide", type=Path, metavar="SLIDE", help="svs, ndpi, mrxs, scn, OME-TIFF, tiled TIFF, ...")
