@@ -110,3 +110,15 @@ def test_labels_are_multiscale_ome_zarr(tmp_path):
     assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
     assert ms["datasets"][2]["coordinateTransformations"][0]["scale"] == [1.0, 1.0]
     assert np.array_equal(root["2"][:], a[::4, ::4])
+
+
+def test_dask_workers_give_identical_results(tmp_path):
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    kw = dict(model="classical", roi=(200, 300, 900, 800), chunk=300, halo=48)
+    run_slide(SlideRun(str(svs), str(tmp_path / "one"), **kw), log=lambda *a: None)
+    report = run_slide(SlideRun(str(svs), str(tmp_path / "two"), workers=2, **kw), log=lambda *a: None)
+    assert report["chunks_done"] == report["chunks_with_tissue"] > 1
+    one = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "0"), mode="r")[:]
+    two = zarr.open_array(str(tmp_path / "two" / "labels.zarr" / "0"), mode="r")[:]
+    assert np.array_equal(one, two)
+    assert (tmp_path / "one" / "nuclei.csv").read_text() == (tmp_path / "two" / "nuclei.csv").read_text()

@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=2048, help="chunk size in working-level pixels (default 2048)")
     p.add_argument("--halo", type=int, default=128, help="context around each chunk in pixels (default 128)")
     p.add_argument("--no-tissue-mask", action="store_true", help="process every chunk, tissue or not")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run chunks on a local Dask cluster of N processes (default: in this process)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="use an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (see README)",
+    )
     p.set_defaults(func=cmd_wsi)
 
     p = sub.add_parser("train", help="train models on your annotated images")
@@ -395,6 +407,8 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         halo=args.halo,
         use_tissue_mask=not args.no_tissue_mask,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     bar = Bar("chunks", quiet=args.quiet)
     report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))

@@ -43,6 +43,8 @@ class SlideRun:
     chunk: int = 2048
     halo: int = 128
     use_tissue_mask: bool = True
+    workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
+    scheduler: str | None = None  #: address of an existing dask.distributed scheduler
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,29 @@ def segment_chunk(slide: Slide, level: int, mpp: float, chunk: Chunk, model) -> 
     result["masks"] = np.concatenate(masks) if masks else np.zeros(0, bool)
     result["mask_offsets"] = np.array(offsets, dtype=np.int64)
     return result
+
+
+_OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
+
+
+def process_chunk(
+    slide_path: str, slide_mpp: float | None, level: int, mpp: float, chunk: Chunk, model, out: str
+) -> dict:
+    """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
+    small status record."""
+    from pathseg.errors import InputImageError
+
+    key = (slide_path, slide_mpp)
+    slide = _OPEN_SLIDES.get(key)
+    if slide is None:
+        slide = _OPEN_SLIDES[key] = open_slide(slide_path, mpp=slide_mpp)
+    try:
+        result = segment_chunk(slide, level, mpp, chunk, model)
+    except InputImageError as exc:  # a corrupt region: reported, not fatal
+        return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
+    with atomic_path(_part_path(Path(out), chunk)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **result)
+    return {"chunk": chunk.index, "nuclei": int(len(result["id"]))}
 
 
 def _part_path(out: Path, chunk: Chunk) -> Path:
@@ -230,10 +255,57 @@ def _model_parameters(model) -> dict:
     return dict(getattr(model, "config", {}).get("ais_params", {}))
 
 
+def _run_chunks(run: SlideRun, slide_mpp, level, mpp, todo, model, progress) -> list[dict]:
+    """Pass 1 over ``todo``: in this process, on a local Dask cluster (``workers``) or an existing one."""
+    if not todo:
+        return []
+    if run.workers <= 0 and run.scheduler is None:
+        statuses = []
+        for i, c in enumerate(todo):
+            statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out))
+            if progress:
+                progress(i + 1, len(todo), f"chunk {c.index}")
+        return statuses
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if run.scheduler is None:
+        cluster = LocalCluster(
+            n_workers=run.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+    client = Client(run.scheduler or cluster)
+    try:
+        remote_model = client.scatter(model, broadcast=True)
+        futures = [
+            client.submit(
+                process_chunk,
+                run.slide,
+                slide_mpp,
+                level,
+                mpp,
+                c,
+                remote_model,
+                run.out,
+                key=f"pathseg-chunk-{c.index}-{time.time_ns()}",
+                pure=False,
+            )
+            for c in todo
+        ]
+        statuses = []
+        for i, fut in enumerate(as_completed(futures)):
+            statuses.append(fut.result())
+            if progress:
+                progress(i + 1, len(todo), "chunks")
+        return statuses
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
     """Segment the nuclei of a slide (or its ``roi``) and write labels.zarr, nuclei.geojson, nuclei.csv and
     report.json into ``run.out``. Re-running the same command resumes after the last finished chunk."""
-    from pathseg.errors import InputImageError
     from pathseg.models.zoo import get_nucleus_model
     from pathseg.wsi.tissue_mask import tissue_mask
 
@@ -275,17 +347,11 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
             model.fit_slide(_samples(slide, level, [c for c in chunks if c.index in keep]), mpp)
         todo = [c for c in chunks if c.index in keep and not _part_path(out, c).is_file()]
         failed = []
-        for i, c in enumerate(todo):
-            try:
-                result = segment_chunk(slide, level, mpp, c, model)
-            except InputImageError as exc:  # a corrupt tile: reported, not fatal
-                failed.append({"chunk": c.index, "box": c.inner, "error": str(exc)})
-                log(f"chunk {c.index} skipped: {exc}")
-                continue
-            with atomic_path(_part_path(out, c)) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **result)
-            if progress:
-                progress(i + 1, len(todo), f"chunk {c.index}")
+        statuses = _run_chunks(run, slide.mpp if run.mpp is None else run.mpp, level, mpp, todo, model, progress)
+        for st in statuses:
+            if "error" in st:
+                failed.append(st)
+                log(f"chunk {st['chunk']} skipped: {st['error']}")
         paths = assemble(out, chunks, (lv.width, lv.height), mpp)
     report = {
         "pathseg": pathseg.__version__,
