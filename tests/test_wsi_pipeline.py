@@ -122,3 +122,19 @@ def test_dask_workers_give_identical_results(tmp_path):
     two = zarr.open_array(str(tmp_path / "two" / "labels.zarr" / "0"), mode="r")[:]
     assert np.array_equal(one, two)
     assert (tmp_path / "one" / "nuclei.csv").read_text() == (tmp_path / "two" / "nuclei.csv").read_text()
+
+
+def test_table_parquet_matches_csv(tmp_path):
+    import pyarrow.parquet as pq
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    run_slide(
+        SlideRun(str(svs), str(tmp_path / "t"), model="classical", roi=(500, 800, 600, 600), chunk=300, halo=48),
+        log=lambda *a: None,
+    )
+    table = pq.read_table(tmp_path / "t" / "nuclei.parquet")
+    csv_ids = np.loadtxt(tmp_path / "t" / "nuclei.csv", delimiter=",", skiprows=1, usecols=0)
+    assert table.num_rows == len(csv_ids) > 10
+    assert np.array_equal(table.column("id").to_numpy(), csv_ids.astype(np.int64))
+    x_um = table.column("centroid_x_um").to_numpy()
+    assert np.allclose(x_um, table.column("centroid_x_px").to_numpy() * 0.499)

@@ -183,8 +183,11 @@ def _neighbours(chunks: list[Chunk], c: Chunk) -> list[Chunk]:
     return [d for d in chunks if d.outer[0] < x1 and d.outer[2] > x0 and d.outer[1] < y1 and d.outer[3] > y0]
 
 
-def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) -> dict[str, Path]:
-    """Pass 2: label image (zarr), GeoJSON and CSV from the chunk parts (streamed, region by region)."""
+def assemble(
+    out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float, downsample: float = 1.0
+) -> dict[str, Path]:
+    """Pass 2: label image (OME-Zarr at the working level), GeoJSON, CSV and Parquet from the chunk parts (streamed,
+    region by region). GeoJSON and table coordinates in px are level-0 pixels (``downsample`` x working level)."""
     import zarr
 
     from pathseg.io.export import write_geojson
@@ -215,7 +218,7 @@ def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) 
             part = _load_part(_part_path(out, c))
             for k, (lab, (bx0, by0, _, _), mask) in enumerate(_objects(part)):
                 for _, ring in outlines(mask.astype(np.uint8)):
-                    ring = ring + np.array([bx0, by0])
+                    ring = (ring + np.array([bx0, by0])) * downsample
                     yield {
                         "type": "Feature",
                         "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
@@ -228,14 +231,30 @@ def assemble(out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float) 
                     }
 
     paths = {"labels": labels_path, "geojson": write_geojson(out / "nuclei.geojson", features())}
+
+    def tables() -> Iterator[dict[str, np.ndarray]]:
+        for c in done:
+            part = _load_part(_part_path(out, c))
+            table = {n: part[n] for n in COLUMNS}
+            for n in ("centroid_x_px", "centroid_y_px"):
+                table[n] = table[n] * downsample  # level-0 pixels
+            yield table
+
     with atomic_open(out / "nuclei.csv", "w", newline="", encoding="utf-8") as f:  # streamed, part by part
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for c in done:
-            part = _load_part(_part_path(out, c))
-            for row in zip(*(part[n] for n in COLUMNS), strict=True):
+        for table in tables():
+            for row in zip(*(table[n] for n in COLUMNS), strict=True):
                 writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
     paths["table"] = out / "nuclei.csv"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(n, pa.int64() if n in ("id", "area_px") else pa.float64()) for n in COLUMNS])
+    with atomic_path(out / "nuclei.parquet") as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        for table in tables():  # one row group per chunk
+            writer.write_table(pa.table({n: np.asarray(table[n]) for n in COLUMNS}, schema=schema))
+    paths["parquet"] = out / "nuclei.parquet"
     return paths
 
 
@@ -352,7 +371,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
             if "error" in st:
                 failed.append(st)
                 log(f"chunk {st['chunk']} skipped: {st['error']}")
-        paths = assemble(out, chunks, (lv.width, lv.height), mpp)
+        paths = assemble(out, chunks, (lv.width, lv.height), mpp, lv.downsample)
     report = {
         "pathseg": pathseg.__version__,
         "slide": str(run.slide),
