@@ -78,7 +78,10 @@ class Slide:
         rows = max(1, 2048 // f)  # output rows per strip
         for r0 in range(0, out_h, rows):
             r1 = min(r0 + rows, out_h)
-            strip = self.read_region(level, 0, r0 * f, out_w * f, (r1 - r0) * f).astype(np.float32)
+            try:
+                strip = self.read_region(level, 0, r0 * f, out_w * f, (r1 - r0) * f).astype(np.float32)
+            except InputImageError:  # a damaged strip shows as background in the overview
+                strip = np.full(((r1 - r0) * f, out_w * f, 3), 255.0, dtype=np.float32)
             out[r0:r1] = strip.reshape(r1 - r0, f, out_w, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
         return out, lv.downsample * f
 

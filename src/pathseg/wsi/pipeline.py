@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 import pathseg
-from pathseg.errors import PathsegError
+from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
 from pathseg.nuclei.measure import COLUMNS, measure_nuclei
@@ -264,8 +264,24 @@ def _samples(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: in
     out = []
     for c in picks:
         cx, cy = (c.inner[0] + c.inner[2]) // 2, (c.inner[1] + c.inner[3]) // 2
-        out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
+        try:
+            out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
+        except InputImageError:  # a corrupt region is reported by its chunk; it just gives no sample
+            continue
     return out
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import torch
+
+    return {
+        "pathseg": pathseg.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _model_parameters(model) -> dict:
@@ -353,6 +369,10 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         if run.use_tissue_mask:
             thumb, tdown = slide.thumbnail(2048)
             mask = tissue_mask(thumb, slide.mpp * tdown)
+            from PIL import Image
+
+            with atomic_path(out / "tissue_mask.png") as tmp:  # for checking what was skipped
+                Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
             f = lv.downsample / tdown
             keep = {
                 c.index
@@ -378,6 +398,8 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         "model": model.name,
         "settings": asdict(run),
         "model_parameters": _model_parameters(model),
+        "versions": _versions(),
+        "tissue_mask_downsample": tdown if run.use_tissue_mask else None,
         "level": level,
         "mpp": mpp,
         "chunks": len(chunks),
