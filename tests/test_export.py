@@ -86,3 +86,29 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_measurements_match_scikit_image(nuclei_image):
+    from skimage.measure import regionprops_table
+
+    from pathseg.models.classical import haematoxylin
+
+    rgb, gt = nuclei_image
+    lab = gt.astype(np.int64)
+    lab[lab == 3] = 0  # a gap in the ids
+    t = measure_nuclei(lab, rgb, mpp=1.0)
+    ref = regionprops_table(
+        lab,
+        intensity_image=haematoxylin(rgb),
+        properties=("label", "area", "centroid", "eccentricity", "perimeter", "intensity_mean"),
+    )
+    assert np.array_equal(t["id"], ref["label"])
+    assert np.array_equal(t["area_px"], ref["area"])
+    for ours, theirs in (
+        ("centroid_y_px", "centroid-0"),
+        ("eccentricity", "eccentricity"),
+        ("perimeter_px", "perimeter"),
+        ("mean_haematoxylin", "intensity_mean"),
+    ):
+        assert np.allclose(t[ours], ref[theirs], atol=1e-6), ours
+    assert ((t["solidity"] > 0.8) & (t["solidity"] <= 1.0)).all()  # discs are nearly convex

@@ -108,7 +108,6 @@ def process_chunk(
 ) -> dict:
     """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
     small status record."""
-    from pathseg.errors import InputImageError
 
     key = (slide_path, slide_mpp)
     slide = _OPEN_SLIDES.get(key)
