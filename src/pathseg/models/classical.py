@@ -44,9 +44,23 @@ class ClassicalParams:
         return asdict(self)
 
 
+# rgb2hed for uint8 input, reduced to the haematoxylin channel: a 256-entry log table and one dot product
+_LOG_ADJUST = np.log(1e-6)
+_LOG_TABLE = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / _LOG_ADJUST).astype(np.float32)
+_H_COLUMN = np.linalg.inv(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]))[:, 0].astype(
+    np.float32
+)
+
+
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density (H, W) float32 from RGB uint8 (higher = more stain)."""
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
+    """Haematoxylin optical density (H, W) float32 from RGB uint8 (higher = more stain).
+
+    Equal to ``skimage.color.rgb2hed(rgb)[..., 0]`` (Ruifrok & Johnston vectors) for uint8 input, ~10x faster.
+    """
+    if rgb.dtype != np.uint8:
+        return rgb2hed(rgb)[..., 0].astype(np.float32)
+    od = _LOG_TABLE[rgb]  # (H, W, 3)
+    return np.maximum(od @ _H_COLUMN, 0.0)
 
 
 def segment_classical(rgb: np.ndarray, mpp: float, params: ClassicalParams | None = None) -> np.ndarray:

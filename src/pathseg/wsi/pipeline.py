@@ -272,15 +272,15 @@ def _samples(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: in
 
 def _versions() -> dict[str, str]:
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
-    return {
-        "pathseg": pathseg.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
+    out = {"pathseg": pathseg.__version__, "python": platform.python_version()}
+    for name in ("torch", "numpy", "scikit-image", "openslide-python", "tifffile", "zarr"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def _model_parameters(model) -> dict:
