@@ -25,7 +25,7 @@ import pathseg
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
-from pathseg.nuclei.measure import COLUMNS, measure_nuclei
+from pathseg.nuclei.measure import COLUMNS, measure_nuclei, outlines
 from pathseg.progress import ProgressCallback
 
 LOCAL_BITS = 16
@@ -97,6 +97,15 @@ def segment_chunk(slide: Slide, level: int, mpp: float, chunk: Chunk, model) -> 
     result["boxes"] = np.array(boxes, dtype=np.int64).reshape(n, 4)
     result["masks"] = np.concatenate(masks) if masks else np.zeros(0, bool)
     result["mask_offsets"] = np.array(offsets, dtype=np.int64)
+    # outlines here, in pass 1 (parallel on Dask workers), not in the sequential assembly
+    rings, ring_offsets = [], [0]
+    for i, (bx0, by0, bx1, by1) in enumerate(boxes):
+        mask = masks[i].reshape(by1 - by0, bx1 - bx0)
+        ring = next(iter(outlines(mask.astype(np.uint8))), (None, np.zeros((0, 2))))[1] + np.array([bx0, by0])
+        rings.append(ring)
+        ring_offsets.append(ring_offsets[-1] + len(ring))
+    result["rings"] = np.concatenate(rings) if rings else np.zeros((0, 2))
+    result["ring_offsets"] = np.array(ring_offsets, dtype=np.int64)
     return result
 
 
@@ -190,7 +199,6 @@ def assemble(
     import zarr
 
     from pathseg.io.export import write_geojson
-    from pathseg.nuclei.measure import outlines
 
     w, h = size
     done = [c for c in chunks if _part_path(out, c).is_file()]
@@ -215,15 +223,15 @@ def assemble(
     def features() -> Iterator[dict]:
         for c in done:
             part = _load_part(_part_path(out, c))
-            for k, (lab, (bx0, by0, _, _), mask) in enumerate(_objects(part)):
-                for _, ring in outlines(mask.astype(np.uint8)):
-                    ring = (ring + np.array([bx0, by0])) * downsample
+            for k, lab in enumerate(part["id"]):
+                ring = part["rings"][part["ring_offsets"][k] : part["ring_offsets"][k + 1]] * downsample
+                if len(ring) >= 4:
                     yield {
                         "type": "Feature",
                         "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
                         "properties": {
                             "objectType": "detection",
-                            "label": lab,
+                            "label": int(lab),
                             "name": f"nucleus {lab}",
                             "measurements": {n: round(float(part[n][k]), 4) for n in COLUMNS},
                         },
