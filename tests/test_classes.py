@@ -1,0 +1,47 @@
+"""Nucleus classes: the per-nucleus vote and HoVer-Net's classification metrics, on hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from pathseg.metrics.classes import classification_scores, pair_centroids
+from pathseg.nuclei.classes import argmax_disagreement, vote_classes
+
+
+def test_vote_gives_one_class_per_nucleus_where_argmax_splits():
+    labels = np.array([[1, 1, 1, 0, 2, 2]])
+    # classes: 0 background, 1, 2. Nucleus 1: pixels favour 1, 1, 2 (but the 2 is weak); nucleus 2: all class 2
+    probs = np.array(
+        [
+            [[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]],
+            [[0.9, 0.8, 0.4, 0.0, 0.1, 0.2]],
+            [[0.1, 0.2, 0.6, 0.0, 0.9, 0.8]],
+        ]
+    )
+    ids, cls, p = vote_classes(labels, probs)
+    assert ids.tolist() == [1, 2] and cls.tolist() == [1, 2]
+    # nucleus 1: class-1 mass 2.1, class-2 mass 0.9 -> 0.7 / 0.3
+    assert p[0].tolist() == pytest.approx([0.0, 0.7, 0.3])
+    assert argmax_disagreement(labels, probs).tolist() == [True, False]
+
+
+def test_pairing_by_centroid_distance():
+    true = np.array([[0, 0], [10, 0], [50, 50]])
+    pred = np.array([[1, 0], [9, 0], [100, 100]])
+    pairs, un_t, un_p = pair_centroids(true, pred, radius=5)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 0), (1, 1)]
+    assert un_t.tolist() == [2] and un_p.tolist() == [2]
+
+
+def test_classification_scores_by_hand():
+    true_xy = np.array([[0, 0], [20, 0], [40, 0], [60, 0]])
+    true_c = np.array([1, 1, 2, 2])
+    pred_xy = np.array([[1, 0], [21, 0], [41, 0], [200, 0]])
+    pred_c = np.array([1, 2, 2, 1])
+    s = classification_scores(true_xy, true_c, pred_xy, pred_c, classes=[1, 2], radius=12)
+    # 3 pairs, 1 unpaired true (class 2), 1 unpaired pred (class 1): F_d = 6 / (6 + 1 + 1)
+    assert s["f_d"] == pytest.approx(6 / 8)
+    assert s["accuracy"] == pytest.approx(2 / 3)
+    # class 1: paired with 1 on either side: (1,1), (1,2) -> TP 1, FN 1; unpaired pred of class 1: 1
+    assert s["f_c1"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1 + 1))
+    # class 2: (1,2), (2,2) -> TP 1, FP 1; unpaired true of class 2: 1
+    assert s["f_c2"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1 + 1))
