@@ -12,6 +12,7 @@ per-nucleus table from the parts. Nothing slide-sized is held in memory.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ class SlideRun:
     mpp: float | None = None
     roi: tuple[int, int, int, int] | None = None
     chunk: int = 2048
-    halo: int = 128
+    halo: int = 64
     use_tissue_mask: bool = True
     workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
     scheduler: str | None = None  #: address of an existing dask.distributed scheduler
@@ -135,9 +136,14 @@ def _part_path(out: Path, chunk: Chunk) -> Path:
     return out / "parts" / f"chunk_{chunk.index:06d}.npz"
 
 
-def _load_part(path: Path) -> dict[str, np.ndarray]:
+@functools.lru_cache(maxsize=16)  # a part is needed by up to 9 neighbouring chunks during assembly
+def _load_part_cached(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def _load_part(path: Path) -> dict[str, np.ndarray]:
+    return _load_part_cached(str(path), path.stat().st_mtime_ns)
 
 
 def _objects(part: dict[str, np.ndarray]) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
@@ -297,16 +303,20 @@ def _model_parameters(model) -> dict:
     return dict(getattr(model, "config", {}).get("ais_params", {}))
 
 
-def _run_chunks(run: SlideRun, slide_mpp, level, mpp, todo, model, progress) -> list[dict]:
+def _run_chunks(run: SlideRun, slide: Slide, slide_mpp, level, mpp, todo, model, progress) -> list[dict]:
     """Pass 1 over ``todo``: in this process, on a local Dask cluster (``workers``) or an existing one."""
     if not todo:
         return []
     if run.workers <= 0 and run.scheduler is None:
         statuses = []
-        for i, c in enumerate(todo):
-            statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out))
-            if progress:
-                progress(i + 1, len(todo), f"chunk {c.index}")
+        _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
+        try:
+            for i, c in enumerate(todo):
+                statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out))
+                if progress:
+                    progress(i + 1, len(todo), f"chunk {c.index}")
+        finally:
+            _OPEN_SLIDES.pop((run.slide, slide_mpp), None)
         return statuses
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -393,7 +403,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
             model.fit_slide(_samples(slide, level, [c for c in chunks if c.index in keep]), mpp)
         todo = [c for c in chunks if c.index in keep and not _part_path(out, c).is_file()]
         failed = []
-        statuses = _run_chunks(run, slide.mpp if run.mpp is None else run.mpp, level, mpp, todo, model, progress)
+        statuses = _run_chunks(run, slide, slide.mpp if run.mpp is None else run.mpp, level, mpp, todo, model, progress)
         for st in statuses:
             if "error" in st:
                 failed.append(st)
