@@ -150,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--roi", default=None, metavar="X,Y,W,H", help="only this region (level-0 pixels)")
     p.add_argument("--chunk", type=int, default=2048, help="chunk size in working-level pixels (default 2048)")
-    p.add_argument("--halo", type=int, default=64, help="context around each chunk in pixels (default 64, more than a nucleus diameter)")
+    p.add_argument(
+        "--halo",
+        type=int,
+        default=64,
+        help="context around each chunk in pixels (default 64, more than a nucleus diameter)",
+    )
     p.add_argument("--no-tissue-mask", action="store_true", help="process every chunk, tissue or not")
     p.add_argument(
         "--workers",
