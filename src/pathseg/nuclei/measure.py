@@ -107,21 +107,25 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, mpp: float) -> dict[str,
     else:
         keys = ids
     n = int(lab.max())
+    lab = lab.astype(np.int32) if n < 2**31 - 1 else lab
     flat = lab.ravel()
+    h, w = lab.shape
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     safe = np.maximum(area, 1)
-    yy, xx = np.indices(lab.shape)
-    cy = np.bincount(flat, yy.ravel(), n + 1) / safe
-    cx = np.bincount(flat, xx.ravel(), n + 1) / safe
-    dy = yy.ravel() - cy[flat]
-    dx = xx.ravel() - cx[flat]
-    mu_yy = np.bincount(flat, dy * dy, n + 1) / safe
-    mu_xx = np.bincount(flat, dx * dx, n + 1) / safe
-    mu_xy = np.bincount(flat, dy * dx, n + 1) / safe
+    # raw moments from row/column indices, then central moments: no per-pixel centred arrays
+    y = np.repeat(np.arange(h, dtype=np.float64), w)
+    x = np.tile(np.arange(w, dtype=np.float64), h)
+    sy = np.bincount(flat, y, n + 1)
+    sx = np.bincount(flat, x, n + 1)
+    cy, cx = sy / safe, sx / safe
+    mu_yy = np.bincount(flat, y * y, n + 1) / safe - cy * cy
+    mu_xx = np.bincount(flat, x * x, n + 1) / safe - cx * cx
+    mu_xy = np.bincount(flat, x * y, n + 1) / safe - cx * cy
+    mu_yy, mu_xx = np.maximum(mu_yy, 0), np.maximum(mu_xx, 0)
     half = (mu_yy + mu_xx) / 2
     root = np.sqrt(((mu_yy - mu_xx) / 2) ** 2 + mu_xy**2)
     l1, l2 = half + root, half - root
-    ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
+    ecc = np.where(l1 > 1e-12, np.sqrt(np.clip(1 - l2 / np.where(l1 > 1e-12, l1, 1), 0, 1)), 0.0)
     border, perimeter = _border_and_perimeter(lab, n)
     hull = _hull_areas(lab, border, n)
     solidity = np.where(hull > 0, area / np.maximum(hull, 1e-9), 1.0)
