@@ -45,3 +45,68 @@ def test_classification_scores_by_hand():
     assert s["f_c1"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1 + 1))
     # class 2: (1,2), (2,2) -> TP 1, FP 1; unpaired true of class 2: 1
     assert s["f_c2"] == pytest.approx(2 * 1 / (2 * 1 + 2 * 1 + 1))
+
+
+def test_evaluate_classes_cli_on_an_oracle(tmp_path, capsys):
+    """Ground truth scored against itself: every F_c and Dice is 1."""
+    import tifffile
+    from PIL import Image
+
+    from pathseg.cli import main
+    from tests.conftest import synthetic_nuclei
+
+    gt_dir, pred = tmp_path / "gt", tmp_path / "pred"
+    (gt_dir / "instance_masks").mkdir(parents=True)
+    (gt_dir / "type_masks").mkdir()
+    pred.mkdir()
+    (gt_dir / "classes.csv").write_text("id,name\n0,background\n1,tumour\n2,immune\n")
+    for i in range(2):
+        _, lab = synthetic_nuclei(seed=i)
+        types = np.where(lab > 0, 1 + lab % 2, 0).astype(np.uint8)
+        Image.fromarray(lab.astype(np.uint16)).save(gt_dir / "instance_masks" / f"t{i}.png")
+        Image.fromarray(types).save(gt_dir / "type_masks" / f"t{i}.png")
+        tifffile.imwrite(pred / f"t{i}_instances.tif", lab.astype(np.uint32))
+        tifffile.imwrite(pred / f"t{i}_classes.tif", types)
+    assert (
+        main(
+            [
+                "evaluate",
+                "nuclei",
+                "--pred",
+                str(pred),
+                "--gt",
+                str(gt_dir),
+                "--classes",
+                "-q",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "F_d 1.000" in out and "tumour" in out and "immune" in out
+    import json
+
+    cls = json.loads((tmp_path / "s.json").read_text())["classes"]
+    assert all(c["f_c"] == 1.0 and c["dice"] == 1.0 for c in cls["classes"])
+    # swap the classes of the prediction: detection stays perfect, classification fails
+    for i in range(2):
+        t = tifffile.imread(pred / f"t{i}_classes.tif")
+        tifffile.imwrite(pred / f"t{i}_classes.tif", np.where(t > 0, 3 - t, 0).astype(np.uint8))
+    main(
+        [
+            "evaluate",
+            "nuclei",
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt_dir),
+            "--classes",
+            "-q",
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
+    cls = json.loads((tmp_path / "s.json").read_text())["classes"]
+    assert cls["f_d"] == 1.0 and cls["accuracy"] == 0.0 and all(c["f_c"] == 0.0 for c in cls["classes"])

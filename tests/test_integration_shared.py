@@ -72,3 +72,27 @@ def test_demo_slide_download_with_real_hash(tmp_path):
     assert path.stat().st_size == (folder / DEMO_NAME).stat().st_size
     # a second call uses the verified cache (the server is gone now)
     assert fetch_demo_slide(url, wheel=None, dest=tmp_path / DEMO_NAME, timeout=1) == path
+
+
+def test_class_evaluation_reads_the_consep_layout(tmp_path):
+    """CoNSeP ground truth scored against itself through the real folder layout: F_d = 1, every F_c = 1."""
+    import tifffile
+
+    from pathseg.evaluate import evaluate_class_folders
+
+    root = shared_data("consep", "test")
+    gt = tmp_path / "gt"
+    for sub in ("instance_masks", "type_masks"):
+        (gt / sub).mkdir(parents=True)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for path in sorted((root / "instance_masks").glob("*.png"))[:6]:
+        for sub in ("instance_masks", "type_masks"):
+            (gt / sub / path.name).symlink_to(root / sub / path.name)
+        tifffile.imwrite(pred / f"{path.stem}_instances.tif", read_labels(path).astype(np.uint32))
+        tifffile.imwrite(pred / f"{path.stem}_classes.tif", read_labels(root / "type_masks" / path.name))
+    (gt / "classes.csv").symlink_to(root.parent / "classes.csv")
+    res = evaluate_class_folders(pred, gt, quiet=True)
+    assert res["images"] == 6 and res["f_d"] == 1.0
+    assert {c["name"] for c in res["classes"]} >= {"inflammatory", "epithelial"}
+    assert all(c["f_c"] in (1.0,) or np.isnan(c["f_c"]) for c in res["classes"])

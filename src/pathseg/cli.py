@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of ground-truth label images (or a dataset folder holding instance_masks/)",
     )
     e.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    e.add_argument(
+        "--classes",
+        action="store_true",
+        help="also score nucleus classes: predictions need <stem>_classes.tif, ground truth type_masks/ "
+        "(CoNSeP layout); prints HoVer-Net F_d, F_c per class and per-class Dice",
+    )
+    e.add_argument(
+        "--radius",
+        type=float,
+        default=12.0,
+        help="centroid distance (px) within which nuclei pair for --classes (HoVer-Net: 12 at 40x)",
+    )
     e.set_defaults(func=cmd_evaluate_nuclei)
 
     p = sub.add_parser("models", help="list available models")
@@ -330,11 +342,22 @@ def cmd_evaluate_nuclei(args: argparse.Namespace) -> int:
         {**mean, "image": f"mean ({len(rows)})", "n_gt": int(mean["n_gt"]), "n_pred": int(mean["n_pred"])}
     )
     print(format_table(table_rows, cols))
+    result = {"images": rows, "mean": mean}
+    if args.classes:
+        from pathseg.evaluate import evaluate_class_folders
+
+        cls = evaluate_class_folders(args.pred, args.gt, radius=args.radius, quiet=args.quiet)
+        result["classes"] = cls
+        print(
+            f"\nnucleus classes over {cls['images']} image(s): F_d {cls['f_d']:.3f}, "
+            f"accuracy of paired nuclei {cls['accuracy']:.3f}"
+        )
+        print(format_table(cls["classes"], ["class", "name", "f_c", "dice"]))
     if args.json:
         from pathseg.io.atomic import atomic_open
 
         with atomic_open(args.json, "w") as f:
-            json.dump({"images": rows, "mean": mean}, f, indent=2)
+            json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

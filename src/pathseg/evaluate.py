@@ -36,6 +36,8 @@ def _label_files(folder: Path, subfolder: str) -> dict[str, Path]:
     files = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."):
+            if p.stem.endswith("_classes") and subfolder == "instance_masks":
+                continue  # a class map beside the instances, not an instance image
             files.setdefault(_stem(p), p)
     return files
 
@@ -71,3 +73,69 @@ def evaluate_instance_folders(pred: Path, gt: Path, quiet: bool = False) -> tupl
     keys = [k for k in rows[0] if k != "image"]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return rows, mean
+
+
+def _class_names(gt: Path) -> dict[int, str]:
+    """Class names from a classes.csv (id,name) in the ground-truth folder or its parent, if any."""
+    import csv
+
+    for folder in (gt, gt.parent):
+        f = folder / "classes.csv"
+        if f.is_file():
+            with open(f, newline="") as fh:
+                return {int(r["id"]): r["name"] for r in csv.DictReader(fh)}
+    return {}
+
+
+def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bool = False) -> dict:
+    """Nucleus classification (HoVer-Net F_d and F_c per class, pooled over images) and per-class pixel Dice.
+
+    Predictions: ``<stem>_instances.tif`` with ``<stem>_classes.tif`` (class id per pixel). Ground truth:
+    ``instance_masks/<stem>.png`` with ``type_masks/<stem>.png`` (CoNSeP layout), class 0 = background.
+    """
+    from pathseg.metrics.classes import nuclei_with_classes, pair_centroids, type_scores
+    from pathseg.metrics.semantic import confusion_matrix
+
+    pairs = match_folders(pred, gt)
+    gt_types = _label_files(gt, "type_masks")
+    pred_classes = {}
+    if not pred.is_dir():
+        raise PathsegError(f"{pred}: not a folder")
+    for p in pred.iterdir():
+        if p.name.endswith("_classes.tif"):
+            pred_classes[p.name[: -len("_classes.tif")]] = p
+    pools: dict[str, list] = {"pt": [], "pp": [], "ut": [], "up": []}
+    cm = None
+    for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
+        if stem not in gt_types:
+            raise PathsegError(f"{gt}: no type mask for {stem} (expected type_masks/{stem}.png)")
+        if stem not in pred_classes:
+            raise PathsegError(f"{pred}: no class map for {stem} (expected {stem}_classes.tif; run with --classes)")
+        p_lab, p_cls = read_labels(p), read_labels(pred_classes[stem])
+        g_lab, g_cls = read_labels(g), read_labels(gt_types[stem])
+        t_xy, t_c = nuclei_with_classes(g_lab, g_cls)
+        q_xy, q_c = nuclei_with_classes(p_lab, p_cls)
+        pr, ut, up = pair_centroids(t_xy, q_xy, radius)
+        pools["pt"].append(t_c[pr[:, 0]])
+        pools["pp"].append(q_c[pr[:, 1]])
+        pools["ut"].append(t_c[ut])
+        pools["up"].append(q_c[up])
+        n = int(max(g_cls.max(), p_cls.max())) + 1
+        m = confusion_matrix(g_cls, p_cls, n_classes=n)
+        if cm is None:
+            cm = m
+        else:
+            size = max(cm.shape[0], n)
+            grown = np.zeros((size, size), dtype=np.int64)
+            grown[: cm.shape[0], : cm.shape[1]] += cm
+            grown[:n, :n] += m
+            cm = grown
+    classes = list(range(1, cm.shape[0]))
+    scores = type_scores(*(np.concatenate(pools[k]) for k in ("pt", "pp", "ut", "up")), classes)
+    tp = np.diag(cm).astype(float)
+    dice = 2 * tp / np.maximum(cm.sum(0) + cm.sum(1), 1)
+    names = _class_names(gt)
+    per_class = [
+        {"class": c, "name": names.get(c, str(c)), "f_c": scores[f"f_c{c}"], "dice": float(dice[c])} for c in classes
+    ]
+    return {"f_d": scores["f_d"], "accuracy": scores["accuracy"], "classes": per_class, "images": len(pairs)}

@@ -38,23 +38,20 @@ def pair_centroids(
     return pairs, unpaired_true, unpaired_pred
 
 
-def classification_scores(
-    true_xy: np.ndarray,
-    true_cls: np.ndarray,
-    pred_xy: np.ndarray,
-    pred_cls: np.ndarray,
+def type_scores(
+    paired_true: np.ndarray,
+    paired_pred: np.ndarray,
+    unpaired_true: np.ndarray,
+    unpaired_pred: np.ndarray,
     classes: list[int],
-    radius: float = 12.0,
 ) -> dict[str, float]:
-    """F_d, classification accuracy of paired nuclei, and F_c for each class id in ``classes``."""
-    true_cls, pred_cls = np.asarray(true_cls), np.asarray(pred_cls)
-    pairs, un_t, un_p = pair_centroids(true_xy, pred_xy, radius)
-    pt, pp = true_cls[pairs[:, 0]], pred_cls[pairs[:, 1]]
-    ut, up = true_cls[un_t], pred_cls[un_p]
-    tp_d, fp_d, fn_d = len(pairs), len(un_p), len(un_t)
+    """F_d, accuracy and F_c per class from classes of paired and unpaired nuclei (pooled over any number of
+    images, as HoVer-Net pools a whole test set)."""
+    pt, pp, ut, up = (np.asarray(a) for a in (paired_true, paired_pred, unpaired_true, unpaired_pred))
+    tp_d, fp_d, fn_d = len(pt), len(up), len(ut)
     out = {
         "f_d": 2 * tp_d / (2 * tp_d + fp_d + fn_d) if (tp_d + fp_d + fn_d) else 1.0,
-        "accuracy": float((pt == pp).mean()) if len(pairs) else float("nan"),
+        "accuracy": float((pt == pp).mean()) if len(pt) else float("nan"),
     }
     for c in classes:
         sel = (pt == c) | (pp == c)
@@ -67,3 +64,34 @@ def classification_scores(
         denom = 2 * (tp + tn) + 2 * fp + 2 * fn + fpd + fnd
         out[f"f_c{c}"] = 2 * (tp + tn) / denom if denom else float("nan")
     return out
+
+
+def classification_scores(
+    true_xy: np.ndarray,
+    true_cls: np.ndarray,
+    pred_xy: np.ndarray,
+    pred_cls: np.ndarray,
+    classes: list[int],
+    radius: float = 12.0,
+) -> dict[str, float]:
+    """F_d, classification accuracy of paired nuclei, and F_c for each class id in ``classes`` (one image)."""
+    true_cls, pred_cls = np.asarray(true_cls), np.asarray(pred_cls)
+    pairs, un_t, un_p = pair_centroids(true_xy, pred_xy, radius)
+    return type_scores(true_cls[pairs[:, 0]], pred_cls[pairs[:, 1]], true_cls[un_t], pred_cls[un_p], classes)
+
+
+def nuclei_with_classes(labels: np.ndarray, class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids (N, 2) as x, y and the majority class of each nucleus of ``labels`` in ``class_map``."""
+    labels = np.asarray(labels).astype(np.int64)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    idx = np.searchsorted(ids, labels[labels > 0])
+    ys, xs = np.nonzero(labels > 0)
+    area = np.bincount(idx, minlength=ids.size)
+    xy = np.stack([np.bincount(idx, xs, ids.size), np.bincount(idx, ys, ids.size)], 1) / area[:, None]
+    cls = np.asarray(class_map)[labels > 0].astype(np.int64)
+    votes = np.zeros((ids.size, int(cls.max()) + 1 if cls.size else 1), np.int64)
+    np.add.at(votes, (idx, cls), 1)
+    return xy, votes.argmax(1)
