@@ -110,3 +110,65 @@ def test_evaluate_classes_cli_on_an_oracle(tmp_path, capsys):
     )
     cls = json.loads((tmp_path / "s.json").read_text())["classes"]
     assert cls["f_d"] == 1.0 and cls["accuracy"] == 0.0 and all(c["f_c"] == 0.0 for c in cls["classes"])
+
+
+def test_nuclei_cli_with_classes(tmp_path, capsys):
+    import csv
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from pathseg.cli import main
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+    from tests.conftest import synthetic_nuclei
+
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    cfg["semantic_decoder"] = {**cfg["ais_decoder"], "out_channels": 3}
+    cfg["semantic_classes"] = [
+        {"name": "background", "color": [0, 0, 0]},
+        {"name": "tumour", "color": [200, 0, 0]},
+        {"name": "immune", "color": [0, 0, 200]},
+    ]
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    rgb, gt = synthetic_nuclei((128, 128), n=6, radius=12, seed=0)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    # a random model's AIS path finds no useful nuclei, so classify the known nuclei through the API
+    from pathseg.api import NucleiResult, classify_nuclei, write_nuclei_outputs
+    from pathseg.nuclei.measure import measure_nuclei
+
+    model = SamNucleusModel.from_pretrained(tmp_path / "model")
+    labels = gt.astype(np.uint32)
+    result = NucleiResult(labels, measure_nuclei(labels, rgb, 0.25), 0.25, "argument", model.name, rgb)
+    result.classes = classify_nuclei(model, result)
+    paths = write_nuclei_outputs(result, tmp_path / "out", "t")
+    cls_map = tifffile.imread(paths["classes"])
+    # one class per nucleus: every nucleus's pixels share a single class in the class map
+    for lab in range(1, int(labels.max()) + 1):
+        assert len(np.unique(cls_map[labels == lab])) == 1
+        assert cls_map[labels == lab][0] in (1, 2)  # never background
+    feats = json.loads(paths["geojson"].read_text())["features"]
+    assert all(f["properties"]["classification"]["name"] in ("tumour", "immune") for f in feats)
+    with open(paths["table"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"class_id", "class_name", "p_tumour", "p_immune"} <= set(rows[0])
+    assert all(abs(float(r["p_tumour"]) + float(r["p_immune"]) - 1) < 1e-5 for r in rows)
+    # and the CLI flag runs end to end (a model without a class decoder says so)
+    assert (
+        main(
+            [
+                "nuclei",
+                str(tmp_path / "t.png"),
+                "-o",
+                str(tmp_path / "cli"),
+                "--model",
+                str(tmp_path / "model"),
+                "--classes",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c2"), "--classes", "-q"]) == 1
+    assert "has no class decoder" in capsys.readouterr().err

@@ -41,6 +41,7 @@ class NucleiResult:
     model: str
     image: np.ndarray = field(repr=False)
     source: Path | None = None
+    classes: dict | None = None  #: with ``classes=True``: class ids per row, probabilities, names and colours
 
     @property
     def count(self) -> int:
@@ -66,6 +67,7 @@ def segment_nuclei(
     max_pixels: int | None = None,
     progress: ProgressCallback | None = None,
     mode: str = "ais",
+    classes: bool = False,
 ) -> NucleiResult:
     """Segment nuclei in an image file or an RGB uint8 array.
 
@@ -84,7 +86,31 @@ def segment_nuclei(
         else net.segment(rgb, used_mpp, progress=progress)
     )
     table = measure_nuclei(labels, rgb, used_mpp)
-    return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+    result = NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+    if classes:
+        result.classes = classify_nuclei(net, result)
+    return result
+
+
+def classify_nuclei(net, result: NucleiResult) -> dict:
+    """One class per nucleus by a probability-weighted vote over its pixels (see :mod:`pathseg.nuclei.classes`)."""
+    from pathseg.nuclei.classes import vote_classes
+
+    if getattr(net, "semantic", None) is None:
+        raise PathsegError(
+            f"model {net.name!r} has no class decoder; choose a model with nucleus classes (see `pathseg models list`)"
+        )
+    probs = net.class_probabilities(result.image, result.mpp)
+    ids, cls, p = vote_classes(result.labels, probs)
+    if not np.array_equal(ids, result.table["id"]):
+        raise RuntimeError("class vote and measurement table disagree on the nuclei")
+    named = net.class_names
+    return {
+        "class": cls,
+        "probabilities": p,
+        "names": [c["name"] for c in named],
+        "colors": [list(c["color"]) for c in named],
+    }
 
 
 def segment_nuclei_prompted(
@@ -133,11 +159,25 @@ def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: 
     """Write ``<stem>_instances.tif``, ``<stem>.geojson`` and ``<stem>_nuclei.csv`` into ``outdir`` (atomically)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "instances": write_label_tiff(outdir / f"{stem}_instances.tif", result.labels, mpp=result.mpp),
-        "geojson": write_geojson(
-            outdir / f"{stem}.geojson", geojson_features(result.labels, result.table, namespace=stem)
-        ),
-        "table": write_csv(outdir / f"{stem}_nuclei.csv", result.table),
-    }
+    table, classification = dict(result.table), None
+    paths = {"instances": write_label_tiff(outdir / f"{stem}_instances.tif", result.labels, mpp=result.mpp)}
+    if result.classes is not None:
+        c = result.classes
+        lut = np.zeros(int(result.labels.max()) + 1, dtype=np.uint8)
+        lut[result.table["id"]] = c["class"]
+        paths["classes"] = write_label_tiff(outdir / f"{stem}_classes.tif", lut[result.labels], mpp=result.mpp)
+        table["class_id"] = c["class"]
+        table["class_name"] = np.array([c["names"][k] for k in c["class"]], dtype=object)
+        for k, name in enumerate(c["names"]):
+            if k > 0:  # background has no probability of its own after the vote
+                table[f"p_{name}"] = c["probabilities"][:, k]
+        classification = {
+            int(i): {"name": c["names"][k], "color": c["colors"][k]}
+            for i, k in zip(result.table["id"], c["class"], strict=True)
+        }
+    paths["geojson"] = write_geojson(
+        outdir / f"{stem}.geojson",
+        geojson_features(result.labels, result.table, namespace=stem, classification=classification),
+    )
+    paths["table"] = write_csv(outdir / f"{stem}_nuclei.csv", table)
     return paths

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="automatic mode: ais = decoder maps + watershed (default, fastest); apg = SAM prompts at "
         "the AIS seeds; amg = SAM's grid of point prompts (SAM-family models only)",
     )
+    p.add_argument(
+        "--classes",
+        action="store_true",
+        help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
+        "<stem>_classes.tif and adds classification to the GeoJSON and class columns to the CSV",
+    )
     p.set_defaults(func=cmd_nuclei)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -299,7 +305,13 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                 )
             else:
                 result = segment_nuclei(
-                    path, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar, mode=args.mode
+                    path,
+                    model,
+                    mpp=args.mpp,
+                    max_pixels=args.max_pixels,
+                    progress=bar,
+                    mode=args.mode,
+                    classes=args.classes,
                 )
             paths = write_nuclei_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:

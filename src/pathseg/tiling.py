@@ -41,11 +41,11 @@ def tile_grid(shape: tuple[int, int], tile: int, halo: int) -> list[Tile]:
 
     ``tile`` is the size the model sees (pixels); ``halo`` the context kept on each side.
     """
-    if tile <= 2 * halo:
-        raise ValueError(f"tile ({tile}) must be larger than twice the halo ({halo})")
     h, w = shape
     if h <= tile and w <= tile:  # fits in one tile: no halo needed
         return [Tile((0, 0, h, w), (0, 0, h, w))]
+    if tile <= 2 * halo:
+        raise ValueError(f"tile ({tile}) must be larger than twice the halo ({halo})")
     step = tile - 2 * halo
     tiles = []
     for y0 in range(0, h, step):

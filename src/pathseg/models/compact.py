@@ -65,7 +65,8 @@ class CompactEncoder(nn.Module):
 
 
 class UNetAISDecoder(nn.Module):
-    """From the embedding and the encoder's skips to (B, 3, H, W) sigmoid maps: fg, centre and boundary distance."""
+    """From the embedding and the encoder's skips to (B, C, H, W) maps: sigmoid AIS maps (fg, centre and boundary
+    distance) by default, raw logits with ``final_activation=None`` (nucleus classes)."""
 
     def __init__(
         self,
@@ -73,8 +74,11 @@ class UNetAISDecoder(nn.Module):
         skip_widths: tuple[int, ...] = (24, 48, 96, 160),
         widths: tuple[int, ...] = (128, 64, 48, 32),
         out_channels: int = 3,
+        final_activation: str | None = "sigmoid",
     ) -> None:
         super().__init__()
+        self.final_activation = final_activation
+        self.out_channels = out_channels
         self.ups = nn.ModuleList()
         cin = embed_dim
         for skip, w in zip(reversed(skip_widths), widths, strict=True):
@@ -87,4 +91,5 @@ class UNetAISDecoder(nn.Module):
         for up, skip in zip(self.ups, reversed(skips), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))
-        return torch.sigmoid(self.out_conv(x))
+        x = self.out_conv(x)
+        return torch.sigmoid(x) if self.final_activation == "sigmoid" else x

@@ -26,6 +26,15 @@ from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
 
 CONFIG_NAME = "config.json"
+#: PanNuke's classes as PathoSAM's semantic decoder orders them (index 0 = background), with QuPath-style colours.
+PANNUKE_CLASSES = [
+    {"name": "background", "color": [0, 0, 0]},
+    {"name": "neoplastic", "color": [255, 0, 0]},
+    {"name": "inflammatory", "color": [0, 255, 0]},
+    {"name": "connective", "color": [0, 0, 255]},
+    {"name": "dead", "color": [255, 255, 0]},
+    {"name": "epithelial", "color": [255, 165, 0]},
+]
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -100,17 +109,23 @@ def _build_encoder(cfg: dict) -> nn.Module:
     raise PathsegError(f"unknown image encoder type {kind!r}")
 
 
-def _build_ais(cfg: dict | None) -> nn.Module | None:
-    if not cfg:
-        return None
+def _build_decoder(cfg: dict, final_activation: str | None) -> nn.Module:
     fields = {k: v for k, v in cfg.items() if k != "type"}
     if cfg.get("type") == "unet":
         from pathseg.models.compact import UNetAISDecoder
 
         return UNetAISDecoder(
-            fields["embed_dim"], tuple(fields["skip_widths"]), tuple(fields["widths"]), fields["out_channels"]
+            fields["embed_dim"],
+            tuple(fields["skip_widths"]),
+            tuple(fields["widths"]),
+            fields["out_channels"],
+            final_activation=final_activation,
         )
-    return EmbeddingDecoder(**fields, final_activation="sigmoid")
+    return EmbeddingDecoder(**fields, final_activation=final_activation)
+
+
+def _build_ais(cfg: dict | None) -> nn.Module | None:
+    return _build_decoder(cfg, final_activation="sigmoid") if cfg else None
 
 
 class SamNucleusModel(nn.Module):
@@ -128,7 +143,7 @@ class SamNucleusModel(nn.Module):
         self.ais = _build_ais(config.get("ais_decoder"))
         self._channels_last = False
         sem = config.get("semantic_decoder")
-        self.semantic = EmbeddingDecoder(**sem, final_activation=None) if sem else None
+        self.semantic = _build_decoder(sem, final_activation=None) if sem else None
 
     # -- the NucleusModel interface -------------------------------------------------------------------------
     @property
@@ -145,7 +160,7 @@ class SamNucleusModel(nn.Module):
         if self.ais is None:
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
             if not self._channels_last:  # ~1.5x faster convolutions on CPU, same numbers
                 self.to(memory_format=torch.channels_last)
@@ -160,6 +175,49 @@ class SamNucleusModel(nn.Module):
         maps = self.sam.postprocess_masks(maps, input_size, (h, w))
         return maps[0].numpy()
 
+    @property
+    def class_names(self) -> list[dict]:
+        """``[{"name", "color"}, ...]`` of the semantic decoder's outputs (index 0 = background)."""
+        named = self.config.get("semantic_classes")
+        if named:
+            return named
+        n = self.semantic.out_channels if self.semantic is not None else 0
+        return (
+            PANNUKE_CLASSES
+            if n == len(PANNUKE_CLASSES)
+            else [{"name": f"class {i}", "color": [128, 128, 128]} for i in range(n)]
+        )
+
+    @torch.inference_mode()
+    def predict_class_maps(self, rgb: np.ndarray) -> np.ndarray:
+        """(C, H, W) float32 class probabilities (softmax) for an RGB uint8 tile at the model's pixel size."""
+        if self.semantic is None:
+            raise PathsegError(f"model {self.name!r} has no semantic (class) decoder")
+        h, w = rgb.shape[:2]
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+        if self.is_compact:
+            x = (x - self.sam.pixel_mean) / self.sam.pixel_std
+            x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
+            emb, skips = self.sam.image_encoder.forward_features(x.contiguous(memory_format=torch.channels_last))
+            logits = self.semantic(emb, skips)[..., :h, :w]
+        else:
+            x = self.sam.resize_longest(x)
+            input_size = tuple(x.shape[-2:])
+            logits = self.sam.postprocess_masks(self.semantic(self.sam.embed(x)), input_size, (h, w))
+        return torch.softmax(logits.float(), dim=1)[0].numpy()
+
+    def class_probabilities(self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None) -> np.ndarray:
+        """(C, H, W) class probabilities of ``rgb`` at ``mpp`` µm/px (tiled like the AIS maps)."""
+        from pathseg.nuclei.automatic import stitch_tiles
+
+        factor = mpp / self.mpp
+        h, w = rgb.shape[:2]
+        work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
+        probs = stitch_tiles(
+            self.predict_class_maps, work, int(self.config.get("tile", 512)), int(self.config.get("halo", 64)), progress
+        )
+        return probs if work is rgb else resize_maps(probs, (h, w))
+
     @torch.inference_mode()
     def embed_window(self, rgb: np.ndarray) -> torch.Tensor:
         """Image embedding (C, h, w) of an RGB uint8 window for prompts.
@@ -167,7 +225,7 @@ class SamNucleusModel(nn.Module):
         ViT SAM: the window is resized (longest side ``img_size``) and padded, as SAM does. Compact models: the
         window is only padded to a multiple of 16, exactly as the training crops were seen.
         """
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if not self.is_compact:
             return self.sam.embed(self.sam.resize_longest(x))[0]
         h, w = rgb.shape[:2]

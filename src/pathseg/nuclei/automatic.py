@@ -67,6 +67,24 @@ def watershed_from_maps(
 MapPredictor = Callable[[np.ndarray], np.ndarray]
 
 
+def stitch_tiles(
+    predict: MapPredictor, rgb: np.ndarray, tile: int, halo: int, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """Run ``predict`` (tile -> (C, h, w) maps) over tiles with a halo and stitch the inner parts: (C, H, W)."""
+    h, w = rgb.shape[:2]
+    maps: np.ndarray | None = None
+    tiles = tile_grid((h, w), tile, halo)
+    for i, t in enumerate(tiles):
+        out = predict(rgb[t.outer_slices])
+        if maps is None:
+            maps = np.empty((out.shape[0], h, w), dtype=np.float32)
+        maps[(slice(None), *t.inner_slices)] = out[(slice(None), *t.inner_in_outer)]
+        if progress:
+            progress(i + 1, len(tiles), "tiles")
+    assert maps is not None
+    return maps
+
+
 class AutomaticSegmenter:
     """AIS over images of any size: tiles with halo through ``predict``, maps stitched, one watershed."""
 
@@ -82,15 +100,7 @@ class AutomaticSegmenter:
 
         ``scale`` = map pixels per model pixel, used by :meth:`generate` to convert σ and sizes.
         """
-        h, w = rgb.shape[:2]
-        maps = np.empty((3, h, w), dtype=np.float32)
-        tiles = tile_grid((h, w), self.tile, self.halo)
-        for i, t in enumerate(tiles):
-            out = self.predict(rgb[t.outer_slices])
-            maps[(slice(None), *t.inner_slices)] = out[(slice(None), *t.inner_in_outer)]
-            if progress:
-                progress(i + 1, len(tiles), "tiles")
-        self.maps = maps
+        self.maps = stitch_tiles(self.predict, rgb, self.tile, self.halo, progress)
         self.scale = scale
 
     def generate(self, **params: float) -> np.ndarray:

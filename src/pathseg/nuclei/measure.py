@@ -182,11 +182,17 @@ def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield lab, xy
 
 
-def geojson_features(labels: np.ndarray, table: dict[str, np.ndarray], namespace: str = "pathseg") -> Iterator[dict]:
+def geojson_features(
+    labels: np.ndarray,
+    table: dict[str, np.ndarray],
+    namespace: str = "pathseg",
+    classification: dict[int, dict] | None = None,
+) -> Iterator[dict]:
     """QuPath detection features, one Polygon per nucleus, with the table's measurements.
 
     ``properties.label`` is the integer id of the nucleus in the label image; the feature ``id`` is a UUID derived
-    from ``namespace`` and that label (stable across runs), as QuPath expects.
+    from ``namespace`` and that label (stable across runs), as QuPath expects. ``classification`` maps labels to
+    QuPath classifications ``{"name": ..., "color": [r, g, b]}``.
     """
     index = {int(i): k for k, i in enumerate(table["id"])}
     names = [c for c in COLUMNS if c != "id"]
@@ -196,7 +202,7 @@ def geojson_features(labels: np.ndarray, table: dict[str, np.ndarray], namespace
         measurements = {"label": lab}
         if k is not None:
             measurements.update({n: round(float(table[n][k]), 4) for n in names})
-        yield {
+        feature = {
             "type": "Feature",
             "id": str(uuid.uuid5(ns, str(lab))),
             "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
@@ -207,3 +213,6 @@ def geojson_features(labels: np.ndarray, table: dict[str, np.ndarray], namespace
                 "measurements": measurements,
             },
         }
+        if classification is not None and lab in classification:
+            feature["properties"]["classification"] = classification[lab]
+        yield feature
