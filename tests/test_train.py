@@ -90,3 +90,30 @@ def test_two_processes_stay_in_sync(data, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "replicas in sync" in proc.stderr + proc.stdout
+
+
+def test_class_training_adds_a_class_decoder(data, tmp_path):
+    for img in (data / "instance_masks").glob("*.png"):
+        lab = np.asarray(Image.open(img))
+        (data / "type_masks").mkdir(exist_ok=True)
+        Image.fromarray(np.where(lab > 0, 1 + lab % 2, 0).astype(np.uint8)).save(data / "type_masks" / img.name)
+    (data / "classes.csv").write_text("id,name\n0,background\n1,tumour\n2,immune\n")
+    out = tmp_path / "cls"
+    cfg = TrainConfig(
+        data=[str(data)],
+        out=str(out),
+        iterations=2,
+        batch=2,
+        crop=96,
+        val_every=2,
+        checkpoint_every=1,
+        val_fraction=0.25,
+        prompt_weight=0.0,
+        task="classes",
+    )
+    best = train_nuclei(cfg, log=lambda *a: None)
+    assert "class_dice" in best
+    model = SamNucleusModel.from_pretrained(out / "best")
+    assert model.semantic is not None and [c["name"] for c in model.class_names] == ["background", "tumour", "immune"]
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert all("classes" in r and np.isfinite(r["classes"]) for r in history)

@@ -236,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
     t.set_defaults(func=cmd_train_nuclei)
+    tc = tsub.add_parser(
+        "nuclei-classes",
+        parents=[common],
+        help="train a nucleus model's class decoder on instance + type masks (CoNSeP layout)",
+        description="Add (or continue) a class decoder on a nucleus model: folders hold images/, instance_masks/ and "
+        "type_masks/ (class id per pixel, 0 = background; names from a classes.csv). Class-weighted cross-entropy "
+        "(inverse frequency) jointly with the AIS loss; --init fine-tunes an existing model (e.g. the AIS model), "
+        "otherwise everything starts from scratch. The best model by validation mean per-class Dice (per-nucleus "
+        "vote) is saved to OUT/best.",
+    )
+    for action in t._actions:  # the same options as `train nuclei`
+        if action.dest in ("help", "quiet", "verbose"):
+            continue
+        tc._add_action(action)
+    tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
 
     p = sub.add_parser(
         "demo",
@@ -415,6 +430,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         device=args.device,
         check_sync=args.check_sync,
         prompt_weight=args.prompt_weight,
+        task=getattr(args, "task_kind", "nuclei"),
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))

@@ -252,13 +252,20 @@ class SamNucleusModel(nn.Module):
         """AIS maps (B, 3, H, W) for normalised input (B, 3, H, W) (compact models: any multiple of 16)."""
         return self.forward_train(x)[0]
 
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """AIS maps and the image embedding of normalised input (one encoder pass serves both losses)."""
+    def forward_train(self, x: torch.Tensor, with_semantic: bool = False):
+        """AIS maps and the image embedding of normalised input (one encoder pass serves every loss); with
+        ``with_semantic`` also the class logits. Returns (maps, embedding, logits or None)."""
+        if with_semantic and self.semantic is None:
+            raise PathsegError(f"model {self.name!r} has no semantic (class) decoder")
         if self.is_compact:
             embedding, skips = self.sam.image_encoder.forward_features(x)
-            return self.ais(embedding, skips), embedding
-        embedding = self.sam.image_encoder(x)
-        return self.ais(embedding), embedding
+            maps = self.ais(embedding, skips)
+            logits = self.semantic(embedding, skips) if with_semantic else None
+        else:
+            embedding = self.sam.image_encoder(x)
+            maps = self.ais(embedding)
+            logits = self.semantic(embedding) if with_semantic else None
+        return maps, embedding, logits
 
     def segmenter(self) -> AutomaticSegmenter:
         return AutomaticSegmenter(

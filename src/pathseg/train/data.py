@@ -24,11 +24,13 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 @dataclass
 class Sample:
-    """One image (H, W, 3 uint8) with its instance labels (H, W), both at the model's pixel size."""
+    """One image (H, W, 3 uint8) with its instance labels (H, W) and, for class training, its per-pixel class ids
+    (H, W; 0 = background), all at the model's pixel size."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
+    types: np.ndarray | None = None
 
 
 def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -54,8 +56,11 @@ def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
     return resize_rgb(image, size), resize_labels(labels, size)
 
 
-def load_samples(folders: list[str | os.PathLike], mpp_in: float, mpp_model: float) -> list[Sample]:
-    """Every pair in ``folders``, resampled from ``mpp_in`` to ``mpp_model`` µm/px."""
+def load_samples(
+    folders: list[str | os.PathLike], mpp_in: float, mpp_model: float, with_types: bool = False
+) -> list[Sample]:
+    """Every pair in ``folders``, resampled from ``mpp_in`` to ``mpp_model`` µm/px. ``with_types`` also reads
+    ``type_masks/<stem>.png`` (per-pixel class ids, the CoNSeP layout)."""
     samples = []
     for folder in folders:
         for img_path, mask_path in find_pairs(folder):
@@ -63,8 +68,17 @@ def load_samples(folders: list[str | os.PathLike], mpp_in: float, mpp_model: flo
             labels = read_labels(mask_path).astype(np.int32)
             if labels.shape != image.shape[:2]:
                 raise PathsegError(f"{mask_path}: shape {labels.shape} differs from its image {image.shape[:2]}")
-            image, labels = resample(image, labels, mpp_in / mpp_model)
-            samples.append(Sample(img_path.stem, image, labels))
+            types = None
+            if with_types:
+                type_path = Path(folder) / "type_masks" / mask_path.name
+                if not type_path.is_file():
+                    raise PathsegError(f"{type_path}: missing (class training needs type_masks/ beside the images)")
+                types = read_labels(type_path).astype(np.int32)
+            factor = mpp_in / mpp_model
+            image, labels = resample(image, labels, factor)
+            if types is not None:
+                types = resize_labels(types, labels.shape) if types.shape != labels.shape else types
+            samples.append(Sample(img_path.stem, image, labels, types))
     return samples
 
 
@@ -113,7 +127,10 @@ class CropSampler:
         y0 = int(rng.integers(0, h - src_h + 1))
         x0 = int(rng.integers(0, w - src_w + 1))
         img = s.image[y0 : y0 + src_h, x0 : x0 + src_w]
-        lab = s.labels[y0 : y0 + src_h, x0 : x0 + src_w]
+        # instance labels and class ids travel together through every geometric transform
+        lab = s.labels[y0 : y0 + src_h, x0 : x0 + src_w].astype(np.int64)
+        if s.types is not None:
+            lab = lab * 256 + s.types[y0 : y0 + src_h, x0 : x0 + src_w]
         k = int(rng.integers(4))
         img, lab = np.rot90(img, k), np.rot90(lab, k)
         if rng.random() < 0.5:
@@ -123,13 +140,22 @@ class CropSampler:
             img = _stain_jitter(img, rng, self.stain)
         img, lab = resample(img, lab, self.size / max(src_h, src_w))
         img, lab = _pad_to(img, lab, self.size)
+        types = np.zeros_like(lab)
+        if s.types is not None:
+            lab, types = lab // 256, lab % 256
         x = torch.from_numpy(img).permute(2, 0, 1).float()
         x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-10, 10))
-        return x.clamp(0, 255), torch.from_numpy(distance_targets(lab)), torch.from_numpy(lab.astype(np.int64))
+        return (
+            x.clamp(0, 255),
+            torch.from_numpy(distance_targets(lab)),
+            torch.from_numpy(lab.astype(np.int64)),
+            torch.from_numpy(types.astype(np.int64)),
+        )
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stacked (images, AIS targets, instance labels, class ids); class ids are 0 without type masks."""
         items = [self() for _ in range(n)]
-        return tuple(torch.stack([item[i] for item in items]) for i in range(3))  # type: ignore[return-value]
+        return tuple(torch.stack([item[i] for item in items]) for i in range(4))  # type: ignore[return-value]
 
 
 def _pad_to(img: np.ndarray, lab: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

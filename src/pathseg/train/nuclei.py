@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
@@ -51,6 +52,7 @@ class TrainConfig:
     corrections: int = 2  #: corrective rounds per prompt (micro-sam uses 7 on GPUs)
     device: str = "auto"  #: "auto" (CUDA if available), "cpu" or "cuda"
     check_sync: bool = False  #: at the end, verify that all distributed replicas hold identical weights
+    task: str = "nuclei"  #: "nuclei" (AIS + prompts) or "classes" (adds the semantic decoder, class-weighted CE)
     precision: str = "bf16"  #: "bf16" (mixed precision autocast; ~3x faster on CPUs with AVX512-BF16) or "fp32"
     extra: dict = field(default_factory=dict)
 
@@ -72,6 +74,68 @@ def evaluate(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[
     model.eval()
     rows = [instance_scores(s.labels, model.segment(s.image, mpp)) for s in samples]
     return {k: float(np.mean([r[k] for r in rows])) for k in ("msa", "sa50", "aji", "pq", "dice")}
+
+
+def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConfig) -> torch.Tensor:
+    """Give the model a semantic decoder sized to the data's classes (if it has none) and return inverse-frequency
+    class weights (normalised to mean 1) from the training type masks."""
+    n_classes = int(max(int(s.types.max()) for s in train)) + 1
+    if model.semantic is None:
+        sem_cfg = {**model.config["ais_decoder"], "out_channels": n_classes}
+        model.config["semantic_decoder"] = sem_cfg
+        from pathseg.models.nucleus_sam import _build_decoder
+
+        model.semantic = _build_decoder(sem_cfg, final_activation=None)
+    elif model.semantic.out_channels < n_classes:
+        raise PathsegError(
+            f"the model's class decoder has {model.semantic.out_channels} outputs; the data has {n_classes} classes"
+        )
+    names = _class_names(cfg.data)
+    model.config["semantic_classes"] = [
+        {"name": names.get(i, f"class {i}"), "color": _COLORS[i % len(_COLORS)]}
+        for i in range(model.semantic.out_channels)
+    ]
+    counts = np.zeros(model.semantic.out_channels)
+    for s in train:
+        counts += np.bincount(s.types.ravel(), minlength=counts.size)[: counts.size]
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+    weights = weights / weights[counts > 0].mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+_COLORS = [[0, 0, 0], [255, 0, 0], [0, 200, 0], [0, 0, 255], [255, 200, 0], [200, 0, 255], [0, 200, 200]]
+
+
+def _class_names(folders: list[str]) -> dict[int, str]:
+    import csv
+
+    for folder in folders:
+        for f in (Path(folder) / "classes.csv", Path(folder).parent / "classes.csv"):
+            if f.is_file():
+                with open(f, newline="") as fh:
+                    return {int(r["id"]): r["name"] for r in csv.DictReader(fh)}
+    return {}
+
+
+def evaluate_classes(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[str, float]:
+    """Mean per-class Dice (classes > 0) of the per-nucleus vote on the ground-truth nuclei of ``samples``."""
+    from pathseg.nuclei.classes import vote_classes
+
+    model.eval()
+    n = model.semantic.out_channels
+    inter, total = np.zeros(n), np.zeros(n)
+    for s in samples:
+        probs = model.class_probabilities(s.image, mpp)
+        ids, cls, _ = vote_classes(s.labels, probs)
+        lut = np.zeros(int(s.labels.max()) + 1, dtype=np.int64)
+        lut[ids] = cls
+        pred = lut[s.labels]
+        for c in range(1, n):
+            a, b = pred == c, s.types == c
+            inter[c] += (a & b).sum()
+            total[c] += a.sum() + b.sum()
+    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)[1:]
+    return {"class_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0}
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -112,15 +176,20 @@ def _weights_digest(model: torch.nn.Module) -> str:
 class _TrainStep(torch.nn.Module):
     """Every loss of one step inside one forward, so DistributedDataParallel sees all parameters it syncs."""
 
-    def __init__(self, model: SamNucleusModel, cfg: TrainConfig) -> None:
+    def __init__(self, model: SamNucleusModel, cfg: TrainConfig, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def forward(self, x, y, labels, rng, step: int, amp: bool):
+    def forward(self, x, y, labels, rng, step: int, amp: bool, types=None):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            pred, embedding = self.model.forward_train(x)
+            pred, embedding, sem = self.model.forward_train(x, with_semantic=self.cfg.task == "classes")
         loss, parts = ais_loss(pred.float(), y)
+        if sem is not None:
+            l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
+            loss = loss + l_cls
+            parts["classes"] = float(l_cls.detach())
         if self.cfg.prompt_weight > 0:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 l_prompt = prompt_loss(
@@ -157,7 +226,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    samples = load_samples(cfg.data, cfg.mpp_in, cfg.model_mpp)
+    samples = load_samples(cfg.data, cfg.mpp_in, cfg.model_mpp, with_types=cfg.task == "classes")
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed)
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
     if cfg.init:  # fine-tune: a pathseg model folder, a checkpoint file, or a zoo name (e.g. pathosam_vit_b)
@@ -169,7 +238,12 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         model.config["mpp"] = cfg.model_mpp
     else:
         model = SamNucleusModel(compact_config(mpp=cfg.model_mpp, name=cfg.name))
-    params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
+    class_weights = None
+    if cfg.task == "classes":
+        class_weights = _prepare_classes(model, train, cfg)
+        params = list(model.parameters())
+    else:
+        params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     start, best = 0, {"msa": -1.0}
@@ -190,7 +264,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     mean = model.sam.pixel_mean
     std = model.sam.pixel_std
     amp = cfg.precision == "bf16"
-    net = _TrainStep(model, cfg)
+    net = _TrainStep(model, cfg, class_weights)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -200,10 +274,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
         model.train()
-        x, y, labels = sampler.batch(cfg.batch)
+        x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        loss, parts = net(x, y, labels.to(device), prompt_rng, it, amp)
+        loss, parts = net(x, y, labels.to(device), prompt_rng, it, amp, types.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -213,6 +287,9 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         record = {"iteration": step, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
         if rank == 0 and val and (step % cfg.val_every == 0 or step == cfg.iterations):
             scores = evaluate(model, val, cfg.model_mpp)
+            if cfg.task == "classes":
+                scores.update(evaluate_classes(model, val, cfg.model_mpp))
+                scores["msa"] = scores["class_dice"]  # model selection by the mean per-class Dice
             record["val"] = scores
             if scores["msa"] > best["msa"]:
                 best = {**scores, "iteration": step}
