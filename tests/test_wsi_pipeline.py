@@ -211,3 +211,50 @@ def test_corrupt_tile_is_reported_and_skipped(tmp_path):
     assert 5 in failed and len(failed) < report["chunks"]
     assert report["chunks_done"] == report["chunks"] - len(failed)
     assert (tmp_path / "o" / "nuclei.geojson").is_file()
+
+
+class _ClassicalWithClasses(ClassicalModel):
+    """The classical segmenter plus a stand-in class decoder: class 1 on the left half, 2 on the right half."""
+
+    semantic = True
+    class_names = [
+        {"name": "background", "color": [0, 0, 0]},
+        {"name": "left", "color": [255, 0, 0]},
+        {"name": "right", "color": [0, 0, 255]},
+    ]
+
+    def class_probabilities(self, rgb, mpp, progress=None):
+        h, w = rgb.shape[:2]
+        p = np.zeros((3, h, w), np.float32)
+        p[1, :, : w // 2] = 1
+        p[2, :, w // 2 :] = 1
+        return p
+
+
+def test_wsi_classes_in_every_output(tmp_path):
+    import pyarrow.parquet as pq
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    report = run_slide(
+        SlideRun(
+            str(svs),
+            str(tmp_path / "c"),
+            model=_ClassicalWithClasses(),
+            roi=(500, 800, 400, 300),
+            chunk=512,
+            halo=32,
+            classes=True,
+        ),
+        log=lambda *a: None,
+    )
+    assert report["chunks_done"] == 1
+    fc = json.loads((tmp_path / "c" / "nuclei.geojson").read_text())
+    names = {f["properties"]["classification"]["name"] for f in fc["features"]}
+    assert names == {"left", "right"}
+    table = pq.read_table(tmp_path / "c" / "nuclei.parquet")
+    assert {"class_id", "p_left", "p_right"} <= set(table.column_names)
+    classes = zarr.open_array(str(tmp_path / "c" / "classes.zarr" / "0"), mode="r")[800:1100, 500:900]
+    labels = zarr.open_array(str(tmp_path / "c" / "labels.zarr" / "0"), mode="r")[800:1100, 500:900]
+    assert set(np.unique(classes[labels > 0])) == {1, 2} and (classes[labels == 0] == 0).all()
+    for lab in np.unique(labels[labels > 0])[:50]:
+        assert len(np.unique(classes[labels == lab])) == 1  # one class per nucleus

@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="use an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (see README)",
     )
+    p.add_argument(
+        "--classes",
+        action="store_true",
+        help="also classify every nucleus (a model with a class decoder): classes.zarr, QuPath "
+        "classification in the GeoJSON, class columns in the tables",
+    )
     p.set_defaults(func=cmd_wsi)
 
     p = sub.add_parser("train", help="train models on your annotated images")
@@ -465,6 +471,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         use_tissue_mask=not args.no_tissue_mask,
         workers=args.workers,
         scheduler=args.scheduler,
+        classes=args.classes,
     )
     bar = Bar("chunks", quiet=args.quiet)
     report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))

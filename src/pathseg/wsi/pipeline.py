@@ -38,12 +38,13 @@ class SlideRun:
 
     slide: str
     out: str
-    model: str | None = None
+    model: object = None  #: a zoo name, a path, a model object, or None (the best offline model)
     mpp: float | None = None
     roi: tuple[int, int, int, int] | None = None
     chunk: int = 2048
     halo: int = 64
     use_tissue_mask: bool = True
+    classes: bool = False  #: also classify every nucleus (per-nucleus vote; the model needs a class decoder)
     workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
     scheduler: str | None = None  #: address of an existing dask.distributed scheduler
 
@@ -70,12 +71,20 @@ def chunk_grid(region: tuple[int, int, int, int], size: tuple[int, int], chunk: 
     return out
 
 
-def segment_chunk(slide: Slide, level: int, mpp: float, chunk: Chunk, model) -> dict[str, np.ndarray]:
+def segment_chunk(
+    slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False
+) -> dict[str, np.ndarray]:
     """Segment one chunk (with halo); return the nuclei it owns, in working-level coordinates."""
     ox0, oy0, ox1, oy1 = chunk.outer
     rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
     labels = model.segment(rgb, mpp)
     table = measure_nuclei(labels, rgb, mpp)
+    vote = None
+    if classes:
+        from pathseg.nuclei.classes import vote_classes
+
+        _, cls, probs = vote_classes(labels, model.class_probabilities(rgb, mpp))
+        vote = (cls, probs)
     ix0, iy0, ix1, iy1 = chunk.inner
     cx = table["centroid_x_px"] + ox0
     cy = table["centroid_y_px"] + oy0
@@ -98,6 +107,9 @@ def segment_chunk(slide: Slide, level: int, mpp: float, chunk: Chunk, model) -> 
     result["boxes"] = np.array(boxes, dtype=np.int64).reshape(n, 4)
     result["masks"] = np.concatenate(masks) if masks else np.zeros(0, bool)
     result["mask_offsets"] = np.array(offsets, dtype=np.int64)
+    if vote is not None:
+        result["class_id"] = vote[0][own]
+        result["class_probabilities"] = vote[1][own]
     # outlines here, in pass 1 (parallel on Dask workers), not in the sequential assembly
     rings, ring_offsets = [], [0]
     for i, (bx0, by0, bx1, by1) in enumerate(boxes):
@@ -114,17 +126,23 @@ _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
 
 
 def process_chunk(
-    slide_path: str, slide_mpp: float | None, level: int, mpp: float, chunk: Chunk, model, out: str
+    slide_path: str,
+    slide_mpp: float | None,
+    level: int,
+    mpp: float,
+    chunk: Chunk,
+    model,
+    out: str,
+    classes: bool = False,
 ) -> dict:
     """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
     small status record."""
-
     key = (slide_path, slide_mpp)
     slide = _OPEN_SLIDES.get(key)
     if slide is None:
         slide = _OPEN_SLIDES[key] = open_slide(slide_path, mpp=slide_mpp)
     try:
-        result = segment_chunk(slide, level, mpp, chunk, model)
+        result = segment_chunk(slide, level, mpp, chunk, model, classes)
     except InputImageError as exc:  # a corrupt region: reported, not fatal
         return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
     with atomic_path(_part_path(Path(out), chunk)) as tmp, open(tmp, "wb") as fh:
@@ -192,13 +210,47 @@ def write_multiscales(root, mpp: float, min_size: int = 1024) -> None:
     root.attrs["image-label"] = {"version": "0.4", "source": {"image": "../"}}
 
 
+def _class_columns(class_names: list[dict] | None) -> list[str]:
+    if class_names is None:
+        return []
+    return ["class_id"] + [f"p_{c['name']}" for c in class_names[1:]]
+
+
+def _classification(part: dict, k: int, class_names: list[dict] | None) -> dict:
+    if class_names is None:
+        return {}
+    c = class_names[int(part["class_id"][k])]
+    return {"classification": {"name": c["name"], "color": list(c["color"])}}
+
+
+def _class_region(region: np.ndarray, done: list[Chunk], c: Chunk, out: Path) -> np.ndarray:
+    """Class ids painted where ``region`` holds nucleus ids (from the parts of ``c`` and its neighbours)."""
+    lut: dict[int, int] = {}
+    for d in _neighbours(done, c):
+        part = _load_part(_part_path(out, d))
+        lut.update(zip(part["id"].tolist(), part["class_id"].tolist(), strict=True))
+    ids = np.unique(region)
+    ids = ids[ids > 0]
+    out_region = np.zeros(region.shape, dtype=np.uint8)
+    if ids.size:
+        values = np.array([lut.get(int(i), 0) for i in ids], dtype=np.uint8)
+        mask = region > 0
+        out_region[mask] = values[np.searchsorted(ids, region[mask])]
+    return out_region
+
+
 def _neighbours(chunks: list[Chunk], c: Chunk) -> list[Chunk]:
     x0, y0, x1, y1 = c.outer
     return [d for d in chunks if d.outer[0] < x1 and d.outer[2] > x0 and d.outer[1] < y1 and d.outer[3] > y0]
 
 
 def assemble(
-    out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float, downsample: float = 1.0
+    out: Path,
+    chunks: list[Chunk],
+    size: tuple[int, int],
+    mpp: float,
+    downsample: float = 1.0,
+    class_names: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Pass 2: label image (OME-Zarr at the working level), GeoJSON, CSV and Parquet from the chunk parts (streamed,
     region by region). GeoJSON and table coordinates in px are level-0 pixels (``downsample`` x working level)."""
@@ -211,6 +263,10 @@ def assemble(
     labels_path = out / "labels.zarr"
     root = zarr.open_group(str(labels_path), mode="w", zarr_format=2)
     arr = root.create_array("0", shape=(h, w), chunks=(1024, 1024), dtype="uint32", fill_value=0)
+    class_arr = None
+    if class_names is not None:
+        croot = zarr.open_group(str(out / "classes.zarr"), mode="w", zarr_format=2)
+        class_arr = croot.create_array("0", shape=(h, w), chunks=(1024, 1024), dtype="uint8", fill_value=0)
     for c in done:
         x0, y0, x1, y1 = c.inner
         region = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
@@ -223,8 +279,12 @@ def assemble(
                 tgt = region[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
                 tgt[sub & (tgt == 0)] = lab
         arr[y0:y1, x0:x1] = region
+        if class_arr is not None:
+            class_arr[y0:y1, x0:x1] = _class_region(region, done, c, out)
 
     write_multiscales(root, mpp)
+    if class_arr is not None:
+        write_multiscales(croot, mpp)
 
     def features() -> Iterator[dict]:
         for c in done:
@@ -240,6 +300,7 @@ def assemble(
                             "label": int(lab),
                             "name": f"nucleus {lab}",
                             "measurements": {n: round(float(part[n][k]), 4) for n in COLUMNS},
+                            **_classification(part, k, class_names),
                         },
                     }
 
@@ -249,24 +310,30 @@ def assemble(
         for c in done:
             part = _load_part(_part_path(out, c))
             table = {n: part[n] for n in COLUMNS}
+            if class_names is not None:
+                table["class_id"] = part["class_id"]
+                for j, named in enumerate(class_names[1:], start=1):
+                    table[f"p_{named['name']}"] = part["class_probabilities"][:, j]
             for n in ("centroid_x_px", "centroid_y_px"):
                 table[n] = table[n] * downsample  # level-0 pixels
             yield table
 
     with atomic_open(out / "nuclei.csv", "w", newline="", encoding="utf-8") as f:  # streamed, part by part
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        columns = list(COLUMNS) + _class_columns(class_names)
+        writer.writerow(columns)
         for table in tables():
-            for row in zip(*(table[n] for n in COLUMNS), strict=True):
+            for row in zip(*(table[n] for n in columns), strict=True):
                 writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
     paths["table"] = out / "nuclei.csv"
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(n, pa.int64() if n in ("id", "area_px") else pa.float64()) for n in COLUMNS])
+    columns = list(COLUMNS) + _class_columns(class_names)
+    schema = pa.schema([(n, pa.int64() if n in ("id", "area_px", "class_id") else pa.float64()) for n in columns])
     with atomic_path(out / "nuclei.parquet") as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for table in tables():  # one row group per chunk
-            writer.write_table(pa.table({n: np.asarray(table[n]) for n in COLUMNS}, schema=schema))
+            writer.write_table(pa.table({n: np.asarray(table[n]) for n in columns}, schema=schema))
     paths["parquet"] = out / "nuclei.parquet"
     return paths
 
@@ -312,7 +379,7 @@ def _run_chunks(run: SlideRun, slide: Slide, slide_mpp, level, mpp, todo, model,
         _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
         try:
             for i, c in enumerate(todo):
-                statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out))
+                statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out, run.classes))
                 if progress:
                     progress(i + 1, len(todo), f"chunk {c.index}")
         finally:
@@ -338,6 +405,7 @@ def _run_chunks(run: SlideRun, slide: Slide, slide_mpp, level, mpp, todo, model,
                 c,
                 remote_model,
                 run.out,
+                run.classes,
                 key=f"pathseg-chunk-{c.index}-{time.time_ns()}",
                 pure=False,
             )
@@ -364,7 +432,9 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     start = time.perf_counter()
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    model = get_nucleus_model(run.model)
+    model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
+    if run.classes and getattr(model, "semantic", None) is None:
+        raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     with open_slide(run.slide, mpp=run.mpp) as slide:
         if slide.mpp is None:
             raise PathsegError(f"{run.slide}: the slide carries no pixel size; give it with --mpp (µm/px of level 0)")
@@ -408,12 +478,14 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
             if "error" in st:
                 failed.append(st)
                 log(f"chunk {st['chunk']} skipped: {st['error']}")
-        paths = assemble(out, chunks, (lv.width, lv.height), mpp, lv.downsample)
+        paths = assemble(
+            out, chunks, (lv.width, lv.height), mpp, lv.downsample, model.class_names if run.classes else None
+        )
     report = {
         "pathseg": pathseg.__version__,
         "slide": str(run.slide),
         "model": model.name,
-        "settings": asdict(run),
+        "settings": {**asdict(run), "model": model.name},
         "model_parameters": _model_parameters(model),
         "versions": _versions(),
         "tissue_mask_downsample": tdown if run.use_tissue_mask else None,
