@@ -22,7 +22,7 @@ from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import CONFIG_NAME, SamNucleusModel
 from pathseg.train.data import load_samples
-from pathseg.train.nuclei import split_validation
+from pathseg.train.nuclei import source_groups, split_validation
 
 GRID = {
     "center_distance_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
     samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["model_mpp"])
-    _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"])
+    _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
     segmenters = []
     for s in val:

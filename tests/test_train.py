@@ -117,3 +117,19 @@ def test_class_training_adds_a_class_decoder(data, tmp_path):
     assert model.semantic is not None and [c["name"] for c in model.class_names] == ["background", "tumour", "immune"]
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert all("classes" in r and np.isfinite(r["classes"]) for r in history)
+
+
+def test_validation_split_keeps_source_images_together():
+    from pathseg.train.data import Sample
+    from pathseg.train.nuclei import split_validation
+
+    samples = [
+        Sample(f"img{i}_{t:03d}", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), int))
+        for i in range(5)
+        for t in range(4)
+    ]
+    groups = {s.name: s.name.split("_")[0] for s in samples}
+    train, val = split_validation(samples, 0.2, seed=0, groups=groups)
+    val_sources = {groups[s.name] for s in val}
+    assert len(val_sources) == 1 and len(val) == 4
+    assert not val_sources & {groups[s.name] for s in train}

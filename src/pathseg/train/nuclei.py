@@ -57,16 +57,44 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Carve a validation split (at least one image when ``fraction`` > 0) from the training samples."""
+def split_validation(
+    samples: list[Sample], fraction: float, seed: int, groups: dict[str, str] | None = None
+) -> tuple[list[Sample], list[Sample]]:
+    """Carve a validation split (at least one image when ``fraction`` > 0) from the training samples.
+
+    With ``groups`` (sample name -> source image), whole groups go to one side, so tiles cut from the same image
+    never sit on both sides of the split.
+    """
     if fraction <= 0:
         return samples, []
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = max(1, int(round(fraction * len(samples))))
-    if n_val >= len(samples):
-        raise PathsegError(f"validation split of {n_val} leaves no training image ({len(samples)} in total)")
-    val = {int(i) for i in order[:n_val]}
-    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
+    keys = [groups.get(s.name, s.name) if groups else s.name for s in samples]
+    unique = sorted(set(keys))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_val = max(1, int(round(fraction * len(unique))))
+    if n_val >= len(unique):
+        raise PathsegError(f"validation split of {n_val} leaves no training image ({len(unique)} in total)")
+    val_keys = {unique[int(i)] for i in order[:n_val]}
+    return (
+        [s for s, k in zip(samples, keys, strict=True) if k not in val_keys],
+        [s for s, k in zip(samples, keys, strict=True) if k in val_keys],
+    )
+
+
+def source_groups(folders: list[str]) -> dict[str, str]:
+    """Sample name -> source image, from a ``manifest.csv`` (columns ``id``, ``source_image``) beside or above
+    the data folders (the CoNSeP layout); empty when there is none."""
+    import csv
+
+    groups: dict[str, str] = {}
+    for folder in folders:
+        for f in (Path(folder) / "manifest.csv", Path(folder).parent / "manifest.csv"):
+            if f.is_file():
+                with open(f, newline="") as fh:
+                    for row in csv.DictReader(fh):
+                        if "source_image" in row and "id" in row:
+                            groups[row["id"]] = row["source_image"]
+                break
+    return groups
 
 
 def evaluate(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[str, float]:
@@ -227,7 +255,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     samples = load_samples(cfg.data, cfg.mpp_in, cfg.model_mpp, with_types=cfg.task == "classes")
-    train, val = split_validation(samples, cfg.val_fraction, cfg.seed)
+    train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
     if cfg.init:  # fine-tune: a pathseg model folder, a checkpoint file, or a zoo name (e.g. pathosam_vit_b)
         from pathseg.models.zoo import get_nucleus_model
