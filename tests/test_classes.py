@@ -67,23 +67,12 @@ def test_evaluate_classes_cli_on_an_oracle(tmp_path, capsys):
         Image.fromarray(types).save(gt_dir / "type_masks" / f"t{i}.png")
         tifffile.imwrite(pred / f"t{i}_instances.tif", lab.astype(np.uint32))
         tifffile.imwrite(pred / f"t{i}_classes.tif", types)
-    assert (
-        main(
-            [
-                "evaluate",
-                "nuclei",
-                "--pred",
-                str(pred),
-                "--gt",
-                str(gt_dir),
-                "--classes",
-                "-q",
-                "--json",
-                str(tmp_path / "s.json"),
-            ]
-        )
-        == 0
-    )
+
+    def evaluate() -> int:
+        args = ["evaluate", "nuclei", "--pred", str(pred), "--gt", str(gt_dir), "--classes", "-q"]
+        return main([*args, "--json", str(tmp_path / "s.json")])
+
+    assert evaluate() == 0
     out = capsys.readouterr().out
     assert "F_d 1.000" in out and "tumour" in out and "immune" in out
     import json
@@ -94,20 +83,7 @@ def test_evaluate_classes_cli_on_an_oracle(tmp_path, capsys):
     for i in range(2):
         t = tifffile.imread(pred / f"t{i}_classes.tif")
         tifffile.imwrite(pred / f"t{i}_classes.tif", np.where(t > 0, 3 - t, 0).astype(np.uint8))
-    main(
-        [
-            "evaluate",
-            "nuclei",
-            "--pred",
-            str(pred),
-            "--gt",
-            str(gt_dir),
-            "--classes",
-            "-q",
-            "--json",
-            str(tmp_path / "s.json"),
-        ]
-    )
+    evaluate()
     cls = json.loads((tmp_path / "s.json").read_text())["classes"]
     assert cls["f_d"] == 1.0 and cls["accuracy"] == 0.0 and all(c["f_c"] == 0.0 for c in cls["classes"])
 
