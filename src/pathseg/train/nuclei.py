@@ -274,7 +274,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    start, best = 0, {"msa": -1.0}
+    key = "class_dice" if cfg.task == "classes" else "msa"  # what selects the best model
+    start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -282,7 +283,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, best = int(state["iteration"]), json.loads(state["best"])
-        log(f"resumed from {ckpt_path} at iteration {start} (best validation mSA {best['msa']:.4f})")
+        log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     # fresh crops for a resumed run and for every replica
     sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start + 100_003 * rank)
     prompt_rng = np.random.default_rng(cfg.seed + 7919 + start + 100_003 * rank)
@@ -317,15 +318,14 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             scores = evaluate(model, val, cfg.model_mpp)
             if cfg.task == "classes":
                 scores.update(evaluate_classes(model, val, cfg.model_mpp))
-                scores["msa"] = scores["class_dice"]  # model selection by the mean per-class Dice
             record["val"] = scores
-            if scores["msa"] > best["msa"]:
+            if scores[key] > best.get(key, -1.0):
                 best = {**scores, "iteration": step}
                 model.save_pretrained(out / "best")
             log(
                 f"iteration {step}: loss {record['loss']:.4f}, validation mSA {scores['msa']:.4f} "
                 f"AJI {scores['aji']:.4f} PQ {scores['pq']:.4f} "
-                f"(best mSA {best['msa']:.4f} at {best.get('iteration')}), "
+                f"(best {key} {best[key]:.4f} at {best.get('iteration')}), "
                 f"{(time.perf_counter() - t0) / (step - start):.2f} s/it"
             )
         if rank == 0:
@@ -344,7 +344,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                     tmp,
                 )
         if progress:
-            progress(step, cfg.iterations, f"loss {record['loss']:.3f} val mSA {best['msa']:.3f}")
+            progress(step, cfg.iterations, f"loss {record['loss']:.3f} best {key} {best.get(key, -1.0):.3f}")
     if rank == 0 and not val:
         model.save_pretrained(out / "best")
     if world > 1:
