@@ -27,9 +27,9 @@ def data(tmp_path):
     return d
 
 
-def test_resumable_run(data, tmp_path):
-    out = tmp_path / "run"
-    cfg = TrainConfig(
+def small_config(data, out, **overrides) -> TrainConfig:
+    """A training run small enough for a unit test."""
+    settings = dict(
         data=[str(data)],
         out=str(out),
         iterations=2,
@@ -38,9 +38,13 @@ def test_resumable_run(data, tmp_path):
         val_every=2,
         checkpoint_every=1,
         val_fraction=0.25,
-        corrections=1,
-        prompts_per_image=2,
     )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_resumable_run(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = small_config(data, out, corrections=1, prompts_per_image=2)
     best = train_nuclei(cfg, log=lambda *a: None)
     assert set(best) >= {"msa", "aji", "pq", "iteration"}
     assert (out / "checkpoint.pt").is_file() and (out / "best" / "model.safetensors").is_file()
@@ -99,18 +103,7 @@ def test_class_training_adds_a_class_decoder(data, tmp_path):
         Image.fromarray(np.where(lab > 0, 1 + lab % 2, 0).astype(np.uint8)).save(data / "type_masks" / img.name)
     (data / "classes.csv").write_text("id,name\n0,background\n1,tumour\n2,immune\n")
     out = tmp_path / "cls"
-    cfg = TrainConfig(
-        data=[str(data)],
-        out=str(out),
-        iterations=2,
-        batch=2,
-        crop=96,
-        val_every=2,
-        checkpoint_every=1,
-        val_fraction=0.25,
-        prompt_weight=0.0,
-        task="classes",
-    )
+    cfg = small_config(data, out, prompt_weight=0.0, task="classes")
     best = train_nuclei(cfg, log=lambda *a: None)
     assert "class_dice" in best
     model = SamNucleusModel.from_pretrained(out / "best")

@@ -122,12 +122,14 @@ class Predictor:
         )
         self._work = work
         self._extra = {}
+        if cache is None:  # no cache: no need to hash the pixels and the weights
+            self.embeddings = [self._embed(work[t.outer_slices]) for t in self.tiles]
+            return
         sig = self.signature(rgb, mpp)
-        if cache is not None and self._load(Path(cache), sig):
+        if self._load(Path(cache), sig):
             return
         self.embeddings = [self._embed(work[t.outer_slices]) for t in self.tiles]
-        if cache is not None:
-            self._save(Path(cache), sig)
+        self._save(Path(cache), sig)
 
     def _embed(self, crop: np.ndarray) -> torch.Tensor:
         return self.model.embed_window(crop)
