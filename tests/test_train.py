@@ -96,12 +96,16 @@ def test_two_processes_stay_in_sync(data, tmp_path):
     assert "replicas in sync" in proc.stderr + proc.stdout
 
 
-def test_class_training_adds_a_class_decoder(data, tmp_path):
+def _add_types(data) -> None:
     for img in (data / "instance_masks").glob("*.png"):
         lab = np.asarray(Image.open(img))
         (data / "type_masks").mkdir(exist_ok=True)
         Image.fromarray(np.where(lab > 0, 1 + lab % 2, 0).astype(np.uint8)).save(data / "type_masks" / img.name)
     (data / "classes.csv").write_text("id,name\n0,background\n1,tumour\n2,immune\n")
+
+
+def test_class_training_adds_a_class_decoder(data, tmp_path):
+    _add_types(data)
     out = tmp_path / "cls"
     cfg = small_config(data, out, prompt_weight=0.0, task="classes")
     best = train_nuclei(cfg, log=lambda *a: None)
@@ -110,6 +114,19 @@ def test_class_training_adds_a_class_decoder(data, tmp_path):
     assert model.semantic is not None and [c["name"] for c in model.class_names] == ["background", "tumour", "immune"]
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert all("classes" in r and np.isfinite(r["classes"]) for r in history)
+
+
+def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp_path):
+    train_nuclei(small_config(data, tmp_path / "base", prompt_weight=0.0, iterations=1), log=lambda *a: None)
+    _add_types(data)
+    out = tmp_path / "cls"
+    cfg = small_config(data, out, task="classes", decoder_only=True, init=str(tmp_path / "base" / "best"))
+    train_nuclei(cfg, log=lambda *a: None)
+    base = SamNucleusModel.from_pretrained(tmp_path / "base" / "best").state_dict()
+    trained = SamNucleusModel.from_pretrained(out / "best").state_dict()
+    assert set(trained) - set(base) and all(k.startswith("semantic.") for k in set(trained) - set(base))
+    for k, v in base.items():  # weights and BatchNorm statistics alike
+        assert np.array_equal(v.numpy(), trained[k].numpy()), k
 
 
 def test_validation_split_keeps_source_images_together():

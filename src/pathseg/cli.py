@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("help", "quiet", "verbose"):
             continue
         tc._add_action(action)
+    tc.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train the class decoder alone on the --init model's frozen encoder (class-weighted cross-entropy only); "
+        "the nuclei outputs stay exactly as they were and the class decoder is a small add-on",
+    )
     tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
 
     p = sub.add_parser(
@@ -437,6 +443,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         check_sync=args.check_sync,
         prompt_weight=args.prompt_weight,
         task=getattr(args, "task_kind", "nuclei"),
+        decoder_only=getattr(args, "decoder_only", False),
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))

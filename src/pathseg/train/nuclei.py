@@ -54,6 +54,9 @@ class TrainConfig:
     check_sync: bool = False  #: at the end, verify that all distributed replicas hold identical weights
     task: str = "nuclei"  #: "nuclei" (AIS + prompts) or "classes" (adds the semantic decoder, class-weighted CE)
     precision: str = "bf16"  #: "bf16" (mixed precision autocast; ~3x faster on CPUs with AVX512-BF16) or "fp32"
+    #: task "classes" only: train the class decoder alone; the encoder and nuclei decoders stay exactly as in
+    #: ``init``, so the class decoder can be shipped as a small add-on to that model
+    decoder_only: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -213,12 +216,15 @@ class _TrainStep(torch.nn.Module):
     def forward(self, x, y, labels, rng, step: int, amp: bool, types=None):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             pred, embedding, sem = self.model.forward_train(x, with_semantic=self.cfg.task == "classes")
-        loss, parts = ais_loss(pred.float(), y)
+        if self.cfg.decoder_only and sem is not None:
+            loss, parts = sem.new_zeros(()), {}
+        else:
+            loss, parts = ais_loss(pred.float(), y)
         if sem is not None:
             l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
             loss = loss + l_cls
             parts["classes"] = float(l_cls.detach())
-        if self.cfg.prompt_weight > 0:
+        if self.cfg.prompt_weight > 0 and not (self.cfg.decoder_only and sem is not None):
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 l_prompt = prompt_loss(
                     self.model.sam,
@@ -269,7 +275,12 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     class_weights = None
     if cfg.task == "classes":
         class_weights = _prepare_classes(model, train, cfg)
-        params = list(model.parameters())
+        if cfg.decoder_only:
+            if not cfg.init:
+                raise PathsegError("--decoder-only needs --init: the model whose encoder the class decoder reads")
+            for n, p in model.named_parameters():
+                p.requires_grad_(n.startswith("semantic."))
+        params = [p for p in model.parameters() if p.requires_grad]
     else:
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -301,8 +312,11 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         net = DistributedDataParallel(net, find_unused_parameters=True)
     history = out / "history.jsonl"
     t0 = time.perf_counter()
+    frozen = cfg.task == "classes" and cfg.decoder_only
     for it in range(start, cfg.iterations):
-        model.train()
+        model.train(not frozen)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
+        if frozen:
+            model.semantic.train()
         x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
