@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=40_000, help="slide side in pixels (default 40,000)")
     ap.add_argument("--model", default="classical")
     ap.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--work", type=Path, default=Path("/tmp/pathseg-wsi-bench"))
     args = ap.parse_args(argv)
     if not SOURCE.is_file():

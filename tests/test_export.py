@@ -42,6 +42,9 @@ def test_outline_rasterises_back_to_the_object():
         obj = lab == k
         iou = (filled & obj).sum() / (filled | obj).sum()
         assert iou > 0.85, (k, iou)
+        # the outline runs along pixel edges: it encloses exactly the object's pixels
+        x, y = ring[:, 0], ring[:, 1]
+        assert abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2 == obj.sum()
 
 
 def test_measurements_units(nuclei_image):

@@ -70,3 +70,16 @@ def test_tissue_mask_excludes_background_and_pen():
     assert not mask[5, 5] and not mask[22, 250]
     assert not mask[97, 120]  # the ink itself is excluded
     assert mask[blob].mean() > 0.9
+
+
+def test_tissue_mask_hsv_equals_skimage():
+    from skimage.color import rgb2hsv
+
+    from pathseg.wsi.tissue_mask import _hsv
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[:4] = 128  # grey: no hue, no saturation
+    hue, sat, val = _hsv(rgb)
+    ref = rgb2hsv(rgb)
+    assert np.allclose(hue, ref[..., 0] * 360, atol=1e-3)
+    assert np.allclose(sat, ref[..., 1], atol=1e-6) and np.allclose(val, ref[..., 2], atol=1e-6)

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="µm/px of level 0 when the slide's metadata has none (required then)",
     )
     p.add_argument("--roi", default=None, metavar="X,Y,W,H", help="only this region (level-0 pixels)")
-    p.add_argument("--chunk", type=int, default=2048, help="chunk size in working-level pixels (default 2048)")
+    p.add_argument("--chunk", type=int, default=4096, help="chunk size in working-level pixels (default 4096)")
     p.add_argument(
         "--halo",
         type=int,

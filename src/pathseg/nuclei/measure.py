@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import find_contours
 
 from pathseg.models.classical import haematoxylin
 
@@ -34,18 +33,21 @@ _PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
-def _border_and_perimeter(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Border pixels of every object (4-connectivity) and each object's perimeter, computed for all objects at
-    once with the weighting of :func:`skimage.measure.perimeter` (identical values)."""
+def _border_and_perimeter(lab: np.ndarray, n: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Border pixels (rows, cols; 4-connectivity) of every object and each object's perimeter, computed for all
+    objects at once with the weighting of :func:`skimage.measure.perimeter` (identical values)."""
     h, w = lab.shape
     pad = np.pad(lab, 1, constant_values=-1)
     centre = pad[1:-1, 1:-1]
     interior = centre > 0
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         interior &= pad[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx] == centre
-    border = (centre > 0) & ~interior
-    bpad = np.pad(border, 1)
-    value = border.astype(np.int64)
+    ys, xs = np.nonzero((centre > 0) & ~interior)
+    ids = centre[ys, xs]
+    # the neighbour tests only at border pixels: a neighbour counts when it is a border pixel of the same object
+    bpad = np.zeros((h + 2, w + 2), bool)
+    bpad[ys + 1, xs + 1] = True
+    value = np.ones(ys.size, np.uint8)
     for dy, dx, weight in (
         (-1, -1, 10),
         (-1, 0, 2),
@@ -56,34 +58,26 @@ def _border_and_perimeter(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
         (1, 0, 2),
         (1, 1, 10),
     ):
-        same = (pad[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx] == centre) & bpad[
-            1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx
-        ]
-        value += weight * (same & border)
-    perimeter = np.bincount(lab[border], weights=_PERIMETER_WEIGHTS[value[border]], minlength=n + 1)
-    return border, perimeter
+        py, px = ys + 1 + dy, xs + 1 + dx
+        value += weight * ((pad[py, px] == ids) & bpad[py, px]).astype(np.uint8)
+    perimeter = np.bincount(ids, weights=_PERIMETER_WEIGHTS[value], minlength=n + 1)
+    return (ys, xs), perimeter
 
 
-def _hull_areas(lab: np.ndarray, border: np.ndarray, n: int) -> np.ndarray:
+def _hull_areas(lab: np.ndarray, border: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
     """Area (px²) of the convex hull of each object's pixel squares (from its border pixels' corners)."""
-    from scipy.spatial import ConvexHull, QhullError
+    import cv2
 
-    ys, xs = np.nonzero(border)
+    ys, xs = border
     ids = lab[ys, xs]
     order = np.argsort(ids, kind="stable")
-    ys, xs, ids = ys[order], xs[order], ids[order]
-    starts = np.searchsorted(ids, np.arange(n + 2))
-    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    pts = np.stack([xs[order], ys[order]], 1).astype(np.int32)
+    starts = np.searchsorted(ids[order], np.arange(n + 2))
+    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.int32)
     hull = np.zeros(n + 1)
-    for i in range(1, n + 1):
-        a, b = starts[i], starts[i + 1]
-        if b == a:
-            continue
-        pts = (np.stack([ys[a:b], xs[a:b]], 1)[:, None, :] + corners[None]).reshape(-1, 2)
-        try:
-            hull[i] = ConvexHull(pts).volume
-        except QhullError:  # degenerate (a line of pixels): its squares are its hull
-            hull[i] = b - a
+    for i in np.flatnonzero(starts[2:] > starts[1:-1]) + 1:
+        square = (pts[starts[i] : starts[i + 1], None, :] + corners[None]).reshape(-1, 1, 2)
+        hull[i] = cv2.contourArea(cv2.convexHull(square))
     return hull
 
 
@@ -98,26 +92,27 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, mpp: float) -> dict[str,
         raise ValueError(f"labels {labels.shape} and image {rgb.shape[:2]} differ in shape")
     if not labels.any():
         return {c: np.zeros(0, dtype=np.int64 if c == "id" else np.float64) for c in COLUMNS}
-    lab = np.asarray(labels).astype(np.int64)
-    ids = np.unique(lab)
-    ids = ids[ids > 0]
-    if ids[-1] > 4 * lab.size:  # sparse huge ids: renumber for the bincounts
+    lab = np.asarray(labels)
+    if int(lab.max()) > 4 * lab.size:  # sparse huge ids: renumber for the bincounts
+        ids = np.unique(lab)
+        ids = ids[ids > 0].astype(np.int64)
         lab = np.searchsorted(np.concatenate([[0], ids]), lab)
         keys = np.arange(1, ids.size + 1)
     else:
-        keys = ids
+        present = np.flatnonzero(np.bincount(lab.ravel().astype(np.intp)))
+        ids = keys = present[present > 0]
     n = int(lab.max())
     lab = lab.astype(np.int32) if n < 2**31 - 1 else lab
-    flat = lab.ravel()
     h, w = lab.shape
+    # sums over the foreground pixels only (nuclei cover a fraction of the image)
+    fg = np.flatnonzero(lab.ravel())
+    flat = lab.ravel()[fg]
+    y, x = np.divmod(fg, w)
+    y, x = y.astype(np.float64), x.astype(np.float64)
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     safe = np.maximum(area, 1)
-    # raw moments from row/column indices, then central moments: no per-pixel centred arrays
-    y = np.repeat(np.arange(h, dtype=np.float64), w)
-    x = np.tile(np.arange(w, dtype=np.float64), h)
-    sy = np.bincount(flat, y, n + 1)
-    sx = np.bincount(flat, x, n + 1)
-    cy, cx = sy / safe, sx / safe
+    # raw moments, then central moments: no per-pixel centred arrays
+    cy, cx = np.bincount(flat, y, n + 1) / safe, np.bincount(flat, x, n + 1) / safe
     mu_yy = np.bincount(flat, y * y, n + 1) / safe - cy * cy
     mu_xx = np.bincount(flat, x * x, n + 1) / safe - cx * cx
     mu_xy = np.bincount(flat, x * y, n + 1) / safe - cx * cy
@@ -129,7 +124,8 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, mpp: float) -> dict[str,
     border, perimeter = _border_and_perimeter(lab, n)
     hull = _hull_areas(lab, border, n)
     solidity = np.where(hull > 0, area / np.maximum(hull, 1e-9), 1.0)
-    mean_h = np.bincount(flat, haematoxylin(rgb).ravel().astype(np.float64), n + 1) / safe
+    pixels = np.asarray(rgb).reshape(-1, rgb.shape[-1])[fg]
+    mean_h = np.bincount(flat, haematoxylin(pixels[None]).ravel().astype(np.float64), n + 1) / safe
     return {
         "id": ids.astype(np.int64),
         "centroid_x_px": cx[keys],
@@ -151,35 +147,49 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     pts = ring[:-1]
     if len(pts) < 4:
         return ring
-    before = pts - np.roll(pts, 1, axis=0)
-    after = np.roll(pts, -1, axis=0) - pts
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    keep = np.abs(cross) > 1e-9
+    prev = np.concatenate([pts[-1:], pts[:-1]])
+    nxt = np.concatenate([pts[1:], pts[:1]])
+    before, after = pts - prev, nxt - pts
+    keep = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
     if keep.sum() < 3:
         return ring
     pts = pts[keep]
-    return np.vstack([pts, pts[:1]])
+    return np.concatenate([pts, pts[:1]])
+
+
+def mask_outline(mask: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
+    """Outer outline of the largest object of a boolean ``mask`` whose top-left pixel sits at (``x0``, ``y0``):
+    a closed (K, 2) array of x, y in pixels along the pixel edges (empty when the mask is empty)."""
+    import cv2
+
+    # traced on the mask upsampled 2x, an 8-connected border walk runs along the original pixel edges:
+    # upsampled index u maps to the edge coordinate (u + 1) // 2
+    m = mask.view(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
+    up = cv2.resize(m, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(2, 2))
+    if not contours:
+        return np.zeros((0, 2))
+    c = (max(contours, key=len) if len(contours) > 1 else contours[0])[:, 0, :]
+    xy = (c + 1) // 2
+    keep = np.any(xy != np.concatenate([xy[-1:], xy[:-1]]), axis=1)
+    xy = xy[keep] if keep.any() else xy[:1]
+    xy = xy + np.array([x0 - 1, y0 - 1])
+    return _drop_collinear(np.concatenate([xy, xy[:1]]).astype(np.float64))
 
 
 def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(label, ring)`` per object: its outer outline as a closed (K, 2) array of x, y in pixels.
 
-    Coordinates follow QuPath: pixel (row r, col c) covers [c, c+1] x [r, r+1]. The outline runs half-way between
-    inside and outside pixel centres (vertices on straight runs dropped). Holes are not traced.
+    Coordinates follow QuPath: pixel (row r, col c) covers [c, c+1] x [r, r+1], and the outline runs along the
+    pixel edges (the area it encloses is the object's pixel count; vertices on straight runs dropped). Holes are
+    not traced.
     """
     for index, sl in enumerate(ndi.find_objects(labels)):
         if sl is None:
             continue
-        lab = index + 1
-        crop = np.pad(labels[sl] == lab, 1).astype(np.float32)
-        contours = find_contours(crop, 0.5)
-        if not contours:
-            continue
-        ring = _drop_collinear(max(contours, key=len))
-        xy = np.stack([ring[:, 1] + sl[1].start - 0.5, ring[:, 0] + sl[0].start - 0.5], axis=1)
-        if not np.array_equal(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        yield lab, xy
+        ring = mask_outline(labels[sl] == index + 1, sl[1].start, sl[0].start)
+        if len(ring):
+            yield index + 1, ring
 
 
 def geojson_features(

@@ -11,7 +11,6 @@ per-nucleus table from the parts. Nothing slide-sized is held in memory.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import time
@@ -26,7 +25,7 @@ import pathseg
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
-from pathseg.nuclei.measure import COLUMNS, measure_nuclei, outlines
+from pathseg.nuclei.measure import COLUMNS, mask_outline, measure_nuclei
 from pathseg.progress import ProgressCallback
 
 LOCAL_BITS = 16
@@ -41,7 +40,7 @@ class SlideRun:
     model: object = None  #: a zoo name, a path, a model object, or None (the best offline model)
     mpp: float | None = None
     roi: tuple[int, int, int, int] | None = None
-    chunk: int = 2048
+    chunk: int = 4096
     halo: int = 64
     use_tissue_mask: bool = True
     classes: bool = False  #: also classify every nucleus (per-nucleus vote; the model needs a class decoder)
@@ -113,8 +112,7 @@ def segment_chunk(
     # outlines here, in pass 1 (parallel on Dask workers), not in the sequential assembly
     rings, ring_offsets = [], [0]
     for i, (bx0, by0, bx1, by1) in enumerate(boxes):
-        mask = masks[i].reshape(by1 - by0, bx1 - bx0)
-        ring = next(iter(outlines(mask.astype(np.uint8))), (None, np.zeros((0, 2))))[1] + np.array([bx0, by0])
+        ring = mask_outline(masks[i].reshape(by1 - by0, bx1 - bx0), bx0, by0)
         rings.append(ring)
         ring_offsets.append(ring_offsets[-1] + len(ring))
     result["rings"] = np.concatenate(rings) if rings else np.zeros((0, 2))
@@ -164,11 +162,14 @@ def _load_part(path: Path) -> dict[str, np.ndarray]:
     return _load_part_cached(str(path), path.stat().st_mtime_ns)
 
 
-def _objects(part: dict[str, np.ndarray]) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
-    for i, (lab, box) in enumerate(zip(part["id"], part["boxes"], strict=True)):
-        x0, y0, x1, y1 = (int(v) for v in box)
-        flat = part["masks"][part["mask_offsets"][i] : part["mask_offsets"][i + 1]]
-        yield int(lab), (x0, y0, x1, y1), flat.reshape(y1 - y0, x1 - x0)
+def _objects(
+    part: dict[str, np.ndarray], indices: np.ndarray
+) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+    """(id, box, mask) of the part's objects at ``indices``."""
+    ids, boxes, offsets = part["id"].tolist(), part["boxes"].tolist(), part["mask_offsets"].tolist()
+    for i in indices.tolist():
+        x0, y0, x1, y1 = boxes[i]
+        yield ids[i], (x0, y0, x1, y1), part["masks"][offsets[i] : offsets[i + 1]].reshape(y1 - y0, x1 - x0)
 
 
 def write_multiscales(root, mpp: float, min_size: int = 1024) -> None:
@@ -256,8 +257,6 @@ def assemble(
     region by region). GeoJSON and table coordinates in px are level-0 pixels (``downsample`` x working level)."""
     import zarr
 
-    from pathseg.io.export import write_geojson
-
     w, h = size
     done = [c for c in chunks if _part_path(out, c).is_file()]
     labels_path = out / "labels.zarr"
@@ -271,10 +270,11 @@ def assemble(
         x0, y0, x1, y1 = c.inner
         region = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
         for d in _neighbours(done, c):
-            for lab, (bx0, by0, bx1, by1), mask in _objects(_load_part(_part_path(out, d))):
+            part = _load_part(_part_path(out, d))
+            b = part["boxes"]
+            hits = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
+            for lab, (bx0, by0, bx1, by1), mask in _objects(part, hits):
                 ix0, iy0, ix1, iy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
-                if ix0 >= ix1 or iy0 >= iy1:
-                    continue
                 sub = mask[iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0]
                 tgt = region[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
                 tgt[sub & (tgt == 0)] = lab
@@ -286,56 +286,81 @@ def assemble(
     if class_arr is not None:
         write_multiscales(croot, mpp)
 
-    def features() -> Iterator[dict]:
-        for c in done:
-            part = _load_part(_part_path(out, c))
-            for k, lab in enumerate(part["id"]):
-                ring = part["rings"][part["ring_offsets"][k] : part["ring_offsets"][k + 1]] * downsample
-                if len(ring) >= 4:
-                    yield {
-                        "type": "Feature",
-                        "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
-                        "properties": {
-                            "objectType": "detection",
-                            "label": int(lab),
-                            "name": f"nucleus {lab}",
-                            "measurements": {n: round(float(part[n][k]), 4) for n in COLUMNS},
-                            **_classification(part, k, class_names),
-                        },
-                    }
-
-    paths = {"labels": labels_path, "geojson": write_geojson(out / "nuclei.geojson", features())}
-
-    def tables() -> Iterator[dict[str, np.ndarray]]:
-        for c in done:
-            part = _load_part(_part_path(out, c))
-            table = {n: part[n] for n in COLUMNS}
-            if class_names is not None:
-                table["class_id"] = part["class_id"]
-                for j, named in enumerate(class_names[1:], start=1):
-                    table[f"p_{named['name']}"] = part["class_probabilities"][:, j]
-            for n in ("centroid_x_px", "centroid_y_px"):
-                table[n] = table[n] * downsample  # level-0 pixels
-            yield table
-
-    with atomic_open(out / "nuclei.csv", "w", newline="", encoding="utf-8") as f:  # streamed, part by part
-        writer = csv.writer(f)
-        columns = list(COLUMNS) + _class_columns(class_names)
-        writer.writerow(columns)
-        for table in tables():
-            for row in zip(*(table[n] for n in columns), strict=True):
-                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
-    paths["table"] = out / "nuclei.csv"
+    paths = {"labels": labels_path}
+    columns = list(COLUMNS) + _class_columns(class_names)
     import pyarrow as pa
+    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    columns = list(COLUMNS) + _class_columns(class_names)
     schema = pa.schema([(n, pa.int64() if n in ("id", "area_px", "class_id") else pa.float64()) for n in columns])
-    with atomic_path(out / "nuclei.parquet") as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
-        for table in tables():  # one row group per chunk
-            writer.write_table(pa.table({n: np.asarray(table[n]) for n in columns}, schema=schema))
-    paths["parquet"] = out / "nuclei.parquet"
+    with (
+        atomic_open(out / "nuclei.geojson", "w", encoding="utf-8") as gj,
+        atomic_path(out / "nuclei.csv") as csv_tmp,
+        atomic_path(out / "nuclei.parquet") as pq_tmp,
+        pacsv.CSVWriter(str(csv_tmp), schema) as csv_writer,
+        pq.ParquetWriter(str(pq_tmp), schema) as pq_writer,
+    ):
+        gj.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for c in done:  # streamed part by part: one GeoJSON run, one CSV block and one Parquet row group per chunk
+            part = _load_part(_part_path(out, c))
+            for feature in _feature_strings(part, downsample, class_names):
+                gj.write(feature if first else ",\n" + feature)
+                first = False
+            table = _part_table(part, downsample, class_names)
+            batch = pa.table({n: np.asarray(table[n]) for n in columns}, schema=schema)
+            csv_writer.write_table(batch)
+            pq_writer.write_table(batch)
+        gj.write("\n]}\n")
+    paths.update(geojson=out / "nuclei.geojson", table=out / "nuclei.csv", parquet=out / "nuclei.parquet")
     return paths
+
+
+def _part_table(part: dict, downsample: float, class_names: list[dict] | None) -> dict[str, np.ndarray]:
+    """The per-nucleus table of one part; centroids in px are level-0 pixels."""
+    table = {n: part[n] for n in COLUMNS}
+    if class_names is not None:
+        table["class_id"] = part["class_id"]
+        for j, named in enumerate(class_names[1:], start=1):
+            table[f"p_{named['name']}"] = part["class_probabilities"][:, j]
+    for n in ("centroid_x_px", "centroid_y_px"):
+        table[n] = table[n] * downsample
+    return table
+
+
+def _json_numbers(values: np.ndarray, decimals: int = 4) -> list[str]:
+    """JSON text of each value (rounded; null where not finite)."""
+    v = np.asarray(values)
+    if v.dtype.kind in "iu":
+        return [str(x) for x in v.tolist()]
+    rounded = np.round(v.astype(np.float64), decimals)
+    return [repr(x) if np.isfinite(x) else "null" for x in rounded.tolist()]
+
+
+def _feature_strings(part: dict, downsample: float, class_names: list[dict] | None) -> Iterator[str]:
+    """QuPath detection features of one part, serialised (rings and measurements formatted column-wise)."""
+    n = len(part["id"])
+    if n == 0:
+        return
+    template = "{{" + ",".join(f'"{name}":{{}}' for name in COLUMNS) + "}}"
+    measurements = [template.format(*row) for row in zip(*(_json_numbers(part[c]) for c in COLUMNS), strict=True)]
+    classification = [""] * n
+    if class_names is not None:
+        names = [json.dumps({"name": c["name"], "color": [int(v) for v in c["color"]]}) for c in class_names]
+        classification = [',"classification":' + names[int(k)] for k in part["class_id"].tolist()]
+    offsets = part["ring_offsets"].tolist()
+    rings = np.round(part["rings"] * downsample, 2)
+    ids = part["id"].tolist()
+    for k in range(n):
+        ring = rings[offsets[k] : offsets[k + 1]]
+        if len(ring) < 4:
+            continue
+        yield (
+            '{"type":"Feature","geometry":{"type":"Polygon","coordinates":['
+            + json.dumps(ring.tolist(), separators=(",", ":"))
+            + f']}},"properties":{{"objectType":"detection","label":{ids[k]},"name":"nucleus {ids[k]}",'
+            + f'"measurements":{measurements[k]}{classification[k]}}}}}'
+        )
 
 
 def _samples(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: int = 512) -> list[np.ndarray]:
