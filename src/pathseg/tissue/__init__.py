@@ -1,1 +1,1 @@
-"""Tissue and gland segmentation (PathSegDiff): class maps and data first; features, head and CLI to come."""
+"""Tissue and gland segmentation (PathSegDiff): class maps, diffusion features; head, training and CLI to come."""

@@ -1,0 +1,179 @@
+"""A latent diffusion backbone used frozen for features: VQ autoencoder + conditional UNet (diffusers), the SSL
+conditioner, the SSL encoder that makes the conditioning embedding, and the noise schedule.
+
+Saved as one folder: ``config.json`` (every part's config) + ``model.safetensors`` (keys ``vq.*``, ``unet.*``,
+``conditioner.*``, ``encoder.*``). Presets: :data:`BRCA20X` (the paper's Large-Image-Diffusion BRCA 20x model)
+and :data:`SMALL` (the one pathseg trains on this CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pathseg.errors import PathsegError
+from pathseg.models.diffusion.conditioner import SSLConditioner
+from pathseg.models.diffusion.hipt import ViTSmall
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+#: Large-Image-Diffusion "BRCA 20x": VQ-f4 first stage, CompVis UNet (192 channels, mult 1-2-3-5, attention at
+#: downsampling 2, 4, 8, one head, context 512), HIPT ViT-S/16 patch embedding, 1000 steps, linear beta
+#: 0.0015..0.0195 (CompVis "linear" = diffusers "scaled_linear"); 256² patches at 20x (~0.5 µm/px).
+BRCA20X = {
+    "task": "diffusion_backbone",
+    "name": "ldm_brca20x",
+    "mpp": 0.5,
+    "patch_size": 256,
+    "vq": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [128, 256, 512],
+        "layers_per_block": 2,
+        "latent_channels": 3,
+        "num_vq_embeddings": 8192,
+        "vq_embed_dim": 3,
+        "norm_num_groups": 32,
+        "sample_size": 256,
+        "scaling_factor": 1.0,
+    },
+    "unet": {
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [192, 384, 576, 960],
+        "layers_per_block": 2,
+        "cross_attention_dim": 512,
+        "attention_head_dim": 1,
+        "norm_num_groups": 32,
+    },
+    "conditioner": {"patch_dim": 384, "region_dim": 768, "context_dim": 512, "normalize": True},
+    "encoder": {"type": "hipt_vit_s", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_size": 256},
+    "scheduler": {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.0015,
+        "beta_end": 0.0195,
+        "beta_schedule": "scaled_linear",
+    },
+}
+
+
+def scaled_preset(preset: dict, vq_widths: list[int], unet_widths: list[int], name: str, groups: int = 8) -> dict:
+    """``preset`` with other widths (same block layout): for pathseg's own small backbone and for tests."""
+    cfg = copy.deepcopy(preset)
+    cfg["name"] = name
+    cfg["vq"].update(block_out_channels=list(vq_widths), norm_num_groups=groups)
+    cfg["unet"].update(block_out_channels=list(unet_widths), norm_num_groups=groups)
+    return cfg
+
+
+class DiffusionBackbone(nn.Module):
+    """The frozen parts of a latent diffusion model, as one module with a serialisable config."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        from diffusers import UNet2DConditionModel, VQModel
+
+        self.config = copy.deepcopy(config)
+        self.vq = VQModel(**config["vq"])
+        self.unet = UNet2DConditionModel(**config["unet"])
+        self.conditioner = SSLConditioner(**config["conditioner"])
+        enc = config.get("encoder") or {"type": "none"}
+        if enc["type"] == "hipt_vit_s":
+            self.encoder: nn.Module | None = ViTSmall(**enc.get("kwargs", {}))
+        elif enc["type"] == "none":
+            self.encoder = None
+        else:
+            raise PathsegError(f"unknown conditioning encoder {enc['type']!r}")
+        sch = config["scheduler"]
+        n, b0, b1 = sch["num_train_timesteps"], sch["beta_start"], sch["beta_end"]
+        if sch["beta_schedule"] == "scaled_linear":  # CompVis "linear": linear in sqrt(beta)
+            betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
+        elif sch["beta_schedule"] == "linear":
+            betas = torch.linspace(b0, b1, n, dtype=torch.float64)
+        else:
+            raise PathsegError(f"unknown beta schedule {sch['beta_schedule']!r}")
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float(), persistent=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", "diffusion_backbone")
+
+    @property
+    def mpp(self) -> float:
+        return float(self.config.get("mpp", 0.5))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Conditioning embedding of (B, 3, H, W) images in [0, 1]."""
+        if self.encoder is None:
+            raise PathsegError(f"backbone {self.name!r} has no conditioning encoder; pass embeddings")
+        enc = self.config["encoder"]
+        mean = torch.tensor(enc["mean"], device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(enc["std"], device=x.device).view(1, 3, 1, 1)
+        size = enc.get("input_size")
+        if size and x.shape[-2:] != (size, size):
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return self.encoder((x - mean) / std)
+
+    def context(self, x: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2, context_dim) cross-attention context from images in [0, 1] or from given embeddings."""
+        if embedding is None:
+            embedding = self.embed(x)
+        return self.conditioner(embedding)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent z0 (before quantisation, times the scaling factor) of (B, 3, H, W) images in [0, 1]."""
+        h = self.vq.encode(x * 2 - 1).latents
+        return h * self.config["vq"].get("scaling_factor", 1.0)
+
+    def add_noise(self, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise."""
+        a = self.alphas_cumprod[t]
+        return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+    # --- serialisation -------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        from pathseg.io.atomic import atomic_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+            for k, v in self.state_dict().items()
+        }
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        with atomic_path(folder / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(self.config, indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> DiffusionBackbone:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise PathsegError(f"{folder} is not a pathseg diffusion backbone (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        model = cls(config)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(folder / WEIGHTS_NAME).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            first = (missing or unexpected)[0]
+            raise PathsegError(
+                f"{folder}: weights do not match the config ({len(missing)} missing, {len(unexpected)} unexpected; "
+                f"first: {first!r})"
+            )
+        return model.eval()
