@@ -1,0 +1,136 @@
+"""A tissue model: frozen diffusion backbone + feature settings + a trained head, saved as one folder.
+
+Images of any size are segmented in overlapping patches (the backbone's patch size); logits are blended with a
+smooth window, so class maps show no seams at patch borders. Images are rescaled to the model's µm/px first.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathseg.errors import PathsegError
+from pathseg.models.diffusion.backbone import DiffusionBackbone
+from pathseg.resize import resize_maps, resize_rgb, scaled_size
+from pathseg.tissue.features import DiffusionFeatures
+from pathseg.tissue.head import SegHead
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _window(size: int) -> torch.Tensor:
+    """(size, size) blending weights: a raised cosine, never exactly zero at the rim."""
+    r = torch.hann_window(size + 2, periodic=False, dtype=torch.float32)[1:-1]
+    return r[:, None] * r[None, :]
+
+
+class TissueModel(torch.nn.Module):
+    """``config``: ``name``, ``mpp``, ``classes`` ([{"name", "color"}]), ``features`` ({timesteps, blocks,
+    seed}), ``head`` ({hidden}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
+
+    def __init__(self, config: dict, backbone: DiffusionBackbone | None = None) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.config["backbone"] = copy.deepcopy(backbone.config if backbone is not None else config["backbone"])
+        self.backbone = backbone if backbone is not None else DiffusionBackbone(self.config["backbone"])
+        f = self.config["features"]
+        self.features = DiffusionFeatures(self.backbone, f["timesteps"], f["blocks"], f.get("seed", 0))
+        self.head = SegHead(self.features.channels, len(self.config["classes"]), self.config["head"].get("hidden", 128))
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", "tissue")
+
+    @property
+    def mpp(self) -> float:
+        return float(self.config.get("mpp", self.backbone.mpp))
+
+    @property
+    def class_names(self) -> list[dict]:
+        return self.config["classes"]
+
+    @property
+    def patch(self) -> int:
+        return int(self.config.get("patch_size", self.backbone.config.get("patch_size", 256)))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) logits of (B, 3, H, W) patches in [0, 1] (the head runs at the latent resolution)."""
+        with torch.no_grad():
+            feats = self.features(x)
+        return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def probabilities(self, rgb: np.ndarray, mpp: float | None = None, batch: int = 4) -> np.ndarray:
+        """(K, H, W) float32 class probabilities of an RGB uint8 image at ``mpp`` µm/px (default: the model's)."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.shape} {rgb.dtype}")
+        self.eval()
+        h0, w0 = rgb.shape[:2]
+        img = rgb if mpp is None else resize_rgb(rgb, scaled_size(rgb.shape, mpp / self.mpp))
+        p, step = self.patch, self.patch * 3 // 4
+        H, W = img.shape[:2]
+        ph, pw = max(p, H), max(p, W)
+        pad = np.pad(img, ((0, ph - H), (0, pw - W), (0, 0)), mode="reflect") if (ph, pw) != (H, W) else img
+        ys = sorted({*range(0, ph - p + 1, step), ph - p})
+        xs = sorted({*range(0, pw - p + 1, step), pw - p})
+        k = len(self.class_names)
+        acc = torch.zeros(k, ph, pw)
+        wsum = torch.zeros(ph, pw)
+        win = _window(p)
+        coords = [(y, x) for y in ys for x in xs]
+        x_all = torch.from_numpy(np.array(pad)).permute(2, 0, 1).float() / 255
+        for i in range(0, len(coords), batch):
+            part = coords[i : i + batch]
+            xb = torch.stack([x_all[:, y : y + p, x : x + p] for y, x in part])
+            logits = self.logits(xb)
+            for (y, x), lg in zip(part, logits, strict=True):
+                acc[:, y : y + p, x : x + p] += lg * win
+                wsum[y : y + p, x : x + p] += win
+        probs = torch.softmax(acc / wsum, dim=0)[:, :H, :W].numpy()
+        return resize_maps(probs, (h0, w0)) if (H, W) != (h0, w0) else probs
+
+    def segment(self, rgb: np.ndarray, mpp: float | None = None) -> np.ndarray:
+        """(H, W) uint8 class ids (index into :attr:`class_names`)."""
+        return self.probabilities(rgb, mpp).argmax(0).astype(np.uint8)
+
+    # --- serialisation -------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        from pathseg.io.atomic import atomic_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith("features.")  # the feature extractor holds the backbone again
+        }
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        with atomic_path(folder / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps({**self.config, "task": "tissue"}, indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> TissueModel:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise PathsegError(f"{folder} is not a pathseg tissue model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        model = cls(json.loads((folder / CONFIG_NAME).read_text()))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(folder / WEIGHTS_NAME).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("features.")]
+        if missing or unexpected:
+            first = (missing or unexpected)[0]
+            raise PathsegError(f"{folder}: weights do not match the config (first mismatch: {first!r})")
+        return model.eval()

@@ -1,0 +1,81 @@
+"""Tissue head training on frozen diffusion features (tiny backbone, synthetic gland images)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathseg.models.diffusion.backbone import DiffusionBackbone
+from pathseg.tissue.model import TissueModel
+from pathseg.train.tissue import TissueTrainConfig, train_tissue
+from tests.test_diffusion_backbone import tiny_config
+
+
+@pytest.fixture
+def glands(tmp_path):
+    d = tmp_path / "glas"
+    (d / "images").mkdir(parents=True)
+    (d / "binary_masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        yy, xx = np.mgrid[:80, :100]
+        mask = ((yy - rng.integers(20, 60)) ** 2 + (xx - rng.integers(20, 80)) ** 2 < 300).astype(np.uint8)
+        rgb = np.where(mask[..., None], [150, 60, 160], [230, 200, 220]) + rng.integers(0, 20, (80, 100, 3))
+        Image.fromarray(rgb.astype(np.uint8)).save(d / "images" / f"g{i}.png")
+        Image.fromarray(mask).save(d / "binary_masks" / f"g{i}.png")
+    return d
+
+
+@pytest.fixture
+def backbone(tmp_path):
+    return DiffusionBackbone(tiny_config()).save_pretrained(tmp_path / "bb")
+
+
+def test_train_tissue_resumes_and_saves_a_working_model(glands, backbone, tmp_path):
+    out = tmp_path / "run"
+    cfg = TissueTrainConfig(
+        data=[str(glands)],
+        out=str(out),
+        backbone=str(backbone),
+        crop=64,
+        batch=2,
+        iterations=2,
+        val_every=2,
+        checkpoint_every=1,
+        timesteps=[10],
+        blocks=[2, 3],
+        hidden=8,
+    )
+    best = train_tissue(cfg, log=lambda *a: None)
+    assert {"accuracy", "mean_dice", "mean_iou", "iteration"} <= set(best)
+    cfg.iterations = 3  # resume from the checkpoint at iteration 2
+    train_tissue(cfg, log=lambda *a: None)
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2, 3]
+    model = TissueModel.from_pretrained(out / "best")
+    rgb = np.asarray(Image.open(glands / "images" / "g0.png"))
+    probs = model.probabilities(rgb)
+    assert probs.shape == (2, 80, 100) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    big = np.tile(rgb, (2, 2, 1))  # larger than one patch: blended tiles cover every pixel
+    assert model.segment(big).shape == big.shape[:2]
+    assert [c["name"] for c in model.class_names] == ["background", "gland"]
+
+
+def test_random_backbone_and_label_fraction(glands, backbone, tmp_path):
+    cfg = TissueTrainConfig(
+        data=[str(glands)],
+        out=str(tmp_path / "r"),
+        backbone=f"random:{backbone}",
+        crop=64,
+        batch=2,
+        iterations=1,
+        val_every=1,
+        timesteps=[10],
+        blocks=[3],
+        hidden=8,
+        label_fraction=0.25,
+    )
+    logs = []
+    train_tissue(cfg, log=logs.append)
+    assert "1 training and 1 validation images" in logs[0]
