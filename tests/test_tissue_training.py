@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import tifffile
 import pytest
 from PIL import Image
 
@@ -79,3 +80,62 @@ def test_random_backbone_and_label_fraction(glands, backbone, tmp_path):
     logs = []
     train_tissue(cfg, log=logs.append)
     assert "1 training and 1 validation images" in logs[0]
+
+
+def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, capsys):
+    from pathseg.cli import main
+
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "tissue",
+                "--data",
+                str(glands),
+                "-o",
+                str(run),
+                "--backbone",
+                str(backbone),
+                "--crop",
+                "64",
+                "--batch",
+                "2",
+                "--iterations",
+                "1",
+                "--val-every",
+                "1",
+                "--timesteps",
+                "10",
+                "--blocks",
+                "3",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "out"
+    assert main(["tissue", str(glands / "images"), "-o", str(out), "--model", str(run / "best"), "-q"]) == 0
+    classes = tifffile.imread(out / "g0_classes.tif")
+    assert classes.dtype == np.uint8 and classes.shape == (80, 100)
+    fc = json.loads((out / "g0.geojson").read_text())
+    # every gland region is a QuPath annotation with its classification, and the areas add up to the class map's
+    areas = sum(f["properties"]["measurements"]["area_px"] for f in fc["features"])
+    assert areas == (classes == 1).sum()
+    assert all(f["properties"]["classification"]["name"] == "gland" for f in fc["features"])
+    table = (out / "g0_areas.csv").read_text().splitlines()
+    assert table[0].startswith("class_id,class,pixels") and len(table) == 3
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "tissue", "--pred", str(out), "--gt", str(glands), "--json", str(tmp_path / "s.json")]) == 0
+    )
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["images"] == 5 and 0 <= scores["mean_iou"] <= 1 and "object_f1" in scores
+
+
+def test_tissue_cli_without_a_model_says_what_to_do(tmp_path, capsys):
+    from pathseg.cli import main
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["tissue", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]) != 0
+    assert "pathseg train tissue" in capsys.readouterr().err

@@ -181,3 +181,50 @@ def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: 
     )
     paths["table"] = write_csv(outdir / f"{stem}_nuclei.csv", table)
     return paths
+
+
+@dataclass
+class TissueResult:
+    """Tissue classes of one image: ``classes`` (H, W) uint8 ids into ``names`` ([{"name", "color"}]),
+    ``probabilities`` (K, H, W) float32, the pixel size used and where it came from."""
+
+    classes: np.ndarray
+    probabilities: np.ndarray = field(repr=False)
+    names: list[dict]
+    mpp: float
+    mpp_source: str
+    model: str
+    source: Path | None = None
+
+
+def segment_tissue(
+    image,
+    model=None,
+    mpp: float | None = None,
+    max_pixels: int | None = None,
+) -> TissueResult:
+    """Tissue / gland classes of ``image`` (a path or an RGB uint8 array) with ``model`` (a tissue model, a zoo
+    name or a model folder; default: the bundled tissue model)."""
+    from pathseg.models.zoo import get_tissue_model
+
+    net = model if hasattr(model, "probabilities") else get_tissue_model(model)
+    rgb, file_mpp, path = _load(image, max_pixels)
+    used, source = resolve_mpp(mpp, file_mpp, net.mpp)
+    probs = net.probabilities(rgb, used)
+    return TissueResult(probs.argmax(0).astype(np.uint8), probs, net.class_names, used, source, net.name, path)
+
+
+def write_tissue_outputs(result: TissueResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Write ``<stem>_classes.tif`` (uint8 class ids), ``<stem>.geojson`` (class regions as QuPath annotations)
+    and ``<stem>_areas.csv`` (area per class) into ``outdir`` (atomically)."""
+    from pathseg.tissue.export import class_areas, class_region_features
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    return {
+        "classes": write_label_tiff(outdir / f"{stem}_classes.tif", result.classes, mpp=result.mpp),
+        "geojson": write_geojson(
+            outdir / f"{stem}.geojson", class_region_features(result.classes, result.names, result.mpp, stem)
+        ),
+        "areas": write_csv(outdir / f"{stem}_areas.csv", class_areas(result.classes, result.names, result.mpp)),
+    }

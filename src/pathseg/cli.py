@@ -37,6 +37,7 @@ EPILOG = """examples:
   pathseg nuclei tiles/*.png -o out/            label TIFF + QuPath GeoJSON + CSV per image
   pathseg nuclei slide.svs -o out/ --mpp 0.5    pixel size when the file carries none
   pathseg evaluate nuclei --pred out/ --gt masks/ --json scores.json
+  pathseg tissue glas/*.png -o out/ --model run/best   class map + QuPath annotations + areas
   pathseg models list
 """
 
@@ -111,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_nuclei)
 
+    p = sub.add_parser(
+        "tissue",
+        parents=[common],
+        help="segment tissue / gland classes in images",
+        description="Segment tissue classes (e.g. glands) with a tissue model (diffusion features + head). Writes "
+        "per input <stem>_classes.tif (uint8 class ids), <stem>.geojson (class regions as QuPath annotations, "
+        "with classification names and colours) and <stem>_areas.csv (area per class in px, µm², mm²).",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("--model", default=None, help="tissue model name or folder (default: the bundled one)")
+    p.add_argument(
+        "--mpp",
+        type=_positive_float,
+        default=None,
+        help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    p.set_defaults(func=cmd_tissue)
+
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
     esub = p.add_subparsers(dest="task", metavar="TASK", required=True)
     e = esub.add_parser(
@@ -141,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="centroid distance (px) within which nuclei pair for --classes (HoVer-Net: 12 at 40x)",
     )
     e.set_defaults(func=cmd_evaluate_nuclei)
+    e = esub.add_parser(
+        "tissue",
+        parents=[common],
+        help="semantic metrics (pixel accuracy, Dice, IoU) and, for binary masks, GlaS object metrics",
+        description="Match predicted class images (<stem>_classes.tif) and ground-truth masks by file stem; map "
+        "the ground truth's codes with --classes; print pooled accuracy, per-class Dice and IoU and their means. "
+        "With two classes also GlaS object F1, object Dice and object Hausdorff (px), approximate when touching "
+        "objects merge in a binary mask.",
+    )
+    e.add_argument("--pred", type=Path, required=True, help="folder of predicted class images")
+    e.add_argument(
+        "--gt", type=Path, required=True, help="folder of masks (or a dataset folder holding masks/ or binary_masks/)"
+    )
+    e.add_argument("--classes", default="glas", help="class map of the ground truth: glas, bcss5 or a JSON file")
+    e.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    e.set_defaults(func=cmd_evaluate_tissue)
 
     p = sub.add_parser("models", help="list available models")
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -263,6 +300,36 @@ def build_parser() -> argparse.ArgumentParser:
         "the nuclei outputs stay exactly as they were and the class decoder is a small add-on",
     )
     tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
+    tt = tsub.add_parser(
+        "tissue",
+        parents=[common],
+        help="train a tissue head on frozen diffusion features (image / class-mask folders)",
+        description="Train a small fully convolutional head on frozen diffusion features. Folders hold images/ and "
+        "masks/ (or class_masks/, or GlaS's binary_masks/) with integer codes, mapped by --classes. Class-weighted "
+        "cross-entropy; a validation split is carved from the training images; the best model by validation mIoU "
+        "is saved to OUT/best (use it with --model OUT/best). Re-running the same command resumes.",
+    )
+    tt.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
+    tt.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoint, best model, log)")
+    tt.add_argument(
+        "--backbone",
+        required=True,
+        help="diffusion backbone folder; random:FOLDER = the same architecture with random weights (a control)",
+    )
+    tt.add_argument("--classes", default="glas", help="class map: glas, bcss5 or a JSON file (default glas)")
+    tt.add_argument("--timesteps", type=int, nargs="+", default=[50], help="diffusion timestep(s) t (default 50)")
+    tt.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="UNet up blocks to take (default 1 2)")
+    tt.add_argument("--mpp", type=_positive_float, default=None, help="pixel size of the images (µm/px)")
+    tt.add_argument("--crop", type=int, default=256, help="training crop in pixels (default 256)")
+    tt.add_argument("--batch", type=int, default=4)
+    tt.add_argument("--iterations", type=int, default=2000)
+    tt.add_argument("--lr", type=float, default=1e-3)
+    tt.add_argument("--val-fraction", type=float, default=0.15)
+    tt.add_argument("--val-every", type=int, default=200)
+    tt.add_argument("--label-fraction", type=float, default=1.0, help="share of training images to use (e.g. 0.1)")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--name", default="pathseg_tissue", help="name stored in the model's config")
+    tt.set_defaults(func=cmd_train_tissue)
 
     p = sub.add_parser(
         "demo",
@@ -447,6 +514,90 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))
+    bar.close()
+    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
+    return 0
+
+
+def cmd_tissue(args: argparse.Namespace) -> int:
+    from pathseg.api import segment_tissue, write_tissue_outputs
+    from pathseg.models.zoo import get_tissue_model
+
+    inputs = expand_inputs(args.inputs)
+    model = get_tissue_model(args.model)
+    failures = 0
+    from pathseg.progress import track
+
+    for path in track(inputs, total=len(inputs), desc="images", quiet=args.quiet or len(inputs) == 1):
+        start = time.perf_counter()
+        try:
+            result = segment_tissue(path, model, mpp=args.mpp, max_pixels=args.max_pixels)
+            paths = write_tissue_outputs(result, args.output, output_stem(path))
+        except PathsegError as exc:
+            print(f"pathseg: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        if not args.quiet:
+            shares = ", ".join(
+                f"{n['name']} {100 * float((result.classes == k).mean()):.1f}%" for k, n in enumerate(result.names)
+            )
+            print(
+                f"{path}: {shares} at {result.mpp:g} µm/px ({result.mpp_source}) in "
+                f"{time.perf_counter() - start:.1f} s -> {paths['classes'].name}, {paths['geojson'].name}, "
+                f"{paths['areas'].name}"
+            )
+    if failures:
+        print(f"pathseg: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate_tissue(args: argparse.Namespace) -> int:
+    from pathseg.evaluate import evaluate_tissue_folders
+    from pathseg.table import format_table
+
+    r = evaluate_tissue_folders(args.pred, args.gt, args.classes, quiet=args.quiet)
+    rows = [{"class": name, "dice": d, "iou": i} for name, d, i in zip(r["classes"], r["dice"], r["iou"], strict=True)]
+    rows.append({"class": "mean", "dice": r["mean_dice"], "iou": r["mean_iou"]})
+    print(f"{r['images']} image(s), pixel accuracy {r['accuracy']:.4f}")
+    print(format_table(rows, ["class", "dice", "iou"]))
+    if "object_f1" in r:
+        print(
+            f"GlaS objects (connected components; approximate): F1 {r['object_f1']:.4f}, "
+            f"Dice {r['object_dice']:.4f}, Hausdorff {r['object_hausdorff']:.1f} px"
+        )
+    if args.json:
+        from pathseg.io.atomic import atomic_open
+
+        with atomic_open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_train_tissue(args: argparse.Namespace) -> int:
+    from pathseg.train.tissue import TissueTrainConfig, train_tissue
+
+    cfg = TissueTrainConfig(
+        data=[str(d) for d in args.data],
+        out=str(args.output),
+        backbone=args.backbone,
+        classes=args.classes,
+        timesteps=args.timesteps,
+        blocks=args.blocks,
+        mpp_in=args.mpp,
+        crop=args.crop,
+        batch=args.batch,
+        iterations=args.iterations,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        label_fraction=args.label_fraction,
+        seed=args.seed,
+        name=args.name,
+    )
+    bar = Bar("training", quiet=args.quiet)
+    best = train_tissue(cfg, progress=bar, log=lambda m: log.info("%s", m))
     bar.close()
     print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
     return 0

@@ -139,3 +139,50 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
         {"class": c, "name": names.get(c, str(c)), "f_c": scores[f"f_c{c}"], "dice": float(dice[c])} for c in classes
     ]
     return {"f_d": scores["f_d"], "accuracy": scores["accuracy"], "classes": per_class, "images": len(pairs)}
+
+
+def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: bool = False) -> dict:
+    """Pooled pixel accuracy, per-class Dice / IoU and their means over matched images (predictions: class-id
+    images such as ``<stem>_classes.tif``; ground truth: code masks mapped by the class map ``classes``). With two
+    classes, also GlaS object F1 / Dice / Hausdorff (px) of the foreground's connected components, per image and
+    averaged (approximate when touching objects merge in a binary mask)."""
+    from scipy import ndimage as ndi
+
+    from pathseg.metrics.glas import glas_scores
+    from pathseg.metrics.semantic import confusion_matrix
+    from pathseg.tissue.classes import IGNORE, load_class_map
+
+    cmap = load_class_map(classes)
+    k = cmap.n_classes
+    subfolder = next((d for d in ("masks", "class_masks", "binary_masks") if (Path(gt) / d).is_dir()), "masks")
+    pairs = match_folders(pred, gt, subfolder)
+    cm = np.zeros((k, k))
+    rows = []
+    for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
+        target = cmap.apply(read_labels(g))
+        guess = read_labels(p)
+        if guess.shape != target.shape:
+            raise PathsegError(f"{p}: shape {guess.shape} differs from the ground truth {target.shape}")
+        if guess.max(initial=0) >= k:
+            raise PathsegError(f"{p}: class id {int(guess.max())} outside the {k} classes of {classes!r}")
+        cm += confusion_matrix(target, guess, k, IGNORE)
+        row = {"image": stem}
+        if k == 2:
+            row.update(glas_scores(ndi.label(target == 1)[0], ndi.label(guess == 1)[0]))
+        rows.append(row)
+    tp = np.diag(cm)
+    denom = cm.sum(0) + cm.sum(1)
+    result = {
+        "images": len(pairs),
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "dice": (2 * tp / np.maximum(denom, 1)).tolist(),
+        "iou": (tp / np.maximum(denom - tp, 1)).tolist(),
+        "classes": list(cmap.names),
+        "per_image": rows,
+    }
+    result["mean_dice"] = float(np.mean(result["dice"]))
+    result["mean_iou"] = float(np.mean(result["iou"]))
+    if k == 2:
+        for key in ("object_f1", "object_dice", "object_hausdorff"):
+            result[key] = float(np.mean([r[key] for r in rows]))
+    return result

@@ -236,8 +236,12 @@ register(
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-def _bundled_builder(folder: Path) -> Callable[[list[Path]], object]:
+def _bundled_builder(folder: Path, task: str = "nuclei") -> Callable[[list[Path]], object]:
     def build(_: list[Path]):
+        if task == "tissue":
+            from pathseg.tissue.model import TissueModel
+
+            return TissueModel.from_pretrained(folder)
         from pathseg.models.nucleus_sam import SamNucleusModel
 
         return SamNucleusModel.from_pretrained(folder)
@@ -259,7 +263,7 @@ def register_bundled(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
                 cfg.get("task", "nuclei"),
                 cfg.get("description", "bundled model"),
                 float(cfg.get("mpp", 0.25)),
-                _bundled_builder(folder),
+                _bundled_builder(folder, cfg.get("task", "nuclei")),
                 bundled=folder,
             )
         )
@@ -309,6 +313,32 @@ def _from_path(path: Path) -> NucleusModel:
     if not path.exists():
         raise PathsegError(f"{path}: model file not found")
     return from_checkpoint(path, name=path.stem)
+
+
+#: Tissue models in order of preference (bundled first).
+TISSUE_PREFERENCE = ("pathseg_tissue",)
+
+
+def get_tissue_model(name: str | os.PathLike | None = None, progress: ProgressCallback | None = None):
+    """Build the tissue model ``name`` (a zoo name or a model folder); ``None``: the bundled default."""
+    from pathseg.tissue.model import TissueModel
+
+    if name is None:
+        name = next((n for n in TISSUE_PREFERENCE if n in _REGISTRY and _REGISTRY[n].offline()), None)
+        if name is None:
+            raise PathsegError(
+                "no tissue model is installed; train one with `pathseg train tissue` and pass --model RUN/best"
+            )
+    path = Path(name)
+    if str(name) not in _REGISTRY and (path.exists() or os.sep in str(name)):
+        if not path.is_dir():
+            raise PathsegError(f"{path}: a tissue model is a folder holding config.json and model.safetensors")
+        return TissueModel.from_pretrained(path)
+    entry = get_entry(str(name))
+    if entry.task != "tissue":
+        raise PathsegError(f"model {name!r} segments {entry.task}, not tissue")
+    paths = [ensure_file(f, progress=progress) for f in entry.files]
+    return entry.builder(paths)
 
 
 def default_nucleus_model() -> str:

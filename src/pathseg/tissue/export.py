@@ -1,0 +1,99 @@
+"""Tissue outputs: class regions as QuPath annotations (GeoJSON polygons with holes) and a per-class area table."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+from pathseg.nuclei.measure import _drop_collinear
+
+
+def _rings(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(outer ring, holes) per connected region of a boolean mask; rings closed, x/y along pixel edges."""
+    import cv2
+
+    # on the mask upsampled 2x an 8-connected border walk runs along the original pixel edges (u -> (u + 1) // 2)
+    up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE, offset=(-1, -1))
+    if not contours:
+        return []
+
+    def ring(c: np.ndarray) -> np.ndarray:
+        xy = (c[:, 0, :] + 1) // 2
+        keep = np.any(xy != np.roll(xy, 1, axis=0), axis=1)
+        xy = xy[keep] if keep.any() else xy[:1]
+        return _drop_collinear(np.concatenate([xy, xy[:1]]).astype(np.float64))
+
+    out = []
+    h = hierarchy[0]
+    for i, c in enumerate(contours):
+        if h[i][3] != -1:  # a hole: added to its parent
+            continue
+        holes, child = [], h[i][2]
+        while child != -1:
+            r = ring(contours[child])
+            if len(r) >= 4:
+                holes.append(r)
+            child = h[child][0]
+        r = ring(c)
+        if len(r) >= 4:
+            out.append((r, holes))
+    return out
+
+
+def class_region_features(
+    classes: np.ndarray,
+    names: list[dict],
+    mpp: float,
+    namespace: str = "pathseg",
+    min_area_um2: float = 0.0,
+    skip: tuple[int, ...] = (0,),
+) -> Iterator[dict]:
+    """QuPath annotations, one Polygon per connected region of each class (``skip``: classes left out, by default
+    the background); ``names`` = [{"name", "color"}] per class id. Measurements: area in µm²."""
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, namespace)
+    n = 0
+    for k, named in enumerate(names):
+        if k in skip:
+            continue
+        mask = classes == k
+        if not mask.any():
+            continue
+        for outer, holes in _rings(mask):
+            area = _area(outer) - sum(_area(h) for h in holes)
+            if area * mpp * mpp < min_area_um2:
+                continue
+            n += 1
+            yield {
+                "type": "Feature",
+                "id": str(uuid.uuid5(ns, f"{k}/{n}")),
+                "geometry": {"type": "Polygon", "coordinates": [r.tolist() for r in (outer, *holes)]},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": named["name"],
+                    "classification": {"name": named["name"], "color": list(named["color"])},
+                    "measurements": {"area_px": float(area), "area_um2": round(float(area * mpp * mpp), 3)},
+                },
+            }
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2
+
+
+def class_areas(classes: np.ndarray, names: list[dict], mpp: float) -> dict[str, list]:
+    """Per-class pixel count, area (µm², mm²) and fraction of the image."""
+    counts = np.bincount(classes.ravel(), minlength=len(names))[: len(names)]
+    total = max(int(classes.size), 1)
+    return {
+        "class_id": list(range(len(names))),
+        "class": [c["name"] for c in names],
+        "pixels": counts.tolist(),
+        "area_um2": (counts * mpp * mpp).tolist(),
+        "area_mm2": (counts * mpp * mpp / 1e6).tolist(),
+        "fraction": (counts / total).tolist(),
+    }
