@@ -3,8 +3,8 @@
 import json
 
 import numpy as np
-import tifffile
 import pytest
+import tifffile
 from PIL import Image
 
 from pathseg.models.diffusion.backbone import DiffusionBackbone
