@@ -331,6 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--name", default="pathseg_tissue", help="name stored in the model's config")
     tt.set_defaults(func=cmd_train_tissue)
 
+    p = sub.add_parser("pretrain", help="pretrain backbones on unlabeled images")
+    psub = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    pd = psub.add_parser(
+        "diffusion",
+        parents=[common],
+        help="train pathseg's own small latent diffusion backbone (for tissue features) on unlabeled H&E",
+        description="Two resumable stages on random patches of unlabeled images (masks are never read): a VQ "
+        "autoencoder, then a conditional UNet on its latents, conditioned on the nucleus model's image encoder "
+        "(mean-pooled). Writes OUT/backbone (use it with `pathseg train tissue --backbone OUT/backbone`). Pass "
+        "training splits only. A folder's pixel size comes from its files, else DIR@MPP, else --default-mpp.",
+    )
+    pd.add_argument("--data", nargs="+", required=True, metavar="DIR[@MPP]", help="image folders or files")
+    pd.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder")
+    pd.add_argument("--mpp", type=_positive_float, default=0.5, help="working pixel size (µm/px, default 0.5)")
+    pd.add_argument("--default-mpp", type=_positive_float, default=0.25, help="for files without a pixel size")
+    pd.add_argument("--patch", type=int, default=128, help="training patch in pixels (default 128)")
+    pd.add_argument("--batch", type=int, default=16)
+    pd.add_argument("--vq-iterations", type=int, default=3000)
+    pd.add_argument("--unet-iterations", type=int, default=10000)
+    pd.add_argument("--encoder-from", default="pathseg_nuclei_cpu", help="nucleus model whose encoder conditions")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.set_defaults(func=cmd_pretrain_diffusion)
+
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -600,6 +623,28 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
     best = train_tissue(cfg, progress=bar, log=lambda m: log.info("%s", m))
     bar.close()
     print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
+    return 0
+
+
+def cmd_pretrain_diffusion(args: argparse.Namespace) -> int:
+    from pathseg.train.diffusion import PretrainConfig, pretrain_diffusion
+
+    cfg = PretrainConfig(
+        data=[str(d) for d in args.data],
+        out=str(args.output),
+        mpp=args.mpp,
+        default_mpp=args.default_mpp,
+        patch=args.patch,
+        batch=args.batch,
+        vq_iterations=args.vq_iterations,
+        unet_iterations=args.unet_iterations,
+        encoder_from=args.encoder_from,
+        seed=args.seed,
+    )
+    bar = Bar("pretraining", quiet=args.quiet)
+    folder = pretrain_diffusion(cfg, progress=bar, log=lambda m: log.info("%s", m))
+    bar.close()
+    print(f"backbone: {folder}")
     return 0
 
 

@@ -77,6 +77,20 @@ def scaled_preset(preset: dict, vq_widths: list[int], unet_widths: list[int], na
     return cfg
 
 
+class PooledCompactEncoder(nn.Module):
+    """pathseg's compact CNN image encoder (from the nucleus model), its stride-16 embedding averaged over space:
+    a (B, out_chans) patch embedding for conditioning."""
+
+    def __init__(self, widths=(24, 48, 96, 160, 256), blocks=(1, 1, 2, 2, 2), out_chans: int = 256) -> None:
+        super().__init__()
+        from pathseg.models.compact import CompactEncoder
+
+        self.body = CompactEncoder(tuple(widths), tuple(blocks), out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+
 class DiffusionBackbone(nn.Module):
     """The frozen parts of a latent diffusion model, as one module with a serialisable config."""
 
@@ -91,6 +105,8 @@ class DiffusionBackbone(nn.Module):
         enc = config.get("encoder") or {"type": "none"}
         if enc["type"] == "hipt_vit_s":
             self.encoder: nn.Module | None = ViTSmall(**enc.get("kwargs", {}))
+        elif enc["type"] == "compact_pooled":
+            self.encoder = PooledCompactEncoder(**enc.get("kwargs", {}))
         elif enc["type"] == "none":
             self.encoder = None
         else:
