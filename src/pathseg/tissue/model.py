@@ -31,6 +31,17 @@ def _window(size: int) -> torch.Tensor:
     return r[:, None] * r[None, :]
 
 
+def patch_grid(n: int, patch: int, step: int) -> list[int]:
+    """Patch starts 0, step, 2 step, ... covering ``n`` pixels (the last patch may reach past the end)."""
+    return [i * step for i in range(1 + max(0, -(-(n - patch) // step)))]
+
+
+def pad_to_grid(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``img`` reflect-padded at the bottom / right to at least (h, w)."""
+    ph, pw = max(0, h - img.shape[0]), max(0, w - img.shape[1])
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else img
+
+
 class TissueModel(torch.nn.Module):
     """``config``: ``name``, ``mpp``, ``classes`` ([{"name", "color"}]), ``features`` ({timesteps, blocks,
     seed}), ``head`` ({hidden}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
@@ -66,34 +77,56 @@ class TissueModel(torch.nn.Module):
             feats = self.features(x)
         return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    @property
+    def step(self) -> int:
+        """Patch stride (pixels): patches overlap by a quarter."""
+        return self.patch * 3 // 4
+
+    @torch.no_grad()
+    def blend(
+        self,
+        pixels: np.ndarray,
+        origin: tuple[int, int],
+        ys: list[int],
+        xs: list[int],
+        box: tuple[int, int, int, int],
+        batch: int = 4,
+    ) -> torch.Tensor:
+        """Window-blended logits (K, y1 - y0, x1 - x0) over ``box`` = (y0, y1, x0, x1), from the patches at
+        ``ys`` x ``xs`` (patch corners), all in one coordinate frame; ``pixels`` (RGB uint8) holds that frame from
+        ``origin`` = (y, x) and contains every listed patch. Each output pixel is the weighted mean of the
+        patches covering it, so any partition of an image into boxes gives the same result as one pass."""
+        self.eval()
+        p, (oy, ox) = self.patch, origin
+        y0, y1, x0, x1 = box
+        k = len(self.class_names)
+        acc = torch.zeros(k, y1 - y0, x1 - x0)
+        wsum = torch.zeros(y1 - y0, x1 - x0)
+        win = _window(p)
+        coords = [(y, x) for y in ys for x in xs if y < y1 and y + p > y0 and x < x1 and x + p > x0]
+        x_all = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)
+        for i in range(0, len(coords), batch):
+            part = coords[i : i + batch]
+            xb = torch.stack([x_all[:, y - oy : y - oy + p, x - ox : x - ox + p] for y, x in part]).float() / 255
+            for (y, x), lg in zip(part, self.logits(xb), strict=True):
+                sy0, sy1, sx0, sx1 = max(y, y0), min(y + p, y1), max(x, x0), min(x + p, x1)
+                w = win[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
+                acc[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += lg[:, sy0 - y : sy1 - y, sx0 - x : sx1 - x] * w
+                wsum[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += w
+        return acc / wsum
+
     @torch.no_grad()
     def probabilities(self, rgb: np.ndarray, mpp: float | None = None, batch: int = 4) -> np.ndarray:
         """(K, H, W) float32 class probabilities of an RGB uint8 image at ``mpp`` µm/px (default: the model's)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.shape} {rgb.dtype}")
-        self.eval()
         h0, w0 = rgb.shape[:2]
         img = rgb if mpp is None else resize_rgb(rgb, scaled_size(rgb.shape, mpp / self.mpp))
-        p, step = self.patch, self.patch * 3 // 4
         H, W = img.shape[:2]
-        ph, pw = max(p, H), max(p, W)
-        pad = np.pad(img, ((0, ph - H), (0, pw - W), (0, 0)), mode="reflect") if (ph, pw) != (H, W) else img
-        ys = sorted({*range(0, ph - p + 1, step), ph - p})
-        xs = sorted({*range(0, pw - p + 1, step), pw - p})
-        k = len(self.class_names)
-        acc = torch.zeros(k, ph, pw)
-        wsum = torch.zeros(ph, pw)
-        win = _window(p)
-        coords = [(y, x) for y in ys for x in xs]
-        x_all = torch.from_numpy(np.array(pad)).permute(2, 0, 1).float() / 255
-        for i in range(0, len(coords), batch):
-            part = coords[i : i + batch]
-            xb = torch.stack([x_all[:, y : y + p, x : x + p] for y, x in part])
-            logits = self.logits(xb)
-            for (y, x), lg in zip(part, logits, strict=True):
-                acc[:, y : y + p, x : x + p] += lg * win
-                wsum[y : y + p, x : x + p] += win
-        probs = torch.softmax(acc / wsum, dim=0)[:, :H, :W].numpy()
+        ys, xs = patch_grid(H, self.patch, self.step), patch_grid(W, self.patch, self.step)
+        pad = pad_to_grid(img, ys[-1] + self.patch, xs[-1] + self.patch)
+        logits = self.blend(pad, (0, 0), ys, xs, (0, H, 0, W), batch)
+        probs = torch.softmax(logits, dim=0).numpy()
         return resize_maps(probs, (h0, w0)) if (H, W) != (h0, w0) else probs
 
     def segment(self, rgb: np.ndarray, mpp: float | None = None) -> np.ndarray:

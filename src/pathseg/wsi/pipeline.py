@@ -15,7 +15,7 @@ import functools
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,47 +27,18 @@ from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
 from pathseg.nuclei.measure import COLUMNS, mask_outline, measure_nuclei
 from pathseg.progress import ProgressCallback
-
-LOCAL_BITS = 16
-
-
-@dataclass
-class SlideRun:
-    """Settings of a slide run. ``roi`` = (x, y, w, h) in level-0 pixels; chunk and halo in working-level pixels."""
-
-    slide: str
-    out: str
-    model: object = None  #: a zoo name, a path, a model object, or None (the best offline model)
-    mpp: float | None = None
-    roi: tuple[int, int, int, int] | None = None
-    chunk: int = 4096
-    halo: int = 64
-    use_tissue_mask: bool = True
-    classes: bool = False  #: also classify every nucleus (per-nucleus vote; the model needs a class decoder)
-    workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
-    scheduler: str | None = None  #: address of an existing dask.distributed scheduler
-
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    inner: tuple[int, int, int, int]  # x0, y0, x1, y1 at the working level
-    outer: tuple[int, int, int, int]
-
-
-def chunk_grid(region: tuple[int, int, int, int], size: tuple[int, int], chunk: int, halo: int) -> list[Chunk]:
-    """Chunks covering ``region`` (x0, y0, x1, y1), outer boxes grown by ``halo`` and clipped to ``size`` (w, h)."""
-    x0, y0, x1, y1 = region
-    w, h = size
-    out = []
-    for cy in range(y0, y1, chunk):
-        for cx in range(x0, x1, chunk):
-            inner = (cx, cy, min(cx + chunk, x1), min(cy + chunk, y1))
-            outer = (max(inner[0] - halo, 0), max(inner[1] - halo, 0), min(inner[2] + halo, w), min(inner[3] + halo, h))
-            out.append(Chunk(len(out), inner, outer))
-    if len(out) >= 2 ** (32 - LOCAL_BITS):
-        raise PathsegError(f"{len(out)} chunks exceed the id space; use a larger --chunk")
-    return out
+from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_multiscales: part of this module's API)
+    LOCAL_BITS,
+    Chunk,
+    SlideRun,
+    cached_slide,
+    chunk_grid,
+    plan_slide,
+    run_chunks,
+    sample_regions,
+    versions,
+    write_multiscales,
+)
 
 
 def segment_chunk(
@@ -120,25 +91,19 @@ def segment_chunk(
     return result
 
 
-_OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
-
-
 def process_chunk(
+    chunk: Chunk,
+    model,
     slide_path: str,
     slide_mpp: float | None,
     level: int,
     mpp: float,
-    chunk: Chunk,
-    model,
     out: str,
     classes: bool = False,
 ) -> dict:
     """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
     small status record."""
-    key = (slide_path, slide_mpp)
-    slide = _OPEN_SLIDES.get(key)
-    if slide is None:
-        slide = _OPEN_SLIDES[key] = open_slide(slide_path, mpp=slide_mpp)
+    slide = cached_slide(slide_path, slide_mpp)
     try:
         result = segment_chunk(slide, level, mpp, chunk, model, classes)
     except InputImageError as exc:  # a corrupt region: reported, not fatal
@@ -170,45 +135,6 @@ def _objects(
     for i in indices.tolist():
         x0, y0, x1, y1 = boxes[i]
         yield ids[i], (x0, y0, x1, y1), part["masks"][offsets[i] : offsets[i + 1]].reshape(y1 - y0, x1 - x0)
-
-
-def write_multiscales(root, mpp: float, min_size: int = 1024) -> None:
-    """Add 2x-downsampled levels (nearest: every other pixel) to the label group ``root`` (level "0" written) and
-    the OME-NGFF 0.4 ``multiscales`` metadata, so napari and other OME-Zarr readers open it at every zoom.
-    Built block by block from the level above: memory stays bounded."""
-    level, datasets = 0, []
-    while True:
-        src = root[str(level)]
-        datasets.append(
-            {
-                "path": str(level),
-                "coordinateTransformations": [{"type": "scale", "scale": [mpp * 2**level, mpp * 2**level]}],
-            }
-        )
-        h, w = src.shape
-        if max(h, w) <= min_size:
-            break
-        dst = root.create_array(
-            str(level + 1), shape=((h + 1) // 2, (w + 1) // 2), chunks=(1024, 1024), dtype="uint32", fill_value=0
-        )
-        step = 2048
-        for y in range(0, h, step):
-            for x in range(0, w, step):
-                block = np.asarray(src[y : y + step : 2, x : x + step : 2])
-                dst[y // 2 : y // 2 + block.shape[0], x // 2 : x // 2 + block.shape[1]] = block
-        level += 1
-    root.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": "nuclei",
-            "axes": [
-                {"name": "y", "type": "space", "unit": "micrometer"},
-                {"name": "x", "type": "space", "unit": "micrometer"},
-            ],
-            "datasets": datasets,
-        }
-    ]
-    root.attrs["image-label"] = {"version": "0.4", "source": {"image": "../"}}
 
 
 def _class_columns(class_names: list[dict] | None) -> list[str]:
@@ -284,7 +210,7 @@ def assemble(
 
     write_multiscales(root, mpp)
     if class_arr is not None:
-        write_multiscales(croot, mpp)
+        write_multiscales(croot, mpp, name="nucleus classes")
 
     paths = {"labels": labels_path}
     columns = list(COLUMNS) + _class_columns(class_names)
@@ -363,96 +289,23 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
         )
 
 
-def _samples(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: int = 512) -> list[np.ndarray]:
-    """Up to ``n`` evenly spread tissue samples (``size`` px squares at the chunk centres) for slide statistics."""
-    picks = chunks[:: max(1, len(chunks) // n)][:n]
-    out = []
-    for c in picks:
-        cx, cy = (c.inner[0] + c.inner[2]) // 2, (c.inner[1] + c.inner[3]) // 2
-        try:
-            out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
-        except InputImageError:  # a corrupt region is reported by its chunk; it just gives no sample
-            continue
-    return out
-
-
-def _versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"pathseg": pathseg.__version__, "python": platform.python_version()}
-    for name in ("torch", "numpy", "scikit-image", "openslide-python", "tifffile", "zarr"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
-
-
 def _model_parameters(model) -> dict:
     if hasattr(model, "params"):
         return model.params.as_dict()
     return dict(getattr(model, "config", {}).get("ais_params", {}))
 
 
-def _run_chunks(run: SlideRun, slide: Slide, slide_mpp, level, mpp, todo, model, progress) -> list[dict]:
-    """Pass 1 over ``todo``: in this process, on a local Dask cluster (``workers``) or an existing one."""
-    if not todo:
-        return []
-    if run.workers <= 0 and run.scheduler is None:
-        statuses = []
-        _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
-        try:
-            for i, c in enumerate(todo):
-                statuses.append(process_chunk(run.slide, slide_mpp, level, mpp, c, model, run.out, run.classes))
-                if progress:
-                    progress(i + 1, len(todo), f"chunk {c.index}")
-        finally:
-            _OPEN_SLIDES.pop((run.slide, slide_mpp), None)
-        return statuses
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if run.scheduler is None:
-        cluster = LocalCluster(
-            n_workers=run.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        )
-    client = Client(run.scheduler or cluster)
-    try:
-        remote_model = client.scatter(model, broadcast=True)
-        futures = [
-            client.submit(
-                process_chunk,
-                run.slide,
-                slide_mpp,
-                level,
-                mpp,
-                c,
-                remote_model,
-                run.out,
-                run.classes,
-                key=f"pathseg-chunk-{c.index}-{time.time_ns()}",
-                pure=False,
-            )
-            for c in todo
-        ]
-        statuses = []
-        for i, fut in enumerate(as_completed(futures)):
-            statuses.append(fut.result())
-            if progress:
-                progress(i + 1, len(todo), "chunks")
-        return statuses
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
     """Segment the nuclei of a slide (or its ``roi``) and write labels.zarr, nuclei.geojson, nuclei.csv and
-    report.json into ``run.out``. Re-running the same command resumes after the last finished chunk."""
+    report.json into ``run.out``. Re-running the same command resumes after the last finished chunk.
+    ``run.task == "tissue"`` runs :func:`pathseg.wsi.tissue.run_slide_tissue` instead."""
+    if run.task == "tissue":
+        from pathseg.wsi.tissue import run_slide_tissue
+
+        return run_slide_tissue(run, progress, log)
+    if run.task != "nuclei":
+        raise PathsegError(f"unknown slide task {run.task!r}; one of nuclei, tissue")
     from pathseg.models.zoo import get_nucleus_model
-    from pathseg.wsi.tissue_mask import tissue_mask
 
     start = time.perf_counter()
     out = Path(run.out)
@@ -461,61 +314,29 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     with open_slide(run.slide, mpp=run.mpp) as slide:
-        if slide.mpp is None:
-            raise PathsegError(f"{run.slide}: the slide carries no pixel size; give it with --mpp (µm/px of level 0)")
-        level = slide.best_level(model.mpp)
-        mpp = slide.level_mpp(level)
-        lv = slide.levels[level]
-        if run.roi is not None:
-            rx, ry, rw, rh = run.roi
-            d = lv.downsample
-            region = (int(rx / d), int(ry / d), min(int((rx + rw) / d), lv.width), min(int((ry + rh) / d), lv.height))
-            if region[2] <= region[0] or region[3] <= region[1]:
-                raise PathsegError(
-                    f"--roi {run.roi} lies outside the slide ({slide.dimensions[0]}x{slide.dimensions[1]})"
-                )
-        else:
-            region = (0, 0, lv.width, lv.height)
-        chunks = chunk_grid(region, (lv.width, lv.height), run.chunk, run.halo)
-        keep = set(range(len(chunks)))
-        if run.use_tissue_mask:
-            thumb, tdown = slide.thumbnail(2048)
-            mask = tissue_mask(thumb, slide.mpp * tdown)
-            from PIL import Image
-
-            with atomic_path(out / "tissue_mask.png") as tmp:  # for checking what was skipped
-                Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
-            f = lv.downsample / tdown
-            keep = {
-                c.index
-                for c in chunks
-                if mask[
-                    int(c.inner[1] * f) : int(np.ceil(c.inner[3] * f)) + 1,
-                    int(c.inner[0] * f) : int(np.ceil(c.inner[2] * f)) + 1,
-                ].any()
-            }
+        plan = plan_slide(run, slide, model.mpp, out)
+        chunks, keep = plan.chunks, plan.keep
         if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)
-            model.fit_slide(_samples(slide, level, [c for c in chunks if c.index in keep]), mpp)
+            model.fit_slide(sample_regions(slide, plan.level, [c for c in chunks if c.index in keep]), plan.mpp)
         todo = [c for c in chunks if c.index in keep and not _part_path(out, c).is_file()]
-        failed = []
-        statuses = _run_chunks(run, slide, slide.mpp if run.mpp is None else run.mpp, level, mpp, todo, model, progress)
-        for st in statuses:
-            if "error" in st:
-                failed.append(st)
-                log(f"chunk {st['chunk']} skipped: {st['error']}")
-        paths = assemble(
-            out, chunks, (lv.width, lv.height), mpp, lv.downsample, model.class_names if run.classes else None
-        )
+        slide_mpp = slide.mpp if run.mpp is None else run.mpp
+        args = (run.slide, slide_mpp, plan.level, plan.mpp, run.out, run.classes)
+        statuses = run_chunks(run, slide, slide_mpp, process_chunk, todo, model, args, progress)
+        failed = [st for st in statuses if "error" in st]
+        for st in failed:
+            log(f"chunk {st['chunk']} skipped: {st['error']}")
+        paths = assemble(out, chunks, plan.size, plan.mpp, plan.downsample, model.class_names if run.classes else None)
     report = {
         "pathseg": pathseg.__version__,
         "slide": str(run.slide),
+        "task": "nuclei",
         "model": model.name,
         "settings": {**asdict(run), "model": model.name},
         "model_parameters": _model_parameters(model),
-        "versions": _versions(),
-        "tissue_mask_downsample": tdown if run.use_tissue_mask else None,
-        "level": level,
-        "mpp": mpp,
+        "versions": versions(),
+        "tissue_mask_downsample": plan.tissue_mask_downsample,
+        "level": plan.level,
+        "mpp": plan.mpp,
         "chunks": len(chunks),
         "chunks_with_tissue": len(keep),
         "chunks_done": sum(_part_path(out, c).is_file() for c in chunks),

@@ -1,0 +1,240 @@
+"""What every slide task shares: run settings, the chunk grid, planning (level, region, tissue mask), running
+chunks in this process or on Dask, multiscale OME-Zarr levels and the run report's versions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import pathseg
+from pathseg.errors import InputImageError, PathsegError
+from pathseg.io.atomic import atomic_path
+from pathseg.io.slides import Slide, open_slide
+from pathseg.progress import ProgressCallback
+
+LOCAL_BITS = 16  #: nucleus ids are chunk index * 2**LOCAL_BITS + local index
+
+
+@dataclass
+class SlideRun:
+    """Settings of a slide run. ``roi`` = (x, y, w, h) in level-0 pixels; chunk and halo in working-level pixels."""
+
+    slide: str
+    out: str
+    model: object = None  #: a zoo name, a path, a model object, or None (the best offline model)
+    mpp: float | None = None
+    roi: tuple[int, int, int, int] | None = None
+    chunk: int = 4096
+    halo: int = 64
+    use_tissue_mask: bool = True
+    classes: bool = False  #: also classify every nucleus (per-nucleus vote; the model needs a class decoder)
+    workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
+    scheduler: str | None = None  #: address of an existing dask.distributed scheduler
+    task: str = "nuclei"  #: "nuclei" or "tissue"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    inner: tuple[int, int, int, int]  # x0, y0, x1, y1 at the working level
+    outer: tuple[int, int, int, int]
+
+
+def chunk_grid(region: tuple[int, int, int, int], size: tuple[int, int], chunk: int, halo: int) -> list[Chunk]:
+    """Chunks covering ``region`` (x0, y0, x1, y1), outer boxes grown by ``halo`` and clipped to ``size`` (w, h)."""
+    x0, y0, x1, y1 = region
+    w, h = size
+    out = []
+    for cy in range(y0, y1, chunk):
+        for cx in range(x0, x1, chunk):
+            inner = (cx, cy, min(cx + chunk, x1), min(cy + chunk, y1))
+            outer = (max(inner[0] - halo, 0), max(inner[1] - halo, 0), min(inner[2] + halo, w), min(inner[3] + halo, h))
+            out.append(Chunk(len(out), inner, outer))
+    if len(out) >= 2 ** (32 - LOCAL_BITS):
+        raise PathsegError(f"{len(out)} chunks exceed the id space; use a larger --chunk")
+    return out
+
+
+@dataclass
+class SlidePlan:
+    """Where a run works: pyramid ``level`` at ``mpp`` µm/px (``size`` = its w, h; ``downsample`` from level 0),
+    the ``region`` (x0, y0, x1, y1) at that level, its chunks and the indices of those with tissue."""
+
+    level: int
+    mpp: float
+    size: tuple[int, int]
+    downsample: float
+    region: tuple[int, int, int, int]
+    chunks: list[Chunk]
+    keep: set[int]
+    tissue_mask_downsample: float | None
+
+
+def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path) -> SlidePlan:
+    """Pick the level closest to ``model_mpp``, the region (``run.roi``), the chunk grid and (unless disabled) the
+    chunks with tissue; the tissue mask is saved as ``out/tissue_mask.png``."""
+    from pathseg.wsi.tissue_mask import tissue_mask
+
+    if slide.mpp is None:
+        raise PathsegError(f"{run.slide}: the slide carries no pixel size; give it with --mpp (µm/px of level 0)")
+    level = slide.best_level(model_mpp)
+    lv = slide.levels[level]
+    if run.roi is not None:
+        rx, ry, rw, rh = run.roi
+        d = lv.downsample
+        region = (int(rx / d), int(ry / d), min(int((rx + rw) / d), lv.width), min(int((ry + rh) / d), lv.height))
+        if region[2] <= region[0] or region[3] <= region[1]:
+            raise PathsegError(f"--roi {run.roi} lies outside the slide ({slide.dimensions[0]}x{slide.dimensions[1]})")
+    else:
+        region = (0, 0, lv.width, lv.height)
+    chunks = chunk_grid(region, (lv.width, lv.height), run.chunk, run.halo)
+    keep, tdown = set(range(len(chunks))), None
+    if run.use_tissue_mask:
+        from PIL import Image
+
+        thumb, tdown = slide.thumbnail(2048)
+        mask = tissue_mask(thumb, slide.mpp * tdown)
+        with atomic_path(out / "tissue_mask.png") as tmp:  # for checking what was skipped
+            Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
+        f = lv.downsample / tdown
+        keep = {
+            c.index
+            for c in chunks
+            if mask[
+                int(c.inner[1] * f) : int(np.ceil(c.inner[3] * f)) + 1,
+                int(c.inner[0] * f) : int(np.ceil(c.inner[2] * f)) + 1,
+            ].any()
+        }
+    return SlidePlan(level, slide.level_mpp(level), (lv.width, lv.height), lv.downsample, region, chunks, keep, tdown)
+
+
+_OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
+
+
+def cached_slide(path: str, mpp: float | None) -> Slide:
+    """The slide ``path`` opened once per process (Dask workers keep it open between chunks)."""
+    slide = _OPEN_SLIDES.get((path, mpp))
+    if slide is None:
+        slide = _OPEN_SLIDES[(path, mpp)] = open_slide(path, mpp=mpp)
+    return slide
+
+
+def run_chunks(
+    run: SlideRun,
+    slide: Slide,
+    slide_mpp: float | None,
+    fn: Callable[..., dict],
+    todo: list[Chunk],
+    model,
+    args: tuple,
+    progress: ProgressCallback | None = None,
+) -> list[dict]:
+    """Call ``fn(chunk, model, *args)`` for every chunk of ``todo`` in this process, on a local Dask cluster
+    (``run.workers``) or an existing one (``run.scheduler``); returns the status records."""
+    if not todo:
+        return []
+    if run.workers <= 0 and run.scheduler is None:
+        statuses = []
+        _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
+        try:
+            for i, c in enumerate(todo):
+                statuses.append(fn(c, model, *args))
+                if progress:
+                    progress(i + 1, len(todo), f"chunk {c.index}")
+        finally:
+            _OPEN_SLIDES.pop((run.slide, slide_mpp), None)
+        return statuses
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if run.scheduler is None:
+        cluster = LocalCluster(
+            n_workers=run.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+    client = Client(run.scheduler or cluster)
+    try:
+        remote_model = client.scatter(model, broadcast=True)
+        futures = [
+            client.submit(fn, c, remote_model, *args, key=f"pathseg-chunk-{c.index}-{time.time_ns()}", pure=False)
+            for c in todo
+        ]
+        statuses = []
+        for i, fut in enumerate(as_completed(futures)):
+            statuses.append(fut.result())
+            if progress:
+                progress(i + 1, len(todo), "chunks")
+        return statuses
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def sample_regions(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: int = 512) -> list[np.ndarray]:
+    """Up to ``n`` evenly spread tissue samples (``size`` px squares at the chunk centres) for slide statistics."""
+    picks = chunks[:: max(1, len(chunks) // n)][:n]
+    out = []
+    for c in picks:
+        cx, cy = (c.inner[0] + c.inner[2]) // 2, (c.inner[1] + c.inner[3]) // 2
+        try:
+            out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
+        except InputImageError:  # a corrupt region is reported by its chunk; it just gives no sample
+            continue
+    return out
+
+
+def write_multiscales(root, mpp: float, min_size: int = 1024, name: str = "nuclei") -> None:
+    """Add 2x-downsampled levels (nearest: every other pixel) to the label group ``root`` (level "0" written) and
+    the OME-NGFF 0.4 ``multiscales`` metadata, so napari and other OME-Zarr readers open it at every zoom.
+    Built block by block from the level above: memory stays bounded."""
+    level, datasets = 0, []
+    while True:
+        src = root[str(level)]
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [{"type": "scale", "scale": [mpp * 2**level, mpp * 2**level]}],
+            }
+        )
+        h, w = src.shape
+        if max(h, w) <= min_size:
+            break
+        dst = root.create_array(
+            str(level + 1), shape=((h + 1) // 2, (w + 1) // 2), chunks=(1024, 1024), dtype=src.dtype, fill_value=0
+        )
+        step = 2048
+        for y in range(0, h, step):
+            for x in range(0, w, step):
+                block = np.asarray(src[y : y + step : 2, x : x + step : 2])
+                dst[y // 2 : y // 2 + block.shape[0], x // 2 : x // 2 + block.shape[1]] = block
+        level += 1
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": [
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": datasets,
+        }
+    ]
+    root.attrs["image-label"] = {"version": "0.4", "source": {"image": "../"}}
+
+
+def versions() -> dict[str, str]:
+    """Versions of pathseg and the libraries a run's results depend on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"pathseg": pathseg.__version__, "python": platform.python_version()}
+    for name in ("torch", "numpy", "scikit-image", "openslide-python", "tifffile", "zarr", "diffusers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
