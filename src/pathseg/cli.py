@@ -195,7 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("slide", type=Path, metavar="SLIDE", help="svs, ndpi, mrxs, scn, OME-TIFF, tiled TIFF, ...")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
-    p.add_argument("--task", choices=["nuclei"], default="nuclei")
+    p.add_argument(
+        "--task",
+        choices=["nuclei", "tissue"],
+        default="nuclei",
+        help="nuclei (labels.zarr, nuclei.geojson, nuclei.csv/.parquet) or tissue (classes.zarr, tissue.geojson "
+        "annotations, tissue_areas.csv); default nuclei",
+    )
     p.add_argument("--model", default=None, help="model name or path; default: best offline")
     p.add_argument(
         "--mpp",
@@ -675,6 +681,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         classes=args.classes,
+        task=args.task,
     )
     bar = Bar("chunks", quiet=args.quiet)
     report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))

@@ -51,9 +51,12 @@ def class_region_features(
     namespace: str = "pathseg",
     min_area_um2: float = 0.0,
     skip: tuple[int, ...] = (0,),
+    scale: float = 1.0,
 ) -> Iterator[dict]:
     """QuPath annotations, one Polygon per connected region of each class (``skip``: classes left out, by default
-    the background); ``names`` = [{"name", "color"}] per class id. Measurements: area in µm²."""
+    the background); ``names`` = [{"name", "color"}] per class id; ``mpp`` µm per pixel of ``classes``.
+    Coordinates are multiplied by ``scale`` (e.g. level-0 pixels per pixel of ``classes``). Measurements: area
+    in pixels of ``classes`` and in µm²."""
     ns = uuid.uuid5(uuid.NAMESPACE_URL, namespace)
     n = 0
     for k, named in enumerate(names):
@@ -70,7 +73,7 @@ def class_region_features(
             yield {
                 "type": "Feature",
                 "id": str(uuid.uuid5(ns, f"{k}/{n}")),
-                "geometry": {"type": "Polygon", "coordinates": [r.tolist() for r in (outer, *holes)]},
+                "geometry": {"type": "Polygon", "coordinates": [(r * scale).tolist() for r in (outer, *holes)]},
                 "properties": {
                     "objectType": "annotation",
                     "name": named["name"],

@@ -1,0 +1,178 @@
+"""Tissue classes on whole slides in bounded memory: chunks on one global patch grid, blended, resumable.
+
+Every chunk computes the window-blended logits of the global patch grid (patch corners at multiples of the
+model's stride from the region's corner) over its own box, reading the pixels those patches need; a pixel's
+value is therefore the same whichever chunk computes it, and the class map equals one pass over the whole
+region: no seams at chunk borders. (When the slide has no level near the model's µm/px, chunks are rescaled one by
+one with a one-patch halo instead: seams are then possible but small.)
+
+Outputs: ``classes.zarr`` (multiscale OME-Zarr labels: 0 = not analysed, k + 1 = class k, with names and colours
+in the label properties), ``tissue.geojson`` (class regions as QuPath annotations, traced on a low-resolution
+level of at most 4096 px a side, in level-0 pixels), ``tissue_areas.csv`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pathseg
+from pathseg.errors import InputImageError, PathsegError
+from pathseg.io.atomic import atomic_open, atomic_path
+from pathseg.io.export import write_csv, write_geojson
+from pathseg.io.slides import open_slide
+from pathseg.progress import ProgressCallback
+from pathseg.tissue.model import TissueModel, pad_to_grid, patch_grid
+from pathseg.wsi.chunks import Chunk, SlideRun, cached_slide, plan_slide, run_chunks, versions, write_multiscales
+
+#: Largest side of the class-map level traced into GeoJSON polygons (bounded memory).
+POLYGON_MAX_SIDE = 4096
+
+
+def _needed(lo: int, hi: int, n: int, starts: list[int], p: int) -> tuple[list[int], int, int, int]:
+    """Patches overlapping [lo, hi) of a region of length ``n``; the real pixels [r0, r1) to read and the length
+    up to which they are reflect-padded (as a single pass pads the whole region)."""
+    use = [s for s in starts if s < hi and s + p > lo]
+    need0, need1 = use[0], use[-1] + p
+    r1 = min(need1, n)
+    r0 = need0 if need1 <= n else max(0, min(need0, 2 * n - need1 - 1))
+    return use, r0, r1, need1
+
+
+def tissue_chunk(
+    chunk: Chunk,
+    model: TissueModel,
+    slide_path: str,
+    slide_mpp: float | None,
+    level: int,
+    mpp: float,
+    region: tuple[int, int, int, int],
+    out: str,
+) -> dict:
+    """Class ids of the chunk's inner box (stored atomically in ``parts/tissue_<i>.npz``); a status record."""
+    slide = cached_slide(slide_path, slide_mpp)
+    rx0, ry0, rx1, ry1 = region
+    x0, y0, x1, y1 = chunk.inner
+    try:
+        if abs(mpp / model.mpp - 1) < 0.05:
+            p, step = model.patch, model.step
+            w, h = rx1 - rx0, ry1 - ry0
+            ys, ry_0, ry_1, need_y = _needed(y0 - ry0, y1 - ry0, h, patch_grid(h, p, step), p)
+            xs, rx_0, rx_1, need_x = _needed(x0 - rx0, x1 - rx0, w, patch_grid(w, p, step), p)
+            pixels = slide.read_region(level, rx0 + rx_0, ry0 + ry_0, rx_1 - rx_0, ry_1 - ry_0)
+            pixels = pad_to_grid(pixels, need_y - ry_0, need_x - rx_0)
+            box = (y0 - ry0, y1 - ry0, x0 - rx0, x1 - rx0)
+            probs = torch.softmax(model.blend(pixels, (ry_0, rx_0), ys, xs, box), dim=0).numpy()
+        else:  # rescale this chunk (with a one-patch halo of context) to the model's pixel size
+            halo = int(np.ceil(model.patch * model.mpp / mpp))
+            ox0, oy0 = max(rx0, x0 - halo), max(ry0, y0 - halo)
+            ox1, oy1 = min(rx1, x1 + halo), min(ry1, y1 + halo)
+            rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
+            probs = model.probabilities(rgb, mpp)[:, y0 - oy0 : y1 - oy0, x0 - ox0 : x1 - ox0]
+    except InputImageError as exc:  # a corrupt region: reported, not fatal
+        return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
+    classes = probs.argmax(0).astype(np.uint8)
+    counts = np.bincount(classes.ravel(), minlength=len(model.class_names))
+    with atomic_path(Path(out) / "parts" / f"tissue_{chunk.index:06d}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, classes=classes, counts=counts)
+    return {"chunk": chunk.index, "pixels": int(classes.size)}
+
+
+def _part(out: Path, c: Chunk) -> Path:
+    return out / "parts" / f"tissue_{c.index:06d}.npz"
+
+
+def assemble_tissue(
+    out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float, downsample: float, names: list[dict]
+) -> dict[str, Path]:
+    """classes.zarr (multiscale), tissue.geojson (from a low-resolution level) and tissue_areas.csv from the parts."""
+    import zarr
+
+    from pathseg.tissue.export import class_areas, class_region_features
+
+    w, h = size
+    done = [c for c in chunks if _part(out, c).is_file()]
+    path = out / "classes.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(h, w), chunks=(1024, 1024), dtype="uint8", fill_value=0)
+    counts = np.zeros(len(names), dtype=np.int64)
+    for c in done:
+        with np.load(_part(out, c), allow_pickle=False) as part:
+            x0, y0, x1, y1 = c.inner
+            arr[y0:y1, x0:x1] = part["classes"] + 1
+            counts += part["counts"][: len(names)]
+    write_multiscales(root, mpp, name="tissue classes")
+    root.attrs["image-label"] = {
+        "version": "0.4",
+        "source": {"image": "../"},
+        "colors": [{"label-value": k + 1, "rgba": [*n["color"], 255]} for k, n in enumerate(names)],
+        "properties": [{"label-value": k + 1, "class": n["name"]} for k, n in enumerate(names)],
+    }
+    # polygons from the first level small enough to hold in memory
+    level = 0
+    while max(root[str(level)].shape) > POLYGON_MAX_SIDE and str(level + 1) in root:
+        level += 1
+    low = np.asarray(root[str(level)][:])
+    shifted = [{"name": "not analysed", "color": [0, 0, 0]}, *names]
+    features = class_region_features(
+        low, shifted, mpp * 2**level, namespace=str(out), skip=(0, 1), scale=downsample * 2**level
+    )
+    paths = {"classes": path, "geojson": write_geojson(out / "tissue.geojson", features)}
+    table = class_areas(np.zeros(0, np.uint8), names, mpp)  # columns; values from the pooled counts below
+    total = max(int(counts.sum()), 1)
+    table.update(
+        pixels=counts.tolist(),
+        area_um2=(counts * mpp * mpp).tolist(),
+        area_mm2=(counts * mpp * mpp / 1e6).tolist(),
+        fraction=(counts / total).tolist(),
+    )
+    paths["areas"] = write_csv(out / "tissue_areas.csv", table)
+    return paths
+
+
+def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
+    """Tissue classes of a slide (or its ``roi``) into ``run.out``; resumes after the last finished chunk."""
+    from pathseg.models.zoo import get_tissue_model
+
+    if run.classes:
+        raise PathsegError("--classes is for nuclei; tissue runs always write class maps")
+    start = time.perf_counter()
+    out = Path(run.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
+    with open_slide(run.slide, mpp=run.mpp) as slide:
+        plan = plan_slide(run, slide, model.mpp, out)
+        todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
+        slide_mpp = slide.mpp if run.mpp is None else run.mpp
+        args = (run.slide, slide_mpp, plan.level, plan.mpp, plan.region, run.out)
+        statuses = run_chunks(run, slide, slide_mpp, tissue_chunk, todo, model, args, progress)
+        failed = [st for st in statuses if "error" in st]
+        for st in failed:
+            log(f"chunk {st['chunk']} skipped: {st['error']}")
+        paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names)
+    report = {
+        "pathseg": pathseg.__version__,
+        "slide": str(run.slide),
+        "task": "tissue",
+        "model": model.name,
+        "settings": {**asdict(run), "model": model.name},
+        "model_parameters": {"features": model.config["features"], "patch": model.patch, "stride": model.step},
+        "versions": versions(),
+        "tissue_mask_downsample": plan.tissue_mask_downsample,
+        "level": plan.level,
+        "mpp": plan.mpp,
+        "chunks": len(plan.chunks),
+        "chunks_with_tissue": len(plan.keep),
+        "chunks_done": sum(_part(out, c).is_file() for c in plan.chunks),
+        "chunks_failed": failed,
+        "seconds": time.perf_counter() - start,
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    with atomic_open(out / "report.json", "w") as f:
+        json.dump(report, f, indent=2)
+    return report
