@@ -146,5 +146,6 @@ def test_nuclei_cli_with_classes(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c2"), "--classes", "-q"]) == 1
+    no_classes = ["--model", "classical", "--classes", "-q"]
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c2"), *no_classes]) == 1
     assert "has no class decoder" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def test_help_teaches(capsys):
 def test_nuclei_then_evaluate(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"
-    assert main(["nuclei", str(folder), "-o", str(out), "--quiet"]) == 0
+    assert main(["nuclei", str(folder), "-o", str(out), "--model", "classical", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "assumed 0.25 µm/px" in captured.err  # said once for the run
     assert captured.err.count("assumed") == 1

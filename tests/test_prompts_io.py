@@ -78,7 +78,19 @@ def test_cli_prompts(tmp_path, capsys):
     labels = tifffile.imread(tmp_path / "out" / "t_instances.tif")
     assert labels.shape == gt.shape and labels.max() <= 1
     assert (
-        main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "o2"), "--prompts", str(tmp_path / "p.csv")]) == 1
+        main(
+            [
+                "nuclei",
+                str(tmp_path / "t.png"),
+                "-o",
+                str(tmp_path / "o2"),
+                "--model",
+                "classical",
+                "--prompts",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 1
     )
     assert "cannot take prompts" in capsys.readouterr().err
 
@@ -108,5 +120,8 @@ def test_cli_modes(tmp_path, capsys):
             == 0
         )
         assert tifffile.imread(out / "t_instances.tif").shape == rgb.shape[:2]
-    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c"), "--mode", "amg"]) == 1
+    assert (
+        main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c"), "--model", "classical", "--mode", "amg"])
+        == 1
+    )
     assert "needs a SAM-family model" in capsys.readouterr().err

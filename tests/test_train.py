@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.train.nuclei import TrainConfig, train_nuclei
 from tests.conftest import REPO, synthetic_nuclei
@@ -127,6 +128,17 @@ def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp
     assert set(trained) - set(base) and all(k.startswith("semantic.") for k in set(trained) - set(base))
     for k, v in base.items():  # weights and BatchNorm statistics alike
         assert np.array_equal(v.numpy(), trained[k].numpy()), k
+
+
+def test_class_preset_fixes_names_and_outputs(data, tmp_path):
+    _add_types(data)  # ids 1, 2 in the masks; the PanNuke preset has 5 classes
+    cfg = small_config(data, tmp_path / "p", prompt_weight=0.0, task="classes", class_preset="pannuke")
+    train_nuclei(cfg, log=lambda *a: None)
+    model = SamNucleusModel.from_pretrained(tmp_path / "p" / "best")
+    assert model.semantic.out_channels == 6
+    assert [c["name"] for c in model.class_names][1:3] == ["neoplastic", "inflammatory"]
+    with pytest.raises(PathsegError, match="unknown class preset"):
+        train_nuclei(small_config(data, tmp_path / "q", task="classes", class_preset="nope"), log=lambda *a: None)
 
 
 def test_validation_split_keeps_source_images_together():

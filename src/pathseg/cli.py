@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the class decoder alone on the --init model's frozen encoder (class-weighted cross-entropy only); "
         "the nuclei outputs stay exactly as they were and the class decoder is a small add-on",
     )
+    tc.add_argument(
+        "--preset",
+        choices=["pannuke", "consep"],
+        default=None,
+        help="a named class set: pannuke (5 classes, PathoSAM's order) or consep (4, HoVer-Net's grouping); "
+        "default: the classes the type masks hold, named by a classes.csv",
+    )
     tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
     tt = tsub.add_parser(
         "tissue",
@@ -540,6 +547,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         prompt_weight=args.prompt_weight,
         task=getattr(args, "task_kind", "nuclei"),
         decoder_only=getattr(args, "decoder_only", False),
+        class_preset=getattr(args, "preset", None),
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))

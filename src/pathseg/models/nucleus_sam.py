@@ -35,6 +35,16 @@ PANNUKE_CLASSES = [
     {"name": "dead", "color": [255, 255, 0]},
     {"name": "epithelial", "color": [255, 165, 0]},
 ]
+#: CoNSeP's classes as HoVer-Net groups them (index 0 = background).
+CONSEP_CLASSES = [
+    {"name": "background", "color": [0, 0, 0]},
+    {"name": "other", "color": [255, 165, 0]},
+    {"name": "inflammatory", "color": [0, 200, 0]},
+    {"name": "epithelial", "color": [255, 0, 0]},
+    {"name": "spindle-shaped", "color": [0, 0, 255]},
+]
+#: Named nucleus class sets for ``pathseg train nuclei-classes --preset``.
+CLASS_PRESETS = {"pannuke": PANNUKE_CLASSES, "consep": CONSEP_CLASSES}
 WEIGHTS_NAME = "model.safetensors"
 
 

@@ -57,6 +57,9 @@ class TrainConfig:
     #: task "classes" only: train the class decoder alone; the encoder and nuclei decoders stay exactly as in
     #: ``init``, so the class decoder can be shipped as a small add-on to that model
     decoder_only: bool = False
+    #: task "classes" only: a named class set (``pannuke``, ``consep``) fixing the number, names and colours of the
+    #: classes (type masks hold its ids); default: as many classes as the data holds, names from a classes.csv
+    class_preset: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -111,6 +114,19 @@ def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConf
     """Give the model a semantic decoder sized to the data's classes (if it has none) and return inverse-frequency
     class weights (normalised to mean 1) from the training type masks."""
     n_classes = int(max(int(s.types.max()) for s in train)) + 1
+    preset = None
+    if cfg.class_preset:
+        from pathseg.models.nucleus_sam import CLASS_PRESETS
+
+        if cfg.class_preset not in CLASS_PRESETS:
+            raise PathsegError(f"unknown class preset {cfg.class_preset!r}; one of {', '.join(CLASS_PRESETS)}")
+        preset = CLASS_PRESETS[cfg.class_preset]
+        if n_classes > len(preset):
+            raise PathsegError(
+                f"the type masks hold class ids up to {n_classes - 1}; preset {cfg.class_preset!r} has "
+                f"{len(preset) - 1} classes"
+            )
+        n_classes = len(preset)
     if model.semantic is None:
         sem_cfg = {**model.config["ais_decoder"], "out_channels": n_classes}
         model.config["semantic_decoder"] = sem_cfg
@@ -122,10 +138,14 @@ def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConf
             f"the model's class decoder has {model.semantic.out_channels} outputs; the data has {n_classes} classes"
         )
     names = _class_names(cfg.data)
-    model.config["semantic_classes"] = [
-        {"name": names.get(i, f"class {i}"), "color": _COLORS[i % len(_COLORS)]}
-        for i in range(model.semantic.out_channels)
-    ]
+    model.config["semantic_classes"] = (
+        [dict(c) for c in preset]
+        if preset is not None
+        else [
+            {"name": names.get(i, f"class {i}"), "color": _COLORS[i % len(_COLORS)]}
+            for i in range(model.semantic.out_channels)
+        ]
+    )
     counts = np.zeros(model.semantic.out_channels)
     for s in train:
         counts += np.bincount(s.types.ravel(), minlength=counts.size)[: counts.size]
