@@ -84,3 +84,28 @@ def test_brca20x_preset_builds_the_papers_shapes():
     assert sd["encoder.pos_embed"].shape == (1, 197, 384)
     assert "unet.down_blocks.0.attentions.0.proj_in.weight" not in sd  # no attention at full resolution
     assert len(bb.unet.up_blocks[0].resnets) == 3  # CompVis: num_res_blocks + 1 per decoder level
+
+
+def test_hipt_loads_from_a_dino_checkpoint_with_arguments(tmp_path):
+    import argparse
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.diffusion.hipt import load_hipt
+    from pathseg.models.zoo import get_entry
+
+    vit = ViTSmall()
+    ckpt = {
+        "teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}
+        | {"head.last_layer.weight": torch.zeros(1)},
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),  # DINO stores its arguments beside the weights
+        "epoch": 100,
+    }
+    torch.save(ckpt, tmp_path / "vit256_small_dino.pth")
+    loaded = load_hipt(tmp_path / "vit256_small_dino.pth")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(loaded(x), vit.eval()(x))
+    torch.save({"teacher": {"backbone.other": torch.zeros(1)}}, tmp_path / "bad.pth")
+    with pytest.raises(PathsegError, match="not a HIPT"):
+        load_hipt(tmp_path / "bad.pth")
+    entry = get_entry("hipt_vit256_small")
+    assert entry.files[0].known_hash.startswith("sha256:6960cd5a") and not entry.offline()

@@ -232,6 +232,33 @@ register(
     )
 )
 
+#: HIPT's ViT-S/16 patch encoder (DINO on TCGA 256² patches at 20x), the conditioner of the Large-Image-Diffusion
+#: model: a git-LFS object of mahmoodlab/HIPT (sha256 and size from its LFS pointer).
+HIPT_VIT256 = RemoteFile(
+    "vit256_small_dino.pth",
+    "https://media.githubusercontent.com/media/mahmoodlab/HIPT/master/HIPT_4K/Checkpoints/vit256_small_dino.pth",
+    "sha256:6960cd5a8657dc8bb214671aa0c6dbd3f5b698e84386884955836487ddc89e24",
+    704.2,
+)
+
+
+def _hipt_builder(paths: list[Path]):
+    from pathseg.models.diffusion.hipt import load_hipt
+
+    return load_hipt(paths[0])
+
+
+register(
+    ModelEntry(
+        "hipt_vit256_small",
+        "encoder",
+        "HIPT ViT-S/16 patch encoder (DINO, TCGA, 20x): conditions the PathSegDiff diffusion backbone",
+        0.5,
+        _hipt_builder,
+        (HIPT_VIT256,),
+    )
+)
+
 #: Models shipped inside the package: ``pathseg/weights/<name>/`` holding config.json + model.safetensors.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 

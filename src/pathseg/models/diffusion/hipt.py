@@ -123,3 +123,22 @@ def hipt_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
         if not k.startswith("head."):
             out[k] = v
     return out
+
+
+def load_hipt(path) -> ViTSmall:
+    """HIPT's ViT-S/16 from a DINO training checkpoint (e.g. ``vit256_small_dino.pth``), read with
+    ``weights_only=True``; ``argparse.Namespace`` (the run's arguments stored beside the weights) is the only
+    non-tensor class allowed."""
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = ViTSmall()
+    state = hipt_state_dict(checkpoint)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        from pathseg.errors import PathsegError
+
+        first = (missing or unexpected)[0]
+        raise PathsegError(f"{path}: not a HIPT ViT-S/16 checkpoint (first mismatching key: {first!r})")
+    return model.eval()
