@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pathseg.metrics import instance_scores
-from pathseg.models.classical import ClassicalModel, segment_classical
+from pathseg.models.classical import ClassicalModel, haematoxylin, segment_classical
 from tests.conftest import synthetic_nuclei
 
 
@@ -52,3 +52,18 @@ def test_model_overrides():
     model = ClassicalModel(min_area_um2=1000.0)
     rgb, _ = synthetic_nuclei()
     assert model.segment(rgb, 0.25).max() == 0  # every synthetic nucleus (~24 µm²) is below 1000 µm²
+
+
+def test_fit_slide_ignores_glass():
+    rgb, gt = synthetic_nuclei((256, 256), n=20, seed=3)
+    rgb[gt == 0] = (210, 150, 190)  # stroma with some haematoxylin, as on real slides
+    glass = np.clip(np.random.default_rng(0).normal(243, 3, (256, 256, 3)), 0, 255).astype(np.uint8)
+    model = ClassicalModel()
+    model.fit_slide([glass, glass], mpp=0.25)  # samples that hit only glass fix nothing
+    assert model.params.threshold is None
+    assert instance_scores(gt, model.segment(rgb, 0.25))["sa50"] > 0.9
+    model.fit_slide([glass, np.concatenate([rgb, glass], axis=1)], mpp=0.25)
+    stroma_h = haematoxylin(rgb)[gt == 0].mean()
+    nuclei_h = haematoxylin(rgb)[gt > 0].mean()
+    assert stroma_h < model.params.threshold < nuclei_h  # splits nuclei from tissue, not tissue from glass
+    assert instance_scores(gt, model.segment(rgb, 0.25))["sa50"] > 0.9

@@ -121,6 +121,10 @@ def _seeds(dist: np.ndarray, fg: np.ndarray, min_distance: int, h: float) -> np.
     return markers
 
 
+#: Mean RGB value (0-255) above which a pixel counts as unstained glass when fitting a slide's threshold.
+GLASS_LEVEL = 215
+
+
 class ClassicalModel:
     """The ``classical`` nucleus model: no weights, always available, parameters in µm."""
 
@@ -132,9 +136,16 @@ class ClassicalModel:
 
     def fit_slide(self, samples: list[np.ndarray], mpp: float) -> None:
         """Fix the foreground threshold from tissue samples of a whole slide (RGB uint8 at ``mpp`` µm/px), so that
-        every chunk of the slide is thresholded alike (an Otsu threshold per chunk would differ chunk to chunk)."""
-        values = [ndi.gaussian_filter(haematoxylin(s), self.params.smooth_um / mpp).ravel() for s in samples]
-        if values:
+        every chunk of the slide is thresholded alike (an Otsu threshold per chunk would differ chunk to chunk).
+
+        Only stained pixels count (mean RGB below :data:`GLASS_LEVEL`): with glass in the pool, Otsu would split
+        glass from tissue instead of nuclei from the rest, and nearly all tissue would become "nuclei"."""
+        values = []
+        for s in samples:
+            h = ndi.gaussian_filter(haematoxylin(s), self.params.smooth_um / mpp)
+            values.append(h[s[..., :3].mean(axis=-1) < GLASS_LEVEL])
+        values = [v for v in values if v.size]
+        if sum(v.size for v in values) >= 1000:  # else: too little tissue sampled; each chunk keeps its own Otsu
             self.params = replace(
                 self.params, threshold=float(threshold_otsu(np.concatenate(values))) * self.params.threshold_scale
             )

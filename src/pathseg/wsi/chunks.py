@@ -174,14 +174,19 @@ def run_chunks(
             cluster.close()
 
 
-def sample_regions(slide: Slide, level: int, chunks: list[Chunk], n: int = 8, size: int = 512) -> list[np.ndarray]:
-    """Up to ``n`` evenly spread tissue samples (``size`` px squares at the chunk centres) for slide statistics."""
+def sample_regions(slide: Slide, level: int, chunks: list[Chunk], n: int = 16, size: int = 512) -> list[np.ndarray]:
+    """Up to ``n`` tissue samples (``size`` px squares) for slide statistics, from evenly spread chunks at
+    reproducible random positions inside them (chunk centres alone can all fall on glass, e.g. on a periodic
+    pattern)."""
+    rng = np.random.default_rng(0)
     picks = chunks[:: max(1, len(chunks) // n)][:n]
     out = []
     for c in picks:
-        cx, cy = (c.inner[0] + c.inner[2]) // 2, (c.inner[1] + c.inner[3]) // 2
+        x0, y0, x1, y1 = c.inner
+        x = int(rng.integers(x0, max(x0 + 1, x1 - size)))
+        y = int(rng.integers(y0, max(y0 + 1, y1 - size)))
         try:
-            out.append(slide.read_region(level, cx - size // 2, cy - size // 2, size, size))
+            out.append(slide.read_region(level, x, y, min(size, x1 - x), min(size, y1 - y)))
         except InputImageError:  # a corrupt region is reported by its chunk; it just gives no sample
             continue
     return out
