@@ -20,7 +20,8 @@ import numpy as np
 
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
-from pathseg.models.nucleus_sam import CONFIG_NAME, SamNucleusModel
+from pathseg.models.folder import CONFIG_NAME
+from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
 

@@ -8,7 +8,6 @@ Saved as a folder (or two files) in pathseg's format: ``config.json`` + ``model.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -19,13 +18,13 @@ from torch import nn
 
 from pathseg.errors import PathsegError
 from pathseg.models.decoders import EmbeddingDecoder
+from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
 from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into
 from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
 
-CONFIG_NAME = "config.json"
 #: PanNuke's classes as PathoSAM's semantic decoder orders them (index 0 = background), with QuPath-style colours.
 PANNUKE_CLASSES = [
     {"name": "background", "color": [0, 0, 0]},
@@ -45,7 +44,6 @@ CONSEP_CLASSES = [
 ]
 #: Named nucleus class sets for ``pathseg train nuclei-classes --preset``.
 CLASS_PRESETS = {"pannuke": PANNUKE_CLASSES, "consep": CONSEP_CLASSES}
-WEIGHTS_NAME = "model.safetensors"
 
 
 def default_config(size: str | ViTConfig = "vit_b", mpp: float = 0.25, name: str | None = None) -> dict:
@@ -314,39 +312,19 @@ class SamNucleusModel(nn.Module):
     # -- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (optionally cast to ``dtype``) into ``folder``."""
-        from safetensors.torch import save_file
-
-        from pathseg.io.atomic import atomic_open, atomic_path
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-            for k, v in self.state_dict().items()
-            if "num_batches_tracked" not in k
-        }
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        with atomic_open(folder / CONFIG_NAME, "w") as f:
-            json.dump(self.config, f, indent=2)
-        return folder
+        state = {k: v for k, v in self.state_dict().items() if "num_batches_tracked" not in k}
+        return save_folder(folder, self.config, state, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> SamNucleusModel:
         """Load a model written by :meth:`save_pretrained`."""
-        from pathseg.models.sam.checkpoint import read_state
-
-        folder = Path(folder)
-        cfg_path = folder / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise PathsegError(f"{folder}: no {CONFIG_NAME} (not a pathseg model folder)")
-        model = cls(json.loads(cfg_path.read_text()))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in read_state(folder / WEIGHTS_NAME).items()}
+        config, state = read_folder(folder)
+        model = cls(config)
         expected = model.state_dict()
         for k in expected:  # BatchNorm counters are not saved
             if k.endswith("num_batches_tracked") and k not in state:
                 state[k] = expected[k]
-        load_into(model, state, f"model {model.name!r}", folder / WEIGHTS_NAME)
+        load_into(model, state, f"model {model.name!r}", Path(folder) / WEIGHTS_NAME)
         return model.eval()
 
 

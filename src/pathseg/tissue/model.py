@@ -7,7 +7,6 @@ smooth window, so class maps show no seams at patch borders. Images are rescaled
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -17,12 +16,11 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
+from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
+from pathseg.models.sam.checkpoint import load_into
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
 from pathseg.tissue.features import DiffusionFeatures
 from pathseg.tissue.head import SegHead
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def _window(size: int) -> torch.Tensor:
@@ -135,35 +133,19 @@ class TissueModel(torch.nn.Module):
 
     # --- serialisation -------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        from pathseg.io.atomic import atomic_path
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-            for k, v in self.state_dict().items()
-            if not k.startswith("features.")  # the feature extractor holds the backbone again
-        }
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        with atomic_path(folder / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps({**self.config, "task": "tissue"}, indent=2))
-        return folder
+        # the feature extractor holds the backbone a second time: its keys are left out
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("features.")}
+        return save_folder(folder, {**self.config, "task": "tissue"}, state, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> TissueModel:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise PathsegError(f"{folder} is not a pathseg tissue model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        model = cls(json.loads((folder / CONFIG_NAME).read_text()))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(folder / WEIGHTS_NAME).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("features.")]
-        if missing or unexpected:
-            first = (missing or unexpected)[0]
-            raise PathsegError(f"{folder}: weights do not match the config (first mismatch: {first!r})")
+        config, state = read_folder(folder, "tissue model")
+        model = cls(config)
+        source = Path(folder) / WEIGHTS_NAME
+        for name in ("backbone", "head"):
+            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            load_into(getattr(model, name), part, f"tissue model {model.name!r} ({name})", source)
+        unexpected = [k for k in state if not k.startswith(("backbone.", "head."))]
+        if unexpected:
+            raise PathsegError(f"{source}: does not fit tissue model {model.name!r}: unexpected key {unexpected[0]!r}")
         return model.eval()

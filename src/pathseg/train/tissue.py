@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
 from pathseg.models.diffusion.backbone import DiffusionBackbone
+from pathseg.models.folder import read_config
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.classes import IGNORE, load_class_map
 from pathseg.tissue.data import TissueCrops, TissueSample, load_tissue_samples
@@ -92,7 +93,7 @@ def evaluate_tissue(model: TissueModel, samples: list[TissueSample]) -> dict[str
 def _backbone(spec: str) -> DiffusionBackbone:
     if spec.startswith("random:"):
         folder = Path(spec[len("random:") :])
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = read_config(folder, "diffusion backbone")
         torch.manual_seed(0)
         bb = DiffusionBackbone(cfg)
         bb.config["name"] = f"random:{cfg.get('name', folder.name)}"

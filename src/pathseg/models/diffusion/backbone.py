@@ -1,15 +1,14 @@
 """A latent diffusion backbone used frozen for features: VQ autoencoder + conditional UNet (diffusers), the SSL
 conditioner, the SSL encoder that makes the conditioning embedding, and the noise schedule.
 
-Saved as one folder: ``config.json`` (every part's config) + ``model.safetensors`` (keys ``vq.*``, ``unet.*``,
-``conditioner.*``, ``encoder.*``). Presets: :data:`BRCA20X` (the paper's Large-Image-Diffusion BRCA 20x model)
-and :data:`SMALL` (the one pathseg trains on this CPU).
+Saved as a pathseg model folder (:mod:`pathseg.models.folder`); weight keys ``vq.*``, ``unet.*``,
+``conditioner.*``, ``encoder.*``. Presets: :data:`BRCA20X` (the paper's Large-Image-Diffusion BRCA 20x model);
+:func:`scaled_preset` gives the same layout at other widths (pathseg's own small backbone, tests).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -19,9 +18,8 @@ from torch import nn
 from pathseg.errors import PathsegError
 from pathseg.models.diffusion.conditioner import SSLConditioner
 from pathseg.models.diffusion.hipt import ViTSmall
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
+from pathseg.models.sam.checkpoint import load_into
 
 #: Large-Image-Diffusion "BRCA 20x": VQ-f4 first stage, CompVis UNet (192 channels, mult 1-2-3-5, attention at
 #: downsampling 2, 4, 8, one head, context 512), HIPT ViT-S/16 patch embedding, 1000 steps, linear beta
@@ -159,37 +157,11 @@ class DiffusionBackbone(nn.Module):
 
     # --- serialisation -------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        from pathseg.io.atomic import atomic_path
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-            for k, v in self.state_dict().items()
-        }
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        with atomic_path(folder / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(self.config, indent=2))
-        return folder
+        return save_folder(folder, self.config, self.state_dict(), dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> DiffusionBackbone:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise PathsegError(f"{folder} is not a pathseg diffusion backbone (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        config = json.loads((folder / CONFIG_NAME).read_text())
+        config, state = read_folder(folder, "diffusion backbone")
         model = cls(config)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(folder / WEIGHTS_NAME).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            first = (missing or unexpected)[0]
-            raise PathsegError(
-                f"{folder}: weights do not match the config ({len(missing)} missing, {len(unexpected)} unexpected; "
-                f"first: {first!r})"
-            )
+        load_into(model, state, f"diffusion backbone {model.name!r}", Path(folder) / WEIGHTS_NAME)
         return model.eval()

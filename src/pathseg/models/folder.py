@@ -1,0 +1,54 @@
+"""pathseg's own model format: a folder holding ``config.json`` and ``model.safetensors`` (written atomically).
+
+Every saveable pathseg model (nucleus, diffusion backbone, tissue) reads and writes it through these helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pathseg.errors import PathsegError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_folder(
+    folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``state`` (floating tensors cast to ``dtype`` when given) and ``config`` into ``folder``."""
+    from safetensors.torch import save_file
+
+    from pathseg.io.atomic import atomic_open, atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()
+    }
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_open(folder / CONFIG_NAME, "w") as f:
+        json.dump(config, f, indent=2)
+    return folder
+
+
+def read_config(folder: str | os.PathLike, what: str = "model") -> dict:
+    """The ``config.json`` of a model folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise PathsegError(f"{folder}: no {CONFIG_NAME} (not a pathseg {what} folder)")
+    return json.loads(path.read_text())
+
+
+def read_folder(folder: str | os.PathLike, what: str = "model") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state) of a model folder; floating tensors come back as float32 (weights may be stored in fp16)."""
+    from pathseg.models.sam.checkpoint import read_state
+
+    config = read_config(folder, what)
+    state = read_state(Path(folder) / WEIGHTS_NAME)
+    return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
