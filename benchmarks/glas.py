@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics.glas import glas_scores
-from pathseg.metrics.semantic import confusion_matrix
+from pathseg.metrics.semantic import confusion_matrix, confusion_scores
 from pathseg.table import format_table
 from pathseg.tissue.classes import GLAS, IGNORE
 from pathseg.tissue.data import TissueCrops, load_tissue_samples
@@ -93,12 +93,12 @@ def score(segment, samples) -> dict:
         pred = segment(s.image)
         cm += confusion_matrix(s.target, pred, 2, IGNORE)
         objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0]))
-    tp = np.diag(cm)
-    denom = cm.sum(0) + cm.sum(1)
+    sem = confusion_scores(cm)
     out = {
-        "accuracy": float(tp.sum() / cm.sum()),
-        "dice_gland": float(2 * tp[1] / denom[1]),
-        "miou": float(np.mean(tp / np.maximum(denom - tp, 1))),
+        "accuracy": sem["accuracy"],
+        "dice_gland": sem["dice"][1],
+        "mean_dice": sem["mean_dice"],
+        "miou": sem["mean_iou"],
     }
     for k in ("object_f1", "object_dice", "object_hausdorff"):
         out[k] = float(np.mean([o[k] for o in objects]))

@@ -149,7 +149,7 @@ def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: 
     from scipy import ndimage as ndi
 
     from pathseg.metrics.glas import glas_scores
-    from pathseg.metrics.semantic import confusion_matrix
+    from pathseg.metrics.semantic import confusion_matrix, confusion_scores
     from pathseg.tissue.classes import IGNORE, load_class_map
 
     cmap = load_class_map(classes)
@@ -170,18 +170,7 @@ def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: 
         if k == 2:
             row.update(glas_scores(ndi.label(target == 1)[0], ndi.label(guess == 1)[0]))
         rows.append(row)
-    tp = np.diag(cm)
-    denom = cm.sum(0) + cm.sum(1)
-    result = {
-        "images": len(pairs),
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "dice": (2 * tp / np.maximum(denom, 1)).tolist(),
-        "iou": (tp / np.maximum(denom - tp, 1)).tolist(),
-        "classes": list(cmap.names),
-        "per_image": rows,
-    }
-    result["mean_dice"] = float(np.mean(result["dice"]))
-    result["mean_iou"] = float(np.mean(result["iou"]))
+    result = {"images": len(pairs), **confusion_scores(cm), "classes": list(cmap.names), "per_image": rows}
     if k == 2:
         for key in ("object_f1", "object_dice", "object_hausdorff"):
             result[key] = float(np.mean([r[key] for r in rows]))

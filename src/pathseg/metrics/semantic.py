@@ -38,7 +38,12 @@ def semantic_scores(
     A class absent from both ground truth and prediction has Dice/IoU ``nan`` and is left out of the means.
     Returns ``{"accuracy", "dice": [...], "iou": [...], "mean_dice", "mean_iou"}``.
     """
-    cm = confusion_matrix(gt, pred, n_classes, ignore_index).astype(np.float64)
+    return confusion_scores(confusion_matrix(gt, pred, n_classes, ignore_index))
+
+
+def confusion_scores(cm: np.ndarray) -> dict:
+    """The scores of :func:`semantic_scores` from a (pooled) confusion matrix (rows = ground truth)."""
+    cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp

@@ -74,20 +74,12 @@ def class_weights(samples: list[TissueSample], n_classes: int) -> torch.Tensor:
 
 def evaluate_tissue(model: TissueModel, samples: list[TissueSample]) -> dict[str, float]:
     """Pooled pixel accuracy, mean Dice and mean IoU of ``model`` on ``samples``."""
-    from pathseg.metrics.semantic import confusion_matrix
+    from pathseg.metrics.semantic import confusion_matrix, confusion_scores
 
     k = len(model.class_names)
-    cm = np.zeros((k, k))
-    for s in samples:
-        cm += confusion_matrix(s.target, model.segment(s.image), k, IGNORE)
-    tp = np.diag(cm)
-    dice = 2 * tp / np.maximum(cm.sum(0) + cm.sum(1), 1)
-    iou = tp / np.maximum(cm.sum(0) + cm.sum(1) - tp, 1)
-    return {
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "mean_dice": float(dice.mean()),
-        "mean_iou": float(iou.mean()),
-    }
+    cm = sum(confusion_matrix(s.target, model.segment(s.image), k, IGNORE) for s in samples)
+    scores = confusion_scores(cm)
+    return {key: scores[key] for key in ("accuracy", "mean_dice", "mean_iou")}
 
 
 def _backbone(spec: str) -> DiffusionBackbone:
