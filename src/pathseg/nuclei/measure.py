@@ -157,24 +157,36 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([pts, pts[:1]])
 
 
+def edge_contours(mask: np.ndarray, mode: int) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
+    """``cv2.findContours`` (``mode``: RETR_EXTERNAL, RETR_CCOMP, ...) of a boolean mask upsampled 2x: an
+    8-connected border walk there runs along the original pixel edges; :func:`edge_ring` maps a contour back."""
+    import cv2
+
+    m = mask.view(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
+    up = cv2.resize(m, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return cv2.findContours(up, mode, cv2.CHAIN_APPROX_NONE, offset=(-1, -1))
+
+
+def edge_ring(contour: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
+    """A contour of :func:`edge_contours` as a closed ring of x, y pixel-edge coordinates (upsampled index u ->
+    (u + 1) // 2), shifted by (``x0``, ``y0``), repeated and collinear vertices dropped."""
+    xy = (contour[:, 0, :] + 1) // 2
+    keep = np.any(xy != np.concatenate([xy[-1:], xy[:-1]]), axis=1)
+    xy = xy[keep] if keep.any() else xy[:1]
+    xy = xy + np.array([x0, y0])
+    return _drop_collinear(np.concatenate([xy, xy[:1]]).astype(np.float64))
+
+
 def mask_outline(mask: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
     """Outer outline of the largest object of a boolean ``mask`` whose top-left pixel sits at (``x0``, ``y0``):
     a closed (K, 2) array of x, y in pixels along the pixel edges (empty when the mask is empty)."""
     import cv2
 
-    # traced on the mask upsampled 2x, an 8-connected border walk runs along the original pixel edges:
-    # upsampled index u maps to the edge coordinate (u + 1) // 2
-    m = mask.view(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
-    up = cv2.resize(m, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(2, 2))
+    contours, _ = edge_contours(mask, cv2.RETR_EXTERNAL)
     if not contours:
         return np.zeros((0, 2))
-    c = (max(contours, key=len) if len(contours) > 1 else contours[0])[:, 0, :]
-    xy = (c + 1) // 2
-    keep = np.any(xy != np.concatenate([xy[-1:], xy[:-1]]), axis=1)
-    xy = xy[keep] if keep.any() else xy[:1]
-    xy = xy + np.array([x0 - 1, y0 - 1])
-    return _drop_collinear(np.concatenate([xy, xy[:1]]).astype(np.float64))
+    return edge_ring(max(contours, key=len) if len(contours) > 1 else contours[0], x0, y0)
 
 
 def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

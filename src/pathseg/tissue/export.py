@@ -7,38 +7,25 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pathseg.nuclei.measure import _drop_collinear
+from pathseg.nuclei.measure import edge_contours, edge_ring
 
 
 def _rings(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """(outer ring, holes) per connected region of a boolean mask; rings closed, x/y along pixel edges."""
     import cv2
 
-    # on the mask upsampled 2x an 8-connected border walk runs along the original pixel edges (u -> (u + 1) // 2)
-    up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE, offset=(-1, -1))
-    if not contours:
-        return []
-
-    def ring(c: np.ndarray) -> np.ndarray:
-        xy = (c[:, 0, :] + 1) // 2
-        keep = np.any(xy != np.roll(xy, 1, axis=0), axis=1)
-        xy = xy[keep] if keep.any() else xy[:1]
-        return _drop_collinear(np.concatenate([xy, xy[:1]]).astype(np.float64))
-
+    contours, hierarchy = edge_contours(mask, cv2.RETR_CCOMP)
     out = []
-    h = hierarchy[0]
     for i, c in enumerate(contours):
-        if h[i][3] != -1:  # a hole: added to its parent
+        if hierarchy[0][i][3] != -1:  # a hole: added to its parent
             continue
-        holes, child = [], h[i][2]
+        holes, child = [], hierarchy[0][i][2]
         while child != -1:
-            r = ring(contours[child])
+            r = edge_ring(contours[child])
             if len(r) >= 4:
                 holes.append(r)
-            child = h[child][0]
-        r = ring(c)
+            child = hierarchy[0][child][0]
+        r = edge_ring(c)
         if len(r) >= 4:
             out.append((r, holes))
     return out
