@@ -226,5 +226,8 @@ def write_tissue_outputs(result: TissueResult, outdir: str | os.PathLike, stem: 
         "geojson": write_geojson(
             outdir / f"{stem}.geojson", class_region_features(result.classes, result.names, result.mpp, stem)
         ),
-        "areas": write_csv(outdir / f"{stem}_areas.csv", class_areas(result.classes, result.names, result.mpp)),
+        "areas": write_csv(
+            outdir / f"{stem}_areas.csv",
+            class_areas(np.bincount(result.classes.ravel(), minlength=len(result.names)), result.names, result.mpp),
+        ),
     }

@@ -75,10 +75,11 @@ def _area(ring: np.ndarray) -> float:
     return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2
 
 
-def class_areas(classes: np.ndarray, names: list[dict], mpp: float) -> dict[str, list]:
-    """Per-class pixel count, area (µm², mm²) and fraction of the image."""
-    counts = np.bincount(classes.ravel(), minlength=len(names))[: len(names)]
-    total = max(int(classes.size), 1)
+def class_areas(counts: np.ndarray, names: list[dict], mpp: float) -> dict[str, list]:
+    """Per-class pixel count, area (µm², mm²) and fraction of the analysed pixels, from pixel ``counts`` per class
+    id (e.g. ``np.bincount(classes.ravel(), minlength=len(names))``) at ``mpp`` µm/px."""
+    counts = np.asarray(counts)[: len(names)]
+    total = max(int(counts.sum()), 1)
     return {
         "class_id": list(range(len(names))),
         "class": [c["name"] for c in names],

@@ -174,6 +174,54 @@ def run_chunks(
             cluster.close()
 
 
+def failures(statuses: list[dict], log) -> list[dict]:
+    """The status records of chunks that failed (a corrupt region), each logged."""
+    failed = [st for st in statuses if "error" in st]
+    for st in failed:
+        log(f"chunk {st['chunk']} skipped: {st['error']}")
+    return failed
+
+
+def write_report(
+    run: SlideRun,
+    plan: SlidePlan,
+    model_name: str,
+    model_parameters: dict,
+    chunks_done: int,
+    failed: list[dict],
+    seconds: float,
+    outputs: dict[str, Path],
+) -> dict:
+    """Write ``report.json`` (model, parameters, versions, chunks done / without tissue / failed, timings,
+    outputs) into ``run.out`` atomically and return it."""
+    import json
+    from dataclasses import asdict
+
+    from pathseg.io.atomic import atomic_open
+
+    report = {
+        "pathseg": pathseg.__version__,
+        "slide": str(run.slide),
+        "task": run.task,
+        "model": model_name,
+        "settings": {**asdict(run), "model": model_name},
+        "model_parameters": model_parameters,
+        "versions": versions(),
+        "tissue_mask_downsample": plan.tissue_mask_downsample,
+        "level": plan.level,
+        "mpp": plan.mpp,
+        "chunks": len(plan.chunks),
+        "chunks_with_tissue": len(plan.keep),
+        "chunks_done": chunks_done,
+        "chunks_failed": failed,
+        "seconds": seconds,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+    }
+    with atomic_open(Path(run.out) / "report.json", "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
 def sample_regions(slide: Slide, level: int, chunks: list[Chunk], n: int = 16, size: int = 512) -> list[np.ndarray]:
     """Up to ``n`` tissue samples (``size`` px squares) for slide statistics, from evenly spread chunks at
     reproducible random positions inside them (chunk centres alone can all fall on glass, e.g. on a periodic

@@ -15,13 +15,11 @@ import functools
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-import pathseg
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
@@ -33,11 +31,12 @@ from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_mul
     SlideRun,
     cached_slide,
     chunk_grid,
+    failures,
     plan_slide,
     run_chunks,
     sample_regions,
-    versions,
     write_multiscales,
+    write_report,
 )
 
 
@@ -322,28 +321,9 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, run.out, run.classes)
         statuses = run_chunks(run, slide, slide_mpp, process_chunk, todo, model, args, progress)
-        failed = [st for st in statuses if "error" in st]
-        for st in failed:
-            log(f"chunk {st['chunk']} skipped: {st['error']}")
+        failed = failures(statuses, log)
         paths = assemble(out, chunks, plan.size, plan.mpp, plan.downsample, model.class_names if run.classes else None)
-    report = {
-        "pathseg": pathseg.__version__,
-        "slide": str(run.slide),
-        "task": "nuclei",
-        "model": model.name,
-        "settings": {**asdict(run), "model": model.name},
-        "model_parameters": _model_parameters(model),
-        "versions": versions(),
-        "tissue_mask_downsample": plan.tissue_mask_downsample,
-        "level": plan.level,
-        "mpp": plan.mpp,
-        "chunks": len(chunks),
-        "chunks_with_tissue": len(keep),
-        "chunks_done": sum(_part_path(out, c).is_file() for c in chunks),
-        "chunks_failed": failed,
-        "seconds": time.perf_counter() - start,
-        "outputs": {k: str(v) for k, v in paths.items()},
-    }
-    with atomic_open(out / "report.json", "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+    done = sum(_part_path(out, c).is_file() for c in chunks)
+    return write_report(
+        run, plan, model.name, _model_parameters(model), done, failed, time.perf_counter() - start, paths
+    )

@@ -13,22 +13,28 @@ level of at most 4096 px a side, in level-0 pixels), ``tissue_areas.csv`` and ``
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import pathseg
 from pathseg.errors import InputImageError, PathsegError
-from pathseg.io.atomic import atomic_open, atomic_path
+from pathseg.io.atomic import atomic_path
 from pathseg.io.export import write_csv, write_geojson
 from pathseg.io.slides import open_slide
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.model import TissueModel, pad_to_grid, patch_grid
-from pathseg.wsi.chunks import Chunk, SlideRun, cached_slide, plan_slide, run_chunks, versions, write_multiscales
+from pathseg.wsi.chunks import (
+    Chunk,
+    SlideRun,
+    cached_slide,
+    failures,
+    plan_slide,
+    run_chunks,
+    write_multiscales,
+    write_report,
+)
 
 #: Largest side of the class-map level traced into GeoJSON polygons (bounded memory).
 POLYGON_MAX_SIDE = 4096
@@ -123,15 +129,7 @@ def assemble_tissue(
         low, shifted, mpp * 2**level, namespace=str(out), skip=(0, 1), scale=downsample * 2**level
     )
     paths = {"classes": path, "geojson": write_geojson(out / "tissue.geojson", features)}
-    table = class_areas(np.zeros(0, np.uint8), names, mpp)  # columns; values from the pooled counts below
-    total = max(int(counts.sum()), 1)
-    table.update(
-        pixels=counts.tolist(),
-        area_um2=(counts * mpp * mpp).tolist(),
-        area_mm2=(counts * mpp * mpp / 1e6).tolist(),
-        fraction=(counts / total).tolist(),
-    )
-    paths["areas"] = write_csv(out / "tissue_areas.csv", table)
+    paths["areas"] = write_csv(out / "tissue_areas.csv", class_areas(counts, names, mpp))
     return paths
 
 
@@ -151,28 +149,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, plan.region, run.out)
         statuses = run_chunks(run, slide, slide_mpp, tissue_chunk, todo, model, args, progress)
-        failed = [st for st in statuses if "error" in st]
-        for st in failed:
-            log(f"chunk {st['chunk']} skipped: {st['error']}")
+        failed = failures(statuses, log)
         paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names)
-    report = {
-        "pathseg": pathseg.__version__,
-        "slide": str(run.slide),
-        "task": "tissue",
-        "model": model.name,
-        "settings": {**asdict(run), "model": model.name},
-        "model_parameters": {"features": model.config["features"], "patch": model.patch, "stride": model.step},
-        "versions": versions(),
-        "tissue_mask_downsample": plan.tissue_mask_downsample,
-        "level": plan.level,
-        "mpp": plan.mpp,
-        "chunks": len(plan.chunks),
-        "chunks_with_tissue": len(plan.keep),
-        "chunks_done": sum(_part(out, c).is_file() for c in plan.chunks),
-        "chunks_failed": failed,
-        "seconds": time.perf_counter() - start,
-        "outputs": {k: str(v) for k, v in paths.items()},
-    }
-    with atomic_open(out / "report.json", "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+    parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step}
+    done = sum(_part(out, c).is_file() for c in plan.chunks)
+    return write_report(run, plan, model.name, parameters, done, failed, time.perf_counter() - start, paths)
