@@ -183,6 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = msub.add_parser("list", parents=[common], help="show every model, where it comes from, and offline status")
     m.set_defaults(func=cmd_models_list)
+    m = msub.add_parser(
+        "convert-ldm",
+        parents=[common],
+        help="convert an original latent-diffusion checkpoint (.ckpt + YAML) into a pathseg backbone",
+        description="Convert a Large-Image-Diffusion / CompVis latent-diffusion Lightning checkpoint and its YAML "
+        "config into a pathseg diffusion backbone folder (safetensors). Every key is mapped, checked or dropped "
+        "by name (training-only loss weights); any other key stops the conversion. The checkpoint is read with "
+        "weights_only=True, so no code in it runs. Example (after downloading the BRCA 20x model by hand):\n"
+        "  pathseg models convert-ldm brca20x.ckpt --config only_ssl.yaml --name ldm_brca20x\n"
+        "then `pathseg train tissue --backbone ldm_brca20x ...`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("checkpoint", type=Path, help="the .ckpt file (a Lightning checkpoint or a plain state dict)")
+    m.add_argument("--config", type=Path, required=True, metavar="YAML", help="the model's original YAML config")
+    m.add_argument("--name", default=None, help="model name (default: the checkpoint's stem)")
+    m.add_argument(
+        "-o", "--output", type=Path, default=None, help="output folder (default: the model cache, <cache>/models/NAME)"
+    )
+    m.add_argument("--mpp", type=_positive_float, default=0.5, help="pixel size it was trained at (µm/px, default 0.5)")
+    m.set_defaults(func=cmd_models_convert_ldm)
 
     p = sub.add_parser(
         "wsi",
@@ -357,12 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.add_argument("--data", nargs="+", required=True, metavar="DIR[@MPP]", help="image folders or files")
     pd.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder")
-    pd.add_argument("--mpp", type=_positive_float, default=0.5, help="working pixel size (µm/px, default 0.5)")
+    pd.add_argument(
+        "--mpp",
+        type=_positive_float,
+        default=1.0,
+        help="working pixel size (µm/px, default 1.0: glands and tissue regions need context more than nuclear detail)",
+    )
     pd.add_argument("--default-mpp", type=_positive_float, default=0.25, help="for files without a pixel size")
-    pd.add_argument("--patch", type=int, default=128, help="training patch in pixels (default 128)")
+    pd.add_argument("--patch", type=int, default=128, help="UNet-stage training patch in pixels (default 128)")
+    pd.add_argument("--vq-patch", type=int, default=64, help="autoencoder-stage training patch in pixels (default 64)")
     pd.add_argument("--batch", type=int, default=16)
-    pd.add_argument("--vq-iterations", type=int, default=3000)
-    pd.add_argument("--unet-iterations", type=int, default=10000)
+    pd.add_argument("--vq-iterations", type=int, default=800)
+    pd.add_argument("--unet-iterations", type=int, default=3000)
     pd.add_argument("--encoder-from", default="pathseg_nuclei_cpu", help="nucleus model whose encoder conditions")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=cmd_pretrain_diffusion)
@@ -525,6 +551,22 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_convert_ldm(args: argparse.Namespace) -> int:
+    from pathseg.models.diffusion.convert import convert_ldm
+    from pathseg.models.zoo import models_dir
+
+    for path in (args.checkpoint, args.config):
+        if not path.is_file():
+            raise PathsegError(f"{path}: file not found")
+    name = args.name or args.checkpoint.stem
+    out = args.output or models_dir() / name
+    folder, report = convert_ldm(args.checkpoint, args.config, out, name=name, mpp=args.mpp)
+    for family, n in report.items():
+        print(f"  {family}: {n} tensors")
+    print(f"backbone: {folder}")
+    return 0
+
+
 def cmd_train_nuclei(args: argparse.Namespace) -> int:
     from pathseg.train.nuclei import TrainConfig, train_nuclei
 
@@ -649,6 +691,7 @@ def cmd_pretrain_diffusion(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         default_mpp=args.default_mpp,
         patch=args.patch,
+        vq_patch=args.vq_patch,
         batch=args.batch,
         vq_iterations=args.vq_iterations,
         unet_iterations=args.unet_iterations,

@@ -39,12 +39,15 @@ class ModelEntry:
     build: Callable[[list[Path]], object]
     files: tuple[RemoteFile, ...] = field(default_factory=tuple)
     bundled: Path | None = None
+    manual: str = ""  #: for weights no program can fetch: where they are published (converted by hand)
 
     @property
     def source(self) -> str:
         """``built-in``, ``bundled``, or ``download: <host>`` (full addresses: :attr:`files`)."""
         if self.bundled is not None:
             return "bundled"
+        if self.manual:
+            return "manual: " + self.manual.split("/")[2]
         if not self.files:
             return "built-in"
         hosts = sorted({f.url.split("/")[2] for f in self.files})
@@ -55,6 +58,8 @@ class ModelEntry:
         """True if the model can be built now without a network."""
         if self.bundled is not None:
             return (self.bundled / "model.safetensors").is_file()
+        if self.manual:
+            return (models_dir() / self.name / "model.safetensors").is_file()
         return all(_is_verified(models_dir() / f.filename, f.known_hash) for f in self.files)
 
 
@@ -259,6 +264,51 @@ register(
     )
 )
 
+#: The Large-Image-Diffusion BRCA 20x model (Graikos et al., CVPR 2024): a Google Drive folder, no direct address
+#: and no published hash, so it is fetched by hand and converted with `pathseg models convert-ldm`.
+LDM_BRCA20X_FOLDER = "https://drive.google.com/drive/folders/1kZ69wVEHV3k3Zr1hgS3kftz9cfNb9BxA"
+
+
+def _converted_builder(name: str) -> Callable[[list[Path]], object]:
+    def build(_: list[Path]):
+        from pathseg.models.diffusion.backbone import DiffusionBackbone
+
+        folder = models_dir() / name
+        if not (folder / "model.safetensors").is_file():
+            raise PathsegError(
+                f"{name} is not installed. Its weights are published only as a Google Drive folder, without a "
+                f"hash:\n  {LDM_BRCA20X_FOLDER}\n  Download the checkpoint (.ckpt) and its YAML config there, then "
+                f"run\n  pathseg models convert-ldm CKPT --config YAML --name {name}\n  which writes {folder}."
+            )
+        return DiffusionBackbone.from_pretrained(folder)
+
+    return build
+
+
+register(
+    ModelEntry(
+        "ldm_brca20x",
+        "diffusion_backbone",
+        "Large-Image-Diffusion BRCA 20x latent diffusion model (VQ-f4 + UNet, HIPT-conditioned); convert by hand",
+        0.5,
+        _converted_builder("ldm_brca20x"),
+        manual=LDM_BRCA20X_FOLDER,
+    )
+)
+
+
+def get_backbone(name: str | os.PathLike):
+    """The diffusion backbone ``name``: a zoo name (e.g. ``ldm_brca20x`` once converted) or a backbone folder."""
+    from pathseg.models.diffusion.backbone import DiffusionBackbone
+
+    if str(name) in _REGISTRY:
+        entry = _REGISTRY[str(name)]
+        if entry.task != "diffusion_backbone":
+            raise PathsegError(f"model {name!r} is a {entry.task} model, not a diffusion backbone")
+        return entry.build([ensure_file(f) for f in entry.files])
+    return DiffusionBackbone.from_pretrained(name)
+
+
 #: Models shipped inside the package: ``pathseg/weights/<name>/`` holding config.json + model.safetensors.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -365,7 +415,7 @@ def get_tissue_model(name: str | os.PathLike | None = None, progress: ProgressCa
     if entry.task != "tissue":
         raise PathsegError(f"model {name!r} segments {entry.task}, not tissue")
     paths = [ensure_file(f, progress=progress) for f in entry.files]
-    return entry.builder(paths)
+    return entry.build(paths)
 
 
 def default_nucleus_model() -> str:

@@ -3,8 +3,11 @@
 Same code path as the paper's model (:class:`DiffusionBackbone`: diffusers VQ autoencoder + conditional UNet +
 SSL conditioner), at CPU scale. Two stages, resumable from ``<out>/checkpoint.pt``:
 
-1. ``vq``: the autoencoder (L1 reconstruction + VQ commitment); afterwards the latent scaling factor is set to
-   1 / std of the latents (LDM's ``scale_by_std``).
+1. ``vq``: the autoencoder's encoder and decoder on continuous latents (L1 reconstruction + a small L2 penalty
+   that keeps the latents bounded). The quantiser is bypassed: features are always taken from the unquantised
+   latents, and at CPU scale a fresh codebook only drifts away from the encoder (the commitment loss grew
+   without bound in our trials). Afterwards the latent scaling factor is set to 1 / std of the latents (LDM's
+   ``scale_by_std``).
 2. ``unet``: the noise-prediction UNet and the conditioner on the frozen autoencoder's (unquantised) latents;
    t uniform in 0..T-1, epsilon MSE, the conditioning embedding dropped (zeros) with probability ``p_uncond``.
 
@@ -41,13 +44,15 @@ class PretrainConfig:
 
     data: list[str]  #: folders (their images/ sub-folder when present) or image / small slide files; DIR@MPP sets µm/px
     out: str
-    mpp: float = 0.5
+    mpp: float = 1.0
     default_mpp: float = 0.25  #: pixel size assumed for images whose file carries none
-    patch: int = 128
+    patch: int = 128  #: UNet-stage patch
+    vq_patch: int = 64  #: autoencoder-stage patch (the autoencoder is local: small patches train it as well, faster)
     batch: int = 16
-    vq_iterations: int = 3000
-    unet_iterations: int = 10000
+    vq_iterations: int = 800
+    unet_iterations: int = 3000
     lr_vq: float = 5e-4
+    latent_l2: float = 1e-3  #: weight of the latent L2 penalty in the autoencoder stage
     lr_unet: float = 5e-4
     p_uncond: float = 0.1
     vq_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -204,15 +209,16 @@ def pretrain_diffusion(cfg: PretrainConfig, progress: ProgressCallback | None = 
             sched.load_state_dict(state["scheduler"])
         else:
             start = 0
-        sampler = PatchSampler(images, cfg.patch, cfg.seed + 7 * start + (0 if name == "vq" else 1_000_003))
+        patch = cfg.vq_patch if name == "vq" else cfg.patch
+        sampler = PatchSampler(images, patch, cfg.seed + 7 * start + (0 if name == "vq" else 1_000_003))
         t0 = time.perf_counter()
         for it in range(start, iterations):
             x = sampler.batch(cfg.batch)
             if name == "vq":
                 bb.vq.train()
-                res = bb.vq(x * 2 - 1)
-                rec = F.l1_loss(res.sample, x * 2 - 1)
-                loss = rec + res.commit_loss.mean()
+                h = bb.vq.encode(x * 2 - 1).latents
+                rec = F.l1_loss(bb.vq.decode(h, force_not_quantize=True).sample, x * 2 - 1)
+                loss = rec + cfg.latent_l2 * h.pow(2).mean()
                 parts = {"l1": float(rec.detach())}
             else:
                 bb.unet.train()

@@ -31,7 +31,7 @@ class TissueTrainConfig:
 
     data: list[str]
     out: str
-    backbone: str  #: a backbone folder; ``random:<folder>`` = the same architecture, randomly initialised
+    backbone: str  #: a backbone folder or zoo name; ``random:<folder>`` = the same architecture, randomly initialised
     classes: str = "glas"  #: class map preset (glas, bcss5) or JSON file
     timesteps: list[int] = field(default_factory=lambda: [50])
     blocks: list[int] = field(default_factory=lambda: [1, 2])
@@ -90,7 +90,9 @@ def _backbone(spec: str) -> DiffusionBackbone:
         bb = DiffusionBackbone(cfg)
         bb.config["name"] = f"random:{cfg.get('name', folder.name)}"
         return bb.eval()
-    return DiffusionBackbone.from_pretrained(spec)
+    from pathseg.models.zoo import get_backbone
+
+    return get_backbone(spec)
 
 
 def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = None, log=print) -> dict:
