@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from pathseg.models.diffusion.backbone import DiffusionBackbone
@@ -139,3 +140,25 @@ def test_tissue_cli_without_a_model_says_what_to_do(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["tissue", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]) != 0
     assert "pathseg train tissue" in capsys.readouterr().err
+
+
+def test_feature_bank_holds_the_features_of_each_turned_patch(glands, backbone):
+    from pathseg.errors import PathsegError
+    from pathseg.tissue.cache import FeatureBank, _view
+    from pathseg.tissue.classes import GLAS, IGNORE
+    from pathseg.tissue.data import load_tissue_samples
+    from pathseg.tissue.features import DiffusionFeatures
+
+    samples = load_tissue_samples([glands], GLAS)[:2]
+    feats = DiffusionFeatures(DiffusionBackbone.from_pretrained(backbone), [10], [2, 3])
+    bank = FeatureBank(feats, samples, 64, views=2)
+    # 80 x 100 at patch 64, step 48: 2 x 2 patches per view, 2 views per image
+    assert len(bank) == 2 * (4 + 4) and bank.feats.dtype == torch.float16
+    turned = _view(samples[0].image, 1)  # (100, 80, 3): the second view's first patch is its top-left 64 x 64
+    direct = feats(torch.from_numpy(turned[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255)
+    assert torch.allclose(bank.feats[4].float(), direct[0], atol=1e-2 * float(direct.abs().max()))
+    assert torch.equal(bank.targets[4], torch.from_numpy(_view(samples[0].target, 1)[:64, :64].copy()))
+    # the last column of patches reaches past the image: its padding is ignored, never scored as background
+    assert (bank.targets[1][:, 100 - 48 :] == IGNORE).all() and (bank.targets[1][:, : 100 - 48] != IGNORE).all()
+    with pytest.raises(PathsegError, match="feature cache would take"):
+        FeatureBank(feats, samples, 64, views=2, max_gb=1e-6)

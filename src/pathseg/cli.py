@@ -343,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         "is saved to OUT/best (use it with --model OUT/best). Re-running the same command resumes.",
     )
     tt.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
+    tt.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the backbone on fresh random crops every iteration instead of caching the features of the "
+        "training patches once (slower; no memory for the cache)",
+    )
+    tt.add_argument("--views", type=int, default=2, help="dihedral views per image in the cache (1-8, default 2)")
+    tt.add_argument("--cache-gb", type=_positive_float, default=4.0, help="largest feature cache (GB, default 4)")
     tt.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoint, best model, log)")
     tt.add_argument(
         "--backbone",
@@ -674,6 +682,9 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
         label_fraction=args.label_fraction,
         seed=args.seed,
         name=args.name,
+        cache=not args.no_cache,
+        views=args.views,
+        cache_gb=args.cache_gb,
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_tissue(cfg, progress=bar, log=lambda m: log.info("%s", m))

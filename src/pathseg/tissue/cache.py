@@ -1,0 +1,89 @@
+"""A bounded in-memory cache of diffusion features for head training: each image is cut into the inference patch
+grid (patch ``p``, step ``3p/4``, reflect-padded), optionally in several dihedral views (the image is turned *before*
+the backbone sees it), and every patch's features are computed once and kept as float16. Training then samples
+patches from the cache, so one backbone pass serves every iteration and every head of an ablation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pathseg.errors import PathsegError
+from pathseg.progress import ProgressCallback
+from pathseg.tissue.classes import IGNORE
+from pathseg.tissue.data import TissueSample
+from pathseg.tissue.features import DiffusionFeatures
+from pathseg.tissue.model import pad_to_grid, patch_grid
+
+
+def _view(a: np.ndarray, k: int) -> np.ndarray:
+    """Dihedral view ``k`` (0..7): k % 4 quarter turns, then a left-right flip when k >= 4."""
+    a = np.rot90(a, k % 4)
+    return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
+
+
+class FeatureBank:
+    """Features (N, C, p/f, p/f) float16 and targets (N, p, p) uint8 of the patches of ``samples``.
+
+    ``views``: dihedral views per image (1 = as is, up to 8). ``max_gb``: refuse to build a cache larger than this
+    (it would not fit in memory), with a message saying how to shrink it.
+    """
+
+    def __init__(
+        self,
+        features: DiffusionFeatures,
+        samples: list[TissueSample],
+        patch: int,
+        views: int = 1,
+        batch: int = 4,
+        max_gb: float = 4.0,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if not 1 <= views <= 8:
+            raise ValueError(f"views must lie in 1..8, got {views}")
+        step = patch * 3 // 4
+        jobs = []
+        for i, s in enumerate(samples):
+            for k in range(views):
+                h, w = _view(s.target, k).shape
+                jobs += [(i, k, y, x) for y in patch_grid(h, patch, step) for x in patch_grid(w, patch, step)]
+        f = 2 ** (len(features.backbone.vq.config.block_out_channels) - 1)
+        need = len(jobs) * features.channels * (patch // f) ** 2 * 2 / 1e9
+        if need > max_gb:
+            raise PathsegError(
+                f"the feature cache would take {need:.1f} GB (> {max_gb:g} GB): use fewer views, fewer timesteps or "
+                "blocks, or train without the cache"
+            )
+        self.feats = torch.empty((len(jobs), features.channels, patch // f, patch // f), dtype=torch.float16)
+        self.targets = torch.empty((len(jobs), patch, patch), dtype=torch.uint8)
+        views_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for start in range(0, len(jobs), batch):
+            part = jobs[start : start + batch]
+            imgs = []
+            for j, (i, k, y, x) in enumerate(part, start):
+                if (i, k) not in views_cache:
+                    views_cache.clear()
+                    img, tgt = _view(samples[i].image, k), _view(samples[i].target, k)
+                    ys, xs = patch_grid(img.shape[0], patch, step), patch_grid(img.shape[1], patch, step)
+                    ph, pw = ys[-1] + patch, xs[-1] + patch
+                    tgt = np.pad(tgt, ((0, ph - tgt.shape[0]), (0, pw - tgt.shape[1])), constant_values=IGNORE)
+                    views_cache[(i, k)] = (pad_to_grid(img, ph, pw), tgt)
+                img, tgt = views_cache[(i, k)]
+                imgs.append(img[y : y + patch, x : x + patch])
+                self.targets[j] = torch.from_numpy(tgt[y : y + patch, x : x + patch])
+            xb = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+            self.feats[start : start + len(part)] = features(xb).half()
+            if progress:
+                progress(start + len(part), len(jobs), "caching features")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, n: int, rng: np.random.Generator, channels: torch.Tensor | None = None):
+        """(features float32, int64 targets) of ``n`` random cached patches; ``channels`` selects feature channels."""
+        idx = torch.from_numpy(rng.integers(0, len(self), n))
+        f = self.feats[idx]
+        if channels is not None:
+            f = f[:, channels]
+        return f.float(), self.targets[idx].long()
