@@ -34,8 +34,8 @@ from pathseg.tissue.data import TissueCrops, load_tissue_samples
 from pathseg.tissue.model import TissueModel
 from pathseg.train.tissue import TissueTrainConfig, _split, class_weights, train_tissue
 
-T_GRID = [[10], [50], [100], [200], [50, 150]]
-BLOCK_GRID = [[1], [2], [1, 2], [2, 3], [1, 2, 3]]
+T_GRID = [[25], [50], [150], [300], [50, 150]]
+BLOCK_GRID = [[1], [2], [3], [1, 2], [2, 3], [1, 2, 3]]
 
 
 class SmallUNet(torch.nn.Module):
@@ -89,8 +89,11 @@ def score(segment, samples) -> dict:
     objects = []
     from scipy import ndimage as ndi
 
+    seconds = 0.0
     for s in samples:
+        start = time.perf_counter()
         pred = segment(s.image)
+        seconds += time.perf_counter() - start
         cm += confusion_matrix(s.target, pred, 2, IGNORE)
         objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0]))
     sem = confusion_scores(cm)
@@ -102,48 +105,125 @@ def score(segment, samples) -> dict:
     }
     for k in ("object_f1", "object_dice", "object_hausdorff"):
         out[k] = float(np.mean([o[k] for o in objects]))
+    out["s_per_image"] = seconds / len(samples)  # segmentation only, scoring excluded
     return out
+
+
+def block_channels(features, blocks: list[int]) -> list[int]:
+    """Channel indices of ``blocks`` inside features taken (for one t) from ``features.blocks``."""
+    up = features.backbone.unet.up_blocks
+    out, offset = [], 0
+    for b in features.blocks:
+        n = up[b].resnets[-1].conv2.out_channels
+        if b in blocks:
+            out += range(offset, offset + n)
+        offset += n
+    return out
+
+
+def ablation(backbone_path: Path, train, val, grid_t, grid_blocks, iterations: int, log) -> list[dict]:
+    """Validation mIoU of a head per (t, blocks): one feature cache per t (all candidate blocks), heads on
+    channel subsets. Validation split only."""
+    from pathseg.models.zoo import get_backbone
+    from pathseg.tissue.cache import FeatureBank
+    from pathseg.tissue.features import DiffusionFeatures
+    from pathseg.tissue.head import SegHead
+    from pathseg.train.tissue import evaluate_bank, head_loss
+
+    bb = get_backbone(str(backbone_path))
+    every = sorted({b for blocks in grid_blocks for b in blocks})
+    weights = class_weights(train, 2)
+    rows = []
+    for t in grid_t:
+        feats = DiffusionFeatures(bb, t, every)
+        start = time.perf_counter()
+        bank, vbank = FeatureBank(feats, train, 256), FeatureBank(feats, val, 256)
+        log(f"t={t}: cached {len(bank)} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s")
+        for blocks in grid_blocks:
+            chans = torch.tensor(
+                [c + i * (feats.channels // len(t)) for i in range(len(t)) for c in block_channels(feats, blocks)]
+            )
+            torch.manual_seed(0)
+            head = SegHead(len(chans), 2, 128)
+            opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+            rng = np.random.default_rng(0)
+            for _ in range(iterations):
+                head.train()
+                f, y = bank.batch(8, rng, chans)
+                loss = head_loss(head, f, y, weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            s = evaluate_bank(head, vbank, chans)
+            rows.append(
+                {
+                    "t": json.dumps(t),
+                    "blocks": json.dumps(blocks),
+                    "val_miou": s["mean_iou"],
+                    "val_dice": s["mean_dice"],
+                }
+            )
+            log(str(rows[-1]))
+        for blk in bb.unet.up_blocks:  # this t's feature hooks
+            blk._forward_hooks.clear()
+    return rows
+
+
+def at_mpp(segment, mpp_model: float, mpp_image: float):
+    """``segment`` (class ids of an image at ``mpp_model``) applied to images at ``mpp_image``."""
+    from pathseg.resize import resize_labels, resize_rgb, scaled_size
+
+    def run(rgb: np.ndarray) -> np.ndarray:
+        small = resize_rgb(rgb, scaled_size(rgb.shape, mpp_image / mpp_model))
+        return resize_labels(segment(small), rgb.shape[:2])
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", type=Path, required=True, help="pretrained diffusion backbone folder")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/glas"))
+    ap.add_argument("--mpp", type=float, default=0.62, help="GlaS pixel size (µm/px)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/pathseg-glas"))
     ap.add_argument("--iterations", type=int, default=1500, help="head iterations per run")
     ap.add_argument("--ablation", action="store_true", help="pick t and blocks on the validation split first")
-    ap.add_argument("--ablation-iterations", type=int, default=300)
+    ap.add_argument("--ablation-iterations", type=int, default=400)
     ap.add_argument("--timesteps", type=int, nargs="+", default=[50])
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"skipped: {args.data} is absent")
         return 0
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    base = dict(data=[str(args.data / "train")], backbone=str(args.backbone), crop=256, batch=4, val_every=250)
+    from pathseg.models.folder import read_config
+
+    mpp_model = float(read_config(args.backbone, "diffusion backbone").get("mpp", 0.5))
+    base = dict(
+        data=[str(args.data / "train")],
+        backbone=str(args.backbone),
+        crop=256,
+        batch=8,
+        val_every=250,
+        mpp_in=args.mpp,
+    )
     timesteps, blocks = args.timesteps, args.blocks
     if args.ablation:
-        rows = []
-        for t in T_GRID:
-            for b in BLOCK_GRID:
-                out = args.work / f"abl_t{'-'.join(map(str, t))}_b{'-'.join(map(str, b))}"
-                cfg = TissueTrainConfig(
-                    out=str(out), timesteps=t, blocks=b, iterations=args.ablation_iterations, **base
-                )
-                best = train_tissue(cfg, log=lambda *a: None)
-                rows.append(
-                    {"t": str(t), "blocks": str(b), "val_miou": best["mean_iou"], "val_dice": best["mean_dice"]}
-                )
-                print(rows[-1], flush=True)
+        samples = load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model)
+        train, val = _split(samples, TissueTrainConfig(out="", **base))
+        rows = ablation(args.backbone, train, val, T_GRID, BLOCK_GRID, args.ablation_iterations, print)
         rows.sort(key=lambda r: -r["val_miou"])
         print(format_table(rows, ["t", "blocks", "val_miou", "val_dice"]))
         with atomic_open(results / "glas_ablation.json", "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(
+                {"backbone": str(args.backbone), "head_iterations": args.ablation_iterations, "rows": rows}, f, indent=2
+            )
         timesteps, blocks = json.loads(rows[0]["t"]), json.loads(rows[0]["blocks"])
     test = load_tissue_samples([args.data / "testA", args.data / "testB"], GLAS)
     table = []
-    for fraction in (1.0, 0.1):
+    for fraction in args.fractions:
         runs = {}
         for kind, backbone in (
             ("a: diffusion features", str(args.backbone)),
@@ -159,17 +239,23 @@ def main(argv: list[str] | None = None) -> int:
                 **{**base, "backbone": backbone},
             )
             start = time.perf_counter()
-            train_tissue(cfg, log=lambda *a: None)
-            runs[kind] = (TissueModel.from_pretrained(out / "best").segment, time.perf_counter() - start)
+            train_tissue(cfg, log=print)
+            model = TissueModel.from_pretrained(out / "best")
+            runs[kind] = (lambda rgb, m=model: m.segment(rgb, mpp=args.mpp), time.perf_counter() - start)
         train, _ = _split(
-            load_tissue_samples(base["data"], GLAS), TissueTrainConfig(out="", label_fraction=fraction, **base)
+            load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model),
+            TissueTrainConfig(out="", label_fraction=fraction, **base),
         )
         budget = runs["a: diffusion features"][1]
         unet = train_unet(train, budget, 256, 4, 0)
-        runs["c: U-Net from scratch"] = (unet.segment, budget)
+        runs["c: U-Net from scratch"] = (at_mpp(unet.segment, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
+            start = time.perf_counter()
             s = score(segment, test)
-            table.append({"labels": f"{int(fraction * 100)}%", "model": kind, **s, "train_s": seconds})
+            per_image = (time.perf_counter() - start) / len(test)
+            table.append(
+                {"labels": f"{int(fraction * 100)}%", "model": kind, **s, "train_s": seconds, "s_per_image": per_image}
+            )
             print(table[-1], flush=True)
     cols = [
         "labels",
@@ -181,10 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         "object_dice",
         "object_hausdorff",
         "train_s",
+        "s_per_image",
     ]
     print(format_table(table, cols))
     with atomic_open(results / "glas.json", "w") as f:
-        json.dump({"timesteps": timesteps, "blocks": blocks, "rows": table}, f, indent=2)
+        json.dump(
+            {"backbone": str(args.backbone), "timesteps": timesteps, "blocks": blocks, "rows": table}, f, indent=2
+        )
     return 0
 
 
