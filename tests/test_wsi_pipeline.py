@@ -30,6 +30,8 @@ def test_chunked_equals_single_pass_on_a_real_slide_region(tmp_path):
     run = SlideRun(str(svs), str(tmp_path / "run"), model="classical", roi=roi, chunk=512, halo=64)
     report = run_slide(run, log=lambda *a: None)
     assert report["chunks"] == 9 and report["chunks_done"] == report["chunks_with_tissue"]
+    assert set(report["timings_s"]) == {"plan", "chunks", "assemble"}
+    assert sum(report["timings_s"].values()) <= report["seconds"] + 1e-6
     chunked = zarr.open_array(str(tmp_path / "run" / "labels.zarr" / "0"), mode="r")[800:2000, 500:1700]
     with open_slide(svs) as s:
         rgb = s.read_region(0, 500, 800, 1200, 1200)

@@ -191,6 +191,7 @@ def write_report(
     failed: list[dict],
     seconds: float,
     outputs: dict[str, Path],
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """Write ``report.json`` (model, parameters, versions, chunks done / without tissue / failed, timings,
     outputs) into ``run.out`` atomically and return it."""
@@ -215,6 +216,7 @@ def write_report(
         "chunks_done": chunks_done,
         "chunks_failed": failed,
         "seconds": seconds,
+        "timings_s": timings or {},
         "outputs": {k: str(v) for k, v in outputs.items()},
     }
     with atomic_open(Path(run.out) / "report.json", "w") as f:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +125,30 @@ def _load_part(path: Path) -> dict[str, np.ndarray]:
     return _load_part_cached(str(path), path.stat().st_mtime_ns)
 
 
-def _objects(
-    part: dict[str, np.ndarray], indices: np.ndarray
-) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
-    """(id, box, mask) of the part's objects at ``indices``."""
-    ids, boxes, offsets = part["id"].tolist(), part["boxes"].tolist(), part["mask_offsets"].tolist()
-    for i in indices.tolist():
-        x0, y0, x1, y1 = boxes[i]
-        yield ids[i], (x0, y0, x1, y1), part["masks"][offsets[i] : offsets[i + 1]].reshape(y1 - y0, x1 - x0)
+def paint_objects(
+    region: np.ndarray, origin: tuple[int, int], part: dict[str, np.ndarray], indices: np.ndarray, batch: int = 20000
+) -> None:
+    """Paint the part's objects at ``indices`` into ``region`` (its top-left pixel at ``origin`` = (x, y)) where
+    it still holds 0; vectorised over objects (the objects of one part never overlap: they come from one label
+    image), in batches of ``batch`` objects so memory stays bounded."""
+    x0, y0 = origin
+    h, w = region.shape
+    offsets = part["mask_offsets"].astype(np.int64)
+    for b0 in range(0, len(indices), batch):
+        idx = indices[b0 : b0 + batch]
+        boxes = part["boxes"][idx].astype(np.int64)
+        starts, sizes = offsets[idx], offsets[idx + 1] - offsets[idx]
+        obj = np.repeat(np.arange(len(idx)), sizes)
+        local = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        on = part["masks"][np.repeat(starts, sizes) + local]
+        obj, local = obj[on], local[on]
+        bw = (boxes[:, 2] - boxes[:, 0])[obj]
+        ys = boxes[obj, 1] + local // bw - y0
+        xs = boxes[obj, 0] + local % bw - x0
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        ys, xs, obj = ys[inside], xs[inside], obj[inside]
+        free = region[ys, xs] == 0
+        region[ys[free], xs[free]] = part["id"][idx][obj[free]]
 
 
 def _class_columns(class_names: list[dict] | None) -> list[str]:
@@ -179,11 +194,23 @@ def assemble(
     class_names: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Pass 2: label image (OME-Zarr at the working level), GeoJSON, CSV and Parquet from the chunk parts (streamed,
-    region by region). GeoJSON and table coordinates in px are level-0 pixels (``downsample`` x working level)."""
+    region by region). GeoJSON and table coordinates in px are level-0 pixels (``downsample`` x working level).
+    The label images and the tables are written by two threads at once (compression and Arrow release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = [c for c in chunks if _part_path(out, c).is_file()]
+    with ThreadPoolExecutor(2) as pool:
+        labels = pool.submit(_write_labels, out, done, size, mpp, class_names)
+        tables = pool.submit(_write_tables, out, done, downsample, class_names)
+        return {**labels.result(), **tables.result()}
+
+
+def _write_labels(
+    out: Path, done: list[Chunk], size: tuple[int, int], mpp: float, class_names: list[dict] | None
+) -> dict[str, Path]:
     import zarr
 
     w, h = size
-    done = [c for c in chunks if _part_path(out, c).is_file()]
     labels_path = out / "labels.zarr"
     root = zarr.open_group(str(labels_path), mode="w", zarr_format=2)
     arr = root.create_array("0", shape=(h, w), chunks=(1024, 1024), dtype="uint32", fill_value=0)
@@ -198,11 +225,7 @@ def assemble(
             part = _load_part(_part_path(out, d))
             b = part["boxes"]
             hits = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
-            for lab, (bx0, by0, bx1, by1), mask in _objects(part, hits):
-                ix0, iy0, ix1, iy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
-                sub = mask[iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0]
-                tgt = region[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-                tgt[sub & (tgt == 0)] = lab
+            paint_objects(region, (x0, y0), part, hits)
         arr[y0:y1, x0:x1] = region
         if class_arr is not None:
             class_arr[y0:y1, x0:x1] = _class_region(region, done, c, out)
@@ -210,8 +233,10 @@ def assemble(
     write_multiscales(root, mpp)
     if class_arr is not None:
         write_multiscales(croot, mpp, name="nucleus classes")
+    return {"labels": labels_path}
 
-    paths = {"labels": labels_path}
+
+def _write_tables(out: Path, done: list[Chunk], downsample: float, class_names: list[dict] | None) -> dict[str, Path]:
     columns = list(COLUMNS) + _class_columns(class_names)
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -229,16 +254,16 @@ def assemble(
         first = True
         for c in done:  # streamed part by part: one GeoJSON run, one CSV block and one Parquet row group per chunk
             part = _load_part(_part_path(out, c))
-            for feature in _feature_strings(part, downsample, class_names):
-                gj.write(feature if first else ",\n" + feature)
+            features = _feature_strings(part, downsample, class_names)
+            if features:
+                gj.write(("" if first else ",\n") + ",\n".join(features))
                 first = False
             table = _part_table(part, downsample, class_names)
             batch = pa.table({n: np.asarray(table[n]) for n in columns}, schema=schema)
             csv_writer.write_table(batch)
             pq_writer.write_table(batch)
         gj.write("\n]}\n")
-    paths.update(geojson=out / "nuclei.geojson", table=out / "nuclei.csv", parquet=out / "nuclei.parquet")
-    return paths
+    return {"geojson": out / "nuclei.geojson", "table": out / "nuclei.csv", "parquet": out / "nuclei.parquet"}
 
 
 def _part_table(part: dict, downsample: float, class_names: list[dict] | None) -> dict[str, np.ndarray]:
@@ -253,39 +278,59 @@ def _part_table(part: dict, downsample: float, class_names: list[dict] | None) -
     return table
 
 
-def _json_numbers(values: np.ndarray, decimals: int = 4) -> list[str]:
-    """JSON text of each value (rounded; null where not finite)."""
+def _json_numbers(values: np.ndarray, decimals: int = 4):
+    """JSON text of each value as an Arrow string array (rounded; null where not finite), formatted in C++."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     v = np.asarray(values)
     if v.dtype.kind in "iu":
-        return [str(x) for x in v.tolist()]
-    rounded = np.round(v.astype(np.float64), decimals)
-    return [repr(x) if np.isfinite(x) else "null" for x in rounded.tolist()]
+        return pc.cast(pa.array(v.astype(np.int64)), pa.string())
+    rounded = pa.array(np.round(v.astype(np.float64), decimals))
+    return pc.if_else(pc.is_finite(rounded), pc.cast(rounded, pa.string()), "null")
 
 
-def _feature_strings(part: dict, downsample: float, class_names: list[dict] | None) -> Iterator[str]:
-    """QuPath detection features of one part, serialised (rings and measurements formatted column-wise)."""
+def _feature_strings(part: dict, downsample: float, class_names: list[dict] | None) -> list[str]:
+    """QuPath detection features of one part, serialised column-wise by Arrow compute (rings with < 4 points,
+    which are not polygons, are left out)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = len(part["id"])
     if n == 0:
-        return
-    template = "{{" + ",".join(f'"{name}":{{}}' for name in COLUMNS) + "}}"
-    measurements = [template.format(*row) for row in zip(*(_json_numbers(part[c]) for c in COLUMNS), strict=True)]
-    classification = [""] * n
+        return []
+    join = pc.binary_join_element_wise
+    pieces: list = ["{"]
+    for i, name in enumerate(COLUMNS):
+        pieces += [("," if i else "") + f'"{name}":', _json_numbers(part[name])]
+    measurements = join(*pieces, "}", "")
+    classification = pa.array([""] * n)
     if class_names is not None:
-        names = [json.dumps({"name": c["name"], "color": [int(v) for v in c["color"]]}) for c in class_names]
-        classification = [',"classification":' + names[int(k)] for k in part["class_id"].tolist()]
-    offsets = part["ring_offsets"].tolist()
-    rings = np.round(part["rings"] * downsample, 2)
-    ids = part["id"].tolist()
-    for k in range(n):
-        ring = rings[offsets[k] : offsets[k + 1]]
-        if len(ring) < 4:
-            continue
-        yield (
-            '{"type":"Feature","geometry":{"type":"Polygon","coordinates":['
-            + json.dumps(ring.tolist(), separators=(",", ":"))
-            + f']}},"properties":{{"objectType":"detection","label":{ids[k]},"name":"nucleus {ids[k]}",'
-            + f'"measurements":{measurements[k]}{classification[k]}}}}}'
-        )
+        names = [
+            ',"classification":' + json.dumps({"name": c["name"], "color": [int(v) for v in c["color"]]})
+            for c in class_names
+        ]
+        classification = pc.take(pa.array(names), pa.array(part["class_id"].astype(np.int64)))
+    offsets = part["ring_offsets"].astype(np.int64)
+    rings = np.round(part["rings"].astype(np.float64) * downsample, 2)
+    points = join("[", _json_numbers(rings[:, 0], 2), ",", _json_numbers(rings[:, 1], 2), "]", "")
+    ring_text = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), points), ",")
+    ids = _json_numbers(part["id"])
+    features = join(
+        '{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[',
+        ring_text,
+        ']]},"properties":{"objectType":"detection","label":',
+        ids,
+        ',"name":"nucleus ',
+        ids,
+        '","measurements":',
+        measurements,
+        classification,
+        "}}",
+        "",
+    )
+    keep = pa.array(np.diff(offsets) >= 4)
+    return pc.filter(features, keep).to_pylist()
 
 
 def _model_parameters(model) -> dict:
@@ -320,10 +365,12 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         todo = [c for c in chunks if c.index in keep and not _part_path(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, run.out, run.classes)
+        t_chunks = time.perf_counter()
         statuses = run_chunks(run, slide, slide_mpp, process_chunk, todo, model, args, progress)
         failed = failures(statuses, log)
+        t_assemble = time.perf_counter()
         paths = assemble(out, chunks, plan.size, plan.mpp, plan.downsample, model.class_names if run.classes else None)
+    end = time.perf_counter()
+    timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     done = sum(_part_path(out, c).is_file() for c in chunks)
-    return write_report(
-        run, plan, model.name, _model_parameters(model), done, failed, time.perf_counter() - start, paths
-    )
+    return write_report(run, plan, model.name, _model_parameters(model), done, failed, end - start, paths, timings)

@@ -148,9 +148,13 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, plan.region, run.out)
+        t_chunks = time.perf_counter()
         statuses = run_chunks(run, slide, slide_mpp, tissue_chunk, todo, model, args, progress)
         failed = failures(statuses, log)
+        t_assemble = time.perf_counter()
         paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names)
+    end = time.perf_counter()
+    timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step}
     done = sum(_part(out, c).is_file() for c in plan.chunks)
-    return write_report(run, plan, model.name, parameters, done, failed, time.perf_counter() - start, paths)
+    return write_report(run, plan, model.name, parameters, done, failed, end - start, paths, timings)
