@@ -162,3 +162,50 @@ def test_feature_bank_holds_the_features_of_each_turned_patch(glands, backbone):
     assert (bank.targets[1][:, 100 - 48 :] == IGNORE).all() and (bank.targets[1][:, : 100 - 48] != IGNORE).all()
     with pytest.raises(PathsegError, match="feature cache would take"):
         FeatureBank(feats, samples, 64, views=2, max_gb=1e-6)
+
+
+def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
+    """A bundled tissue model conditioned on the bundled nucleus model's encoder stores it once, pinned by digest."""
+    from safetensors import safe_open
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.diffusion.backbone import compact_encoder_weights
+
+    enc_cfg, enc_state = compact_encoder_weights("pathseg_nuclei_cpu")
+    cfg = tiny_config()
+    cfg["encoder"] = {
+        "type": "compact_pooled",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "input_size": None,
+        "kwargs": {k: enc_cfg[k] for k in ("widths", "blocks", "out_chans")},
+    }
+    cfg["conditioner"]["patch_dim"] = enc_cfg["out_chans"]
+    bb = DiffusionBackbone(cfg)
+    bb.encoder.body.load_state_dict(enc_state)
+    model = TissueModel(
+        {
+            "name": "t",
+            "mpp": 1.0,
+            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
+            "features": {"timesteps": [10], "blocks": [2, 3]},
+            "head": {"hidden": 8},
+            "patch_size": 64,
+        },
+        backbone=bb,
+    ).eval()
+    folder = model.save_pretrained(tmp_path / "m", share_encoder="pathseg_nuclei_cpu")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert not any(k.startswith("backbone.encoder.") for k in f.keys())
+    again = TissueModel.from_pretrained(folder)
+    rgb = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
+    assert np.allclose(again.probabilities(rgb), model.probabilities(rgb), atol=1e-5)
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone"]["encoder"]["weights_from"]["sha256"] = "0" * 64  # the nucleus model changed since
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PathsegError, match="has changed since"):
+        TissueModel.from_pretrained(folder)
+    with torch.no_grad():
+        next(bb.encoder.parameters()).add_(1.0)
+    with pytest.raises(PathsegError, match="cannot be shared"):
+        model.save_pretrained(tmp_path / "m2", share_encoder="pathseg_nuclei_cpu")

@@ -132,16 +132,36 @@ class TissueModel(torch.nn.Module):
         return self.probabilities(rgb, mpp).argmax(0).astype(np.uint8)
 
     # --- serialisation -------------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self, folder: str | os.PathLike, dtype: torch.dtype | None = None, share_encoder: str | None = None
+    ) -> Path:
+        """Write the model folder. ``share_encoder``: the nucleus model whose image encoder conditions the
+        backbone; its weights are then referenced (by name and digest) instead of stored a second time."""
         # the feature extractor holds the backbone a second time: its keys are left out
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("features.")}
-        return save_folder(folder, {**self.config, "task": "tissue"}, state, dtype)
+        config = {**copy.deepcopy(self.config), "task": "tissue"}
+        if share_encoder is not None:
+            from pathseg.models.diffusion.backbone import compact_encoder_weights, weights_digest
+
+            prefix = "backbone.encoder.body."
+            mine = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            digest = weights_digest(compact_encoder_weights(share_encoder)[1])
+            if weights_digest(mine) != digest:
+                raise PathsegError(f"the conditioning encoder differs from {share_encoder!r}'s: it cannot be shared")
+            config["backbone"]["encoder"]["weights_from"] = {"model": share_encoder, "sha256": digest}
+            state = {k: v for k, v in state.items() if not k.startswith("backbone.encoder.")}
+        return save_folder(folder, config, state, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> TissueModel:
         config, state = read_folder(folder, "tissue model")
         model = cls(config)
         source = Path(folder) / WEIGHTS_NAME
+        shared = config["backbone"].get("encoder", {}).get("weights_from")
+        if shared:
+            from pathseg.models.diffusion.backbone import shared_encoder_state
+
+            state.update({"backbone.encoder." + k: v for k, v in shared_encoder_state(shared).items()})
         for name in ("backbone", "head"):
             part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
             load_into(getattr(model, name), part, f"tissue model {model.name!r} ({name})", source)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
-from pathseg.models.diffusion.backbone import BRCA20X, DiffusionBackbone, scaled_preset
+from pathseg.models.diffusion.backbone import BRCA20X, DiffusionBackbone, compact_encoder_weights, scaled_preset
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_rgb, scaled_size
 from pathseg.train.data import IMAGE_SUFFIXES
@@ -152,20 +152,6 @@ class PatchSampler:
         return torch.from_numpy(np.ascontiguousarray(np.stack(out))).permute(0, 3, 1, 2).float() / 255
 
 
-def _encoder_weights(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(encoder config, state dict) of the compact image encoder of nucleus model ``name``."""
-    from pathseg.models.zoo import get_nucleus_model
-
-    model = get_nucleus_model(name)
-    enc_cfg = getattr(model, "config", {}).get("encoder", {})
-    if enc_cfg.get("type") != "compact":
-        raise PathsegError(f"model {name!r} has no compact image encoder to condition on")
-    state = {
-        k[len("sam.image_encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("sam.image_encoder.")
-    }
-    return enc_cfg, state
-
-
 def _warmup_cosine(step: int, total: int, warmup: int = 200) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -181,7 +167,7 @@ def pretrain_diffusion(cfg: PretrainConfig, progress: ProgressCallback | None = 
     if state is not None:
         bb_cfg = json.loads(state["config"])
     else:
-        enc_cfg, enc_state = _encoder_weights(cfg.encoder_from)
+        enc_cfg, enc_state = compact_encoder_weights(cfg.encoder_from)
         bb_cfg = small_backbone_config(cfg, enc_cfg)
     torch.manual_seed(cfg.seed)
     bb = DiffusionBackbone(bb_cfg)

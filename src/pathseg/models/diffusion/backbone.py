@@ -89,6 +89,40 @@ class PooledCompactEncoder(nn.Module):
         return self.body(x).mean(dim=(2, 3))
 
 
+def compact_encoder_weights(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(encoder config, state dict) of the compact image encoder of nucleus model ``name``."""
+    from pathseg.models.zoo import get_nucleus_model
+
+    model = get_nucleus_model(name)
+    enc_cfg = getattr(model, "config", {}).get("encoder", {})
+    if enc_cfg.get("type") != "compact":
+        raise PathsegError(f"model {name!r} has no compact image encoder to condition on")
+    prefix = "sam.image_encoder."
+    return enc_cfg, {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and float32 values of ``state`` (to pin weights shared between models)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def shared_encoder_state(spec: dict) -> dict[str, torch.Tensor]:
+    """The conditioning encoder weights named by ``spec`` = {"model", "sha256"} (keys ``body.*``), checked."""
+    _, state = compact_encoder_weights(spec["model"])
+    if weights_digest(state) != spec["sha256"]:
+        raise PathsegError(
+            f"the conditioning encoder comes from {spec['model']!r}, whose image encoder has changed since this "
+            "model was trained (weights digest differs); use the pathseg version it was trained with or retrain it"
+        )
+    return {"body." + k: v for k, v in state.items()}
+
+
 class DiffusionBackbone(nn.Module):
     """The frozen parts of a latent diffusion model, as one module with a serialisable config."""
 
