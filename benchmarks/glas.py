@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=1500, help="head iterations per run")
     ap.add_argument("--ablation", action="store_true", help="pick t and blocks on the validation split first")
     ap.add_argument("--ablation-iterations", type=int, default=400)
+    ap.add_argument(
+        "--ablation-t", nargs="+", default=[",".join(map(str, t)) for t in T_GRID], help="t sets, e.g. 25 50,150"
+    )
+    ap.add_argument(
+        "--ablation-blocks", nargs="+", default=[",".join(map(str, b)) for b in BLOCK_GRID], help="e.g. 1 3 1,2,3"
+    )
     ap.add_argument("--timesteps", type=int, nargs="+", default=[50])
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         samples = load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model)
         train, val = _split(samples, TissueTrainConfig(out="", **base))
-        rows = ablation(args.backbone, train, val, T_GRID, BLOCK_GRID, args.ablation_iterations, print)
+        grid_t = [[int(v) for v in g.split(",")] for g in args.ablation_t]
+        grid_blocks = [[int(v) for v in g.split(",")] for g in args.ablation_blocks]
+        rows = ablation(args.backbone, train, val, grid_t, grid_blocks, args.ablation_iterations, print)
         rows.sort(key=lambda r: -r["val_miou"])
         print(format_table(rows, ["t", "blocks", "val_miou", "val_dice"]))
         with atomic_open(results / "glas_ablation.json", "w") as f:
