@@ -23,7 +23,7 @@ class OraclePredictor(Predictor):
 
     gt: np.ndarray
 
-    def _predict_in(self, box_yx, emb, pts, lbl, bx, mask_input, multimask):
+    def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
         y0, x0, y1, x1 = box_yx
         x, y = (pts[lbl == 1][0] if pts is not None else (bx[:2] + bx[2:]) / 2).astype(int)
         obj = self.gt == self.gt[y, x]
@@ -85,3 +85,26 @@ def test_embedding_cache_is_reused_only_when_the_signature_matches(model, tmp_pa
     with caplog.at_level(logging.WARNING, logger="pathseg"):
         p3.set_image(other, mpp=0.5, cache=cache)
     assert "halo" in caplog.text
+
+
+def test_compact_prompts_are_decoded_on_the_window_size_they_were_trained_on():
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    cfg["prompt_window"] = 64  # trained on 64-px crops: prompts see 4 x 4 tokens around them
+    model = SamNucleusModel(cfg).eval()
+    seen = []
+    decode = model.sam.decode
+
+    def spy(emb, points=None, boxes=None, mask_input=None, multimask_output=True):
+        seen.append((tuple(emb.shape[-2:]), None if points is None else points[0].numpy().copy()))
+        return decode(emb, points, boxes, mask_input, multimask_output)
+
+    model.sam.decode = spy
+    rgb, _ = synthetic_nuclei((128, 128), n=6, radius=8, seed=7)
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5)
+    r = p.predict(points=np.array([[100, 90]]), labels=np.array([1]))
+    assert seen[0][0] == (4, 4) and np.allclose(seen[0][1], [[[36, 26]]])  # part (64, 64)-(128, 128)
+    assert r.embed_window == (64, 64, 128, 128)
+    again = p.predict(points=np.array([[100, 90]]), labels=np.array([1]), mask_input=r.mask_prompt(0))
+    assert seen[-1][0] == (4, 4) and again.masks.shape == (3, 128, 128)

@@ -3,11 +3,16 @@ optionally, the class decoder of a ``--decoder-only`` class run on the same enco
 safetensors in ``src/pathseg/weights/<name>/``.
 
     python tools/bundle_nuclei_model.py --nuclei RUN/best [--classes CLASS_RUN/best] [--name pathseg_nuclei_cpu]
+
+``--add-refiner REFINER_RUN/best`` instead adds a prompt-mask refiner (trained with ``pathseg train nuclei-refiner
+--init <name>``) to the bundled model as a small add-on file ``refiner.safetensors``, leaving ``model.safetensors``
+untouched (every copy of it stays in git history).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,11 +25,16 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "pathseg" / "weights"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nuclei", type=Path, required=True, help="nuclei model folder (e.g. RUN/best)")
+    ap.add_argument("--nuclei", type=Path, default=None, help="nuclei model folder (e.g. RUN/best)")
+    ap.add_argument("--add-refiner", type=Path, default=None, help="refiner run folder to add to the bundled model")
     ap.add_argument("--classes", type=Path, default=None, help="class model folder trained with --decoder-only")
     ap.add_argument("--name", default="pathseg_nuclei_cpu")
     ap.add_argument("--description", default="pathseg's compact CPU nucleus model (SAM family), trained on MoNuSeg")
     args = ap.parse_args(argv)
+    if args.add_refiner is not None:
+        return add_refiner(args.add_refiner, WEIGHTS / args.name)
+    if args.nuclei is None:
+        ap.error("give --nuclei (or --add-refiner)")
     model = SamNucleusModel.from_pretrained(args.nuclei)
     if args.classes is not None:
         cls = SamNucleusModel.from_pretrained(args.classes)
@@ -42,6 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     folder = model.save_pretrained(WEIGHTS / args.name, dtype=torch.float16)
     size = (folder / "model.safetensors").stat().st_size / 2**20
     print(f"{folder}: {size:.1f} MB")
+    return 0
+
+
+def add_refiner(run: Path, folder: Path) -> int:
+    """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones)."""
+    from safetensors.torch import save_file
+
+    from pathseg.io.atomic import atomic_open, atomic_path
+
+    bundled, trained = SamNucleusModel.from_pretrained(folder), SamNucleusModel.from_pretrained(run)
+    if trained.refiner is None:
+        raise SystemExit(f"{run}: the model has no refiner")
+    ours, theirs = bundled.state_dict(), trained.state_dict()
+    if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith("refiner.")):
+        raise SystemExit(f"{run}: trained on other weights than {folder}; use --init {folder.name}")
+    tensors = {k: v.contiguous() for k, v in theirs.items() if k.startswith("refiner.")}
+    with atomic_path(folder / "refiner.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    config = json.loads((folder / "config.json").read_text())
+    config["mask_refiner"] = trained.config["mask_refiner"]
+    config["extra_weights"] = ["refiner.safetensors"]
+    with atomic_open(folder / "config.json", "w") as f:
+        json.dump(config, f, indent=2)
+    print(f"{folder / 'refiner.safetensors'}: {(folder / 'refiner.safetensors').stat().st_size / 2**10:.0f} kB")
     return 0
 
 

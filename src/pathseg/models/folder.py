@@ -1,5 +1,8 @@
 """pathseg's own model format: a folder holding ``config.json`` and ``model.safetensors`` (written atomically).
 
+``config["extra_weights"]`` may list further ``.safetensors`` files in the folder whose tensors are added to the
+state (an add-on part, e.g. a mask refiner, shipped without rewriting the main file).
+
 Every saveable pathseg model (nucleus, diffusion backbone, tissue) reads and writes it through these helpers.
 """
 
@@ -32,6 +35,7 @@ def save_folder(
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp))
+    config = {k: v for k, v in config.items() if k != "extra_weights"}  # every tensor is in the one file now
     with atomic_open(folder / CONFIG_NAME, "w") as f:
         json.dump(config, f, indent=2)
     return folder
@@ -51,4 +55,12 @@ def read_folder(folder: str | os.PathLike, what: str = "model") -> tuple[dict, d
 
     config = read_config(folder, what)
     state = read_state(Path(folder) / WEIGHTS_NAME)
+    for name in config.get("extra_weights", []):  # add-on parts shipped beside the main file (new keys only)
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise PathsegError(f"{folder}: extra_weights entry {name!r} must be a .safetensors file in the folder")
+        extra = read_state(Path(folder) / name)
+        clash = sorted(set(extra) & set(state))
+        if clash:
+            raise PathsegError(f"{folder}/{name}: holds {clash[0]!r}, which {WEIGHTS_NAME} already has")
+        state.update(extra)
     return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

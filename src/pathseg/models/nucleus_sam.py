@@ -136,6 +136,14 @@ def _build_ais(cfg: dict | None) -> nn.Module | None:
     return _build_decoder(cfg, final_activation="sigmoid") if cfg else None
 
 
+def _build_refiner(cfg: dict | None) -> nn.Module | None:
+    if not cfg:
+        return None
+    from pathseg.models.refine import MaskRefiner
+
+    return MaskRefiner(int(cfg.get("width", 32)), tuple(cfg.get("dilations", (1, 2, 4, 8))))
+
+
 class SamNucleusModel(nn.Module):
     """SAM + AIS decoder. ``segment(rgb, mpp)`` gives nucleus labels; ``sam`` serves interactive prompts."""
 
@@ -149,6 +157,7 @@ class SamNucleusModel(nn.Module):
             config["encoder"].get("out_chans", 256),
         )
         self.ais = _build_ais(config.get("ais_decoder"))
+        self.refiner = _build_refiner(config.get("mask_refiner"))
         self._channels_last = False
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -233,13 +242,24 @@ class SamNucleusModel(nn.Module):
         ViT SAM: the window is resized (longest side ``img_size``) and padded, as SAM does. Compact models: the
         window is only padded to a multiple of 16, exactly as the training crops were seen.
         """
+        return self.prompt_context(rgb)[0]
+
+    @torch.inference_mode()
+    def prompt_context(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image embedding (C, h, w) of an RGB uint8 window and, for a model with a mask refiner, its guide image
+        (6, H, W) at the window's size (normalised RGB + AIS maps, one encoder pass for both)."""
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if not self.is_compact:
-            return self.sam.embed(self.sam.resize_longest(x))[0]
+            return self.sam.embed(self.sam.resize_longest(x))[0], None
         h, w = rgb.shape[:2]
         x = (x - self.sam.pixel_mean) / self.sam.pixel_std
         x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
-        return self.sam.image_encoder(x)[0]
+        if self.refiner is None or self.ais is None:
+            return self.sam.image_encoder(x)[0], None
+        from pathseg.models.refine import guide_image
+
+        maps, embedding, _ = self.forward_train(x)
+        return embedding[0], guide_image(x, maps)[0, :, :h, :w]
 
     def window_logits(self, low: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Low-resolution mask logits (N, K, h', w') of a window embedded by :meth:`embed_window` -> (N, K, h, w)."""
@@ -247,6 +267,23 @@ class SamNucleusModel(nn.Module):
             return F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w]
         scale = self.sam.img_size / max(h, w)
         return self.sam.postprocess_masks(low, (round(h * scale), round(w * scale)), (h, w))
+
+    def prompt_window(self, centre: tuple[float, float], h: int, w: int) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1) part of an embedded ``h`` x ``w`` window (pixels, relative to it) that prompts centred
+        at ``centre`` (x, y) are decoded on; the whole window for ViT SAMs.
+
+        Compact models learnt their prompt path on crops of ``config["prompt_window"]`` px (default 256): the
+        positional encoding beyond that was never seen, so a prompt is decoded on the part of the (fully
+        convolutional) embedding of that size around it, aligned to the 16-px token grid.
+        """
+        if not self.is_compact:
+            return (0, 0, h, w)
+        size = int(self.config.get("prompt_window", 256))
+        gh, gw = -(-h // 16), -(-w // 16)
+        n = size // 16
+        ty = int(np.clip(round(centre[1] / 16 - n / 2), 0, max(gh - n, 0)))
+        tx = int(np.clip(round(centre[0] / 16 - n / 2), 0, max(gw - n, 0)))
+        return (16 * ty, 16 * tx, min(16 * (ty + n), h), min(16 * (tx + n), w))
 
     def prompt_scale(self, h: int, w: int) -> float:
         """Factor from window pixels to the prompt encoder's input frame."""

@@ -81,14 +81,19 @@ class Predictor:
         self.factor = 1.0
         self.tiles: list[Tile] = []
         self.embeddings: list[torch.Tensor] = []
-        self._extra: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        #: per tile, the mask refiner's guide image (6, h, w) float16, or None (models without a refiner)
+        self.guides: list[torch.Tensor | None] = []
+        self._extra: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._weights: str | None = None
 
     # -- embeddings ----------------------------------------------------------------------------------------
     def _weights_digest(self) -> str:
         if self._weights is None:
             h = hashlib.sha256()
-            for k, v in sorted(self.model.sam.image_encoder.state_dict().items()):
+            parts = self.model.sam.image_encoder.state_dict()
+            if self.model.refiner is not None and self.model.ais is not None:  # the guides hold AIS maps
+                parts = {**parts, **{f"ais.{k}": v for k, v in self.model.ais.state_dict().items()}}
+            for k, v in sorted(parts.items()):
                 h.update(k.encode())
                 h.update(v.detach().float().contiguous().numpy().tobytes())
             self._weights = h.hexdigest()
@@ -122,17 +127,21 @@ class Predictor:
         )
         self._work = work
         self._extra = {}
-        if cache is None:  # no cache: no need to hash the pixels and the weights
-            self.embeddings = [self._embed(work[t.outer_slices]) for t in self.tiles]
-            return
-        sig = self.signature(rgb, mpp)
-        if self._load(Path(cache), sig):
-            return
-        self.embeddings = [self._embed(work[t.outer_slices]) for t in self.tiles]
-        self._save(Path(cache), sig)
+        if cache is not None:
+            sig = self.signature(rgb, mpp)
+            if self._load(Path(cache), sig):
+                return
+        self.embeddings, self.guides = [], []
+        for t in self.tiles:
+            emb, guide = self._embed(work[t.outer_slices])
+            self.embeddings.append(emb)
+            self.guides.append(guide)
+        if cache is not None:  # no cache: no need to hash the pixels and the weights
+            self._save(Path(cache), sig)
 
-    def _embed(self, crop: np.ndarray) -> torch.Tensor:
-        return self.model.embed_window(crop)
+    def _embed(self, crop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        emb, guide = self.model.prompt_context(crop)
+        return emb, None if guide is None else guide.half()
 
     def _save(self, path: Path, sig: dict[str, str]) -> None:
         from safetensors.torch import save_file
@@ -140,6 +149,7 @@ class Predictor:
         from pathseg.io.atomic import atomic_path
 
         tensors = {f"tile_{i}": e.contiguous() for i, e in enumerate(self.embeddings)}
+        tensors.update({f"guide_{i}": g.contiguous() for i, g in enumerate(self.guides) if g is not None})
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=sig)
 
@@ -154,7 +164,9 @@ class Predictor:
                 changed = sorted(k for k in sig if meta.get(k) != sig[k])
                 log.warning("embedding cache %s does not match (%s differ); recomputing", path, ", ".join(changed))
                 return False
+            keys = set(f.keys())
             self.embeddings = [f.get_tensor(f"tile_{i}") for i in range(len(self.tiles))]
+            self.guides = [f.get_tensor(f"guide_{i}") if f"guide_{i}" in keys else None for i in range(len(self.tiles))]
         return True
 
     # -- prompts -------------------------------------------------------------------------------------------
@@ -178,27 +190,41 @@ class Predictor:
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
         if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
             window, logits = mask_input.window, mask_input.logits
-            pred = self._predict_in(window, self._embedding_for(window), pts, lbl, bx, logits, multimask)
+            pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, logits, multimask)
             return self._to_image(*pred)
-        centre = (bx[:2] + bx[2:]) / 2 if bx is not None else pts[lbl == 1].mean(0) if (lbl == 1).any() else pts.mean(0)
-        tile = self._tile_for(centre)
-        pred = self._predict_in(
-            tile.outer, self.embeddings[self.tiles.index(tile)], pts, lbl, bx, mask_input, multimask
-        )
+        tile = self._tile_for(self._centre(pts, lbl, bx))
+        i = self.tiles.index(tile)
+        pred = self._predict_in(tile.outer, self.embeddings[i], self.guides[i], pts, lbl, bx, mask_input, multimask)
         best = int(np.argmax(pred[1]))
-        if mask_input is None and self._touches_edge(pred[0][best], tile.outer):
-            window = self._window_around(pred[0][best], tile.outer)
-            pred = self._predict_in(window, self._embedding_for(window), pts, lbl, bx, None, multimask)
+        if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
+            window = self._window_around(pred[0][best] > 0, tile.outer)
+            pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
         return self._to_image(*pred)
 
-    def _embedding_for(self, window: tuple[int, int, int, int]) -> torch.Tensor:
-        for t, emb in zip(self.tiles, self.embeddings, strict=True):
+    @staticmethod
+    def _centre(pts, lbl, bx) -> np.ndarray:
+        """Where a prompt is: the box centre, else the mean of the positive points (else of all points)."""
+        if bx is not None:
+            return (bx[:2] + bx[2:]) / 2
+        return pts[lbl == 1].mean(0) if (lbl == 1).any() else pts.mean(0)
+
+    def _embedding_for(self, window: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y0, x0, y1, x1 = window
+        for t, emb, guide in zip(self.tiles, self.embeddings, self.guides, strict=True):
             if tuple(t.outer) == tuple(window):
-                return emb
-        emb = self._extra.get(window)
-        if emb is None:
-            emb = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
-        return emb
+                return emb, guide
+            ty0, tx0, ty1, tx1 = t.outer
+            inside = ty0 <= y0 and tx0 <= x0 and y1 <= ty1 and x1 <= tx1
+            if self.model.is_compact and inside and (y0 - ty0) % 16 == 0 and (x0 - tx0) % 16 == 0:
+                # a token-aligned part of a tile (the window of an earlier compact-model prediction)
+                sy, sx = (y0 - ty0) // 16, (x0 - tx0) // 16
+                part = emb[:, sy : sy + -(-(y1 - y0) // 16), sx : sx + -(-(x1 - x0) // 16)]
+                g = None if guide is None else guide[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
+                return part, g
+        ctx = self._extra.get(window)
+        if ctx is None:
+            ctx = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
+        return ctx
 
     def _tile_for(self, centre: np.ndarray) -> Tile:
         x, y = centre
@@ -210,9 +236,18 @@ class Predictor:
             self.tiles, key=lambda t: abs((t.inner[0] + t.inner[2]) / 2 - y) + abs((t.inner[1] + t.inner[3]) / 2 - x)
         )
 
-    def _predict_in(self, box_yx, emb, pts, lbl, bx, mask_input, multimask):
-        """Masks (K, h, w) bool in ``box_yx`` (work pixels), IoU, low-res logits."""
+    def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
+        """Mask logits (K, h, w) float32 in ``box_yx`` (work pixels, > 0 inside), IoU, low-res logits. With a mask
+        refiner (and the
+        window's ``guide``), the masks are refined at full resolution around the prompt and the IoU is the
+        refiner's."""
         y0, x0, y1, x1 = box_yx
+        if mask_input is None and self.model.is_compact:  # decode on the part of the window the prompt sits in
+            centre = self._centre(pts, lbl, bx) - [x0, y0]
+            sy0, sx0, sy1, sx1 = self.model.prompt_window(tuple(centre), y1 - y0, x1 - x0)
+            emb = emb[:, sy0 // 16 : -(-sy1 // 16), sx0 // 16 : -(-sx1 // 16)]
+            guide = None if guide is None else guide[:, sy0:sy1, sx0:sx1]
+            y0, x0, y1, x1 = box_yx = (y0 + sy0, x0 + sx0, y0 + sy1, x0 + sx1)
         h, w = y1 - y0, x1 - x0
         scale = self.model.prompt_scale(h, w)
         offset = np.array([x0, y0], dtype=np.float64)
@@ -230,7 +265,18 @@ class Predictor:
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
-        return (full > self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
+            if guide is not None and self.model.refiner is not None:
+                from pathseg.models.refine import prompt_roi, refine_in_roi
+
+                roi = prompt_roi(
+                    (full > 0).numpy(),
+                    (h, w),
+                    None if pts is None else pts - offset,
+                    None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset]),
+                )
+                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi)
+                iou = r_iou[None]
+        return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 
     def _touches_edge(self, mask: np.ndarray, box_yx) -> bool:
         """True if the mask reaches an edge of its window that is not an edge of the image (object cut off)."""
@@ -254,9 +300,13 @@ class Predictor:
         x0 = int(np.clip(round(cx - size / 2), 0, max(W - size, 0)))
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
-    def _to_image(self, masks, iou, low, box_yx) -> Prediction:
+    def _to_image(self, logits, iou, low, box_yx) -> Prediction:
+        """Masks from ``logits`` (K, h, w; > 0 inside, or bool masks) in work pixels to image pixels."""
         embed_window = tuple(int(v) for v in box_yx)
         h, w = self.image.shape[:2]
+        if logits.dtype == bool:
+            logits = np.where(logits, 1.0, -1.0).astype(np.float32)
+        masks = logits > 0
         # shrink the window to the masks' bounding box (plus a pixel), so later work stays local
         any_mask = masks.any(axis=0)
         if any_mask.any():
@@ -266,19 +316,19 @@ class Predictor:
         else:
             cy0 = cx0 = 0
             cy1 = cx1 = 1
-        masks = masks[:, cy0:cy1, cx0:cx1]
+        masks, logits = masks[:, cy0:cy1, cx0:cx1], logits[:, cy0:cy1, cx0:cx1]
         box_yx = (box_yx[0] + cy0, box_yx[1] + cx0, box_yx[0] + cy1, box_yx[1] + cx1)
         y0, x0, y1, x1 = box_yx
         if abs(self.factor - 1) >= 1e-3:
             f = self.factor
             iy0, ix0 = int(np.floor(y0 / f)), int(np.floor(x0 / f))
             iy1, ix1 = min(int(np.ceil(y1 / f)), h), min(int(np.ceil(x1 / f)), w)
-            t = torch.from_numpy(masks[None].astype(np.float32))
-            # sample the work-pixel masks at the image pixels' centres
+            t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)[None])
+            # sample the work-pixel logits at the image pixels' centres (smooth outlines, not blocks)
             grid_y = ((torch.arange(iy0, iy1) + 0.5) * f - y0) / (y1 - y0) * 2 - 1
             grid_x = ((torch.arange(ix0, ix1) + 0.5) * f - x0) / (x1 - x0) * 2 - 1
             gy, gx = torch.meshgrid(grid_y, grid_x, indexing="ij")
             grid = torch.stack([gx, gy], -1)[None].float()
-            masks = F.grid_sample(t, grid, mode="bilinear", align_corners=False)[0].numpy() > 0.5
+            masks = F.grid_sample(t, grid, mode="bilinear", align_corners=False, padding_mode="border")[0].numpy() > 0
             box_yx = (iy0, ix0, iy1, ix1)
         return Prediction(masks, tuple(int(v) for v in box_yx), iou, low, (h, w), embed_window)

@@ -86,32 +86,44 @@ def paint(candidates: list[Candidate], shape: tuple[int, int], min_size: int = 0
 def _candidates(
     predictor: Predictor, tile_index: int, points: np.ndarray, multimask: bool, batch: int = 64
 ) -> list[Candidate]:
-    """Decode one positive point per prompt (work pixels) on one tile's embedding."""
+    """Decode one positive point per prompt (work pixels) on one tile's embedding (compact models: on the part of
+    it around each point that their prompt path was trained on, see ``prompt_window``)."""
     tile = predictor.tiles[tile_index]
-    y0, x0, y1, x1 = tile.outer
-    h, w = y1 - y0, x1 - x0
+    ty0, tx0, ty1, tx1 = tile.outer
     model = predictor.model
-    scale = model.prompt_scale(h, w)
-    emb = predictor.embeddings[tile_index][None]
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, (px, py) in enumerate(points):
+        groups.setdefault(model.prompt_window((px - tx0, py - ty0), ty1 - ty0, tx1 - tx0), []).append(i)
     out: list[Candidate] = []
-    for start in range(0, len(points), batch):
-        pts = points[start : start + batch]
-        coords = torch.tensor((pts - [x0, y0]) * scale, dtype=torch.float32)[:, None, :]
-        labels = torch.ones(len(pts), 1)
-        with torch.inference_mode():
-            low, iou = model.sam.decode(emb, (coords, labels), None, None, multimask_output=multimask)
-            logits = model.window_logits(low, h, w)
-            stab = stability_score(logits, model.sam.mask_threshold)
-        masks = (logits > model.sam.mask_threshold).numpy()
-        for i in range(masks.shape[0]):
-            for k in range(masks.shape[1]):
-                m = masks[i, k]
-                if not m.any():
-                    continue
-                ys, xs = np.nonzero(m)
-                by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-                box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
-                out.append(Candidate(box, m[by0:by1, bx0:bx1], float(iou[i, k]), float(stab[i, k])))
+    for (sy0, sx0, sy1, sx1), members in groups.items():
+        y0, x0, h, w = ty0 + sy0, tx0 + sx0, sy1 - sy0, sx1 - sx0
+        emb = predictor.embeddings[tile_index][None, :, sy0 // 16 : -(-sy1 // 16), sx0 // 16 : -(-sx1 // 16)]
+        scale = model.prompt_scale(h, w)
+        for start in range(0, len(members), batch):
+            pts = points[members[start : start + batch]]
+            out += _decode_points(model, emb, pts, (y0, x0, h, w), scale, multimask)
+    return out
+
+
+def _decode_points(model, emb, pts, window, scale, multimask) -> list[Candidate]:
+    y0, x0, h, w = window
+    coords = torch.tensor((pts - [x0, y0]) * scale, dtype=torch.float32)[:, None, :]
+    labels = torch.ones(len(pts), 1)
+    with torch.inference_mode():
+        low, iou = model.sam.decode(emb, (coords, labels), None, None, multimask_output=multimask)
+        logits = model.window_logits(low, h, w)
+        stab = stability_score(logits, model.sam.mask_threshold)
+    masks = (logits > model.sam.mask_threshold).numpy()
+    out = []
+    for i in range(masks.shape[0]):
+        for k in range(masks.shape[1]):
+            m = masks[i, k]
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
+            out.append(Candidate(box, m[by0:by1, bx0:bx1], float(iou[i, k]), float(stab[i, k])))
     return out
 
 

@@ -132,19 +132,31 @@ def run_chunks(
     model,
     args: tuple,
     progress: ProgressCallback | None = None,
+    prefetch: Callable[[Slide, Chunk], object] | None = None,
 ) -> list[dict]:
     """Call ``fn(chunk, model, *args)`` for every chunk of ``todo`` in this process, on a local Dask cluster
-    (``run.workers``) or an existing one (``run.scheduler``); returns the status records."""
+    (``run.workers``) or an existing one (``run.scheduler``); returns the status records.
+
+    In this process, ``prefetch(slide, chunk)`` (e.g. reading the chunk's pixels) runs for the next chunk in a
+    background thread while the current one is processed; its result reaches ``fn`` as ``prefetched=``.
+    """
     if not todo:
         return []
     if run.workers <= 0 and run.scheduler is None:
+        from concurrent.futures import ThreadPoolExecutor
+
         statuses = []
         _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
         try:
-            for i, c in enumerate(todo):
-                statuses.append(fn(c, model, *args))
-                if progress:
-                    progress(i + 1, len(todo), f"chunk {c.index}")
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                ahead = pool.submit(prefetch, slide, todo[0]) if prefetch else None
+                for i, c in enumerate(todo):
+                    data = ahead.result() if ahead else None
+                    if prefetch and i + 1 < len(todo):  # decode the next chunk while this one runs
+                        ahead = pool.submit(prefetch, slide, todo[i + 1])
+                    statuses.append(fn(c, model, *args, prefetched=data) if prefetch else fn(c, model, *args))
+                    if progress:
+                        progress(i + 1, len(todo), f"chunk {c.index}")
         finally:
             _OPEN_SLIDES.pop((run.slide, slide_mpp), None)
         return statuses

@@ -39,12 +39,23 @@ from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_mul
 )
 
 
-def segment_chunk(
-    slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False
-) -> dict[str, np.ndarray]:
-    """Segment one chunk (with halo); return the nuclei it owns, in working-level coordinates."""
+def read_chunk(slide: Slide, level: int, chunk: Chunk) -> np.ndarray | InputImageError:
+    """The pixels of ``chunk`` with its halo (RGB uint8 at ``level``), or the error a corrupt region raised."""
     ox0, oy0, ox1, oy1 = chunk.outer
-    rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
+    try:
+        return slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
+    except InputImageError as exc:
+        return exc
+
+
+def segment_chunk(
+    slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False, rgb: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Segment one chunk (with halo; its pixels ``rgb`` when already read); return the nuclei it owns, in
+    working-level coordinates."""
+    ox0, oy0, ox1, oy1 = chunk.outer
+    if rgb is None:
+        rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
     labels = model.segment(rgb, mpp)
     table = measure_nuclei(labels, rgb, mpp)
     vote = None
@@ -98,17 +109,24 @@ def process_chunk(
     mpp: float,
     out: str,
     classes: bool = False,
+    prefetched: np.ndarray | InputImageError | None = None,
 ) -> dict:
     """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
-    small status record."""
+    small status record. ``prefetched``: the chunk's pixels as :func:`read_chunk` returned them."""
     slide = cached_slide(slide_path, slide_mpp)
     try:
-        result = segment_chunk(slide, level, mpp, chunk, model, classes)
+        if isinstance(prefetched, InputImageError):
+            raise prefetched
+        result = segment_chunk(slide, level, mpp, chunk, model, classes, prefetched)
     except InputImageError as exc:  # a corrupt region: reported, not fatal
         return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
     with atomic_path(_part_path(Path(out), chunk)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **result)
     return {"chunk": chunk.index, "nuclei": int(len(result["id"]))}
+
+
+def _read_at(level: int, slide: Slide, chunk: Chunk) -> np.ndarray | InputImageError:
+    return read_chunk(slide, level, chunk)
 
 
 def _part_path(out: Path, chunk: Chunk) -> Path:
@@ -366,7 +384,17 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, run.out, run.classes)
         t_chunks = time.perf_counter()
-        statuses = run_chunks(run, slide, slide_mpp, process_chunk, todo, model, args, progress)
+        statuses = run_chunks(
+            run,
+            slide,
+            slide_mpp,
+            process_chunk,
+            todo,
+            model,
+            args,
+            progress,
+            prefetch=functools.partial(_read_at, plan.level),
+        )
         failed = failures(statuses, log)
         t_assemble = time.perf_counter()
         paths = assemble(out, chunks, plan.size, plan.mpp, plan.downsample, model.class_names if run.classes else None)

@@ -1,0 +1,116 @@
+"""A prompt-mask refiner for compact SAM-family models: sharp masks at the model's full pixel size.
+
+SAM's mask decoder predicts logits at a quarter of the input resolution. For a compact model working at 0.5 µm/px
+that is 2 µm per logit, so a 6 µm nucleus spans about 3x3 logits and its upsampled mask cannot follow the
+nucleus outline. The refiner takes the upsampled coarse logits of each candidate mask together with a guide image
+(the normalised RGB and the AIS maps: foreground, centre and boundary distance, all at full resolution) and
+predicts a residual correction plus the IoU of the refined mask (replacing the decoder's IoU estimate). It works
+on a region of interest around the prompt, so its cost does not grow with the window size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Channels of the guide image: normalised RGB (3) + AIS maps (3).
+GUIDE_CHANNELS = 6
+
+
+class MaskRefiner(nn.Module):
+    """Residual refinement of coarse mask logits (N, 1, H, W) given a guide image (N, 6, H, W), same size.
+
+    Dilated 3x3 convolutions (dilations 1, 2, 4, 8: a receptive field of 31 px, 15 µm at 0.5 µm/px).
+    Returns refined logits (N, 1, H, W) and predicted IoU (N,) of the refined masks.
+    """
+
+    def __init__(self, width: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8)) -> None:
+        super().__init__()
+        self.width = width
+        self.dilations = tuple(dilations)
+        layers: list[nn.Module] = []
+        cin = 1 + GUIDE_CHANNELS
+        for d in dilations:
+            layers += [nn.Conv2d(cin, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+            cin = width
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, 1, 1)
+        nn.init.zeros_(self.out.weight)  # starts as the identity: refined = coarse
+        nn.init.zeros_(self.out.bias)
+        self.iou_head = nn.Sequential(nn.Linear(2 * width + 1, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
+
+    def forward(self, coarse: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([torch.tanh(coarse / 8.0), guide], dim=1)
+        f = self.body(x)
+        logits = coarse + self.out(f)
+        p = torch.sigmoid(logits)
+        area = p.sum((2, 3))
+        inside = (f * p).sum((2, 3)) / (area + 1.0)
+        pooled = torch.cat([inside, f.mean((2, 3)), torch.log1p(area)], dim=1)
+        return logits, torch.sigmoid(self.iou_head(pooled))[:, 0]
+
+
+def prompt_roi(
+    coarse: np.ndarray,
+    shape: tuple[int, int],
+    points: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    margin: int = 8,
+    max_size: int = 64,
+) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) region to refine: the bounding box of the coarse masks ``coarse`` (K, H, W bool) and of the
+    prompts (``points`` (N, 2) and ``box`` (4,) as x, y in the same pixels), grown by ``margin`` px and at most
+    ``max_size`` px per side (then centred on the prompts)."""
+    h, w = shape
+    ys: list[float] = []
+    xs: list[float] = []
+    anchor_y: list[float] = []
+    anchor_x: list[float] = []
+    if box is not None:
+        anchor_x += [float(box[0]), float(box[2])]
+        anchor_y += [float(box[1]), float(box[3])]
+    if points is not None and len(points):
+        anchor_x += [float(v) for v in points[:, 0]]
+        anchor_y += [float(v) for v in points[:, 1]]
+    any_mask = coarse.any(axis=0) if coarse.ndim == 3 else coarse
+    if any_mask.any():
+        rows, cols = np.nonzero(any_mask.any(axis=1))[0], np.nonzero(any_mask.any(axis=0))[0]
+        ys += [float(rows[0]), float(rows[-1] + 1)]
+        xs += [float(cols[0]), float(cols[-1] + 1)]
+    ys += anchor_y
+    xs += anchor_x
+    if not ys:
+        return (0, 0, h, w)
+    y0, y1 = int(np.floor(min(ys))) - margin, int(np.ceil(max(ys))) + margin
+    x0, x1 = int(np.floor(min(xs))) - margin, int(np.ceil(max(xs))) + margin
+    if (y1 - y0 > max_size or x1 - x0 > max_size) and anchor_y:
+        cy, cx = (min(anchor_y) + max(anchor_y)) / 2, (min(anchor_x) + max(anchor_x)) / 2
+        half_y = max(min(y1 - y0, max_size), max(anchor_y) - min(anchor_y) + 2 * margin) / 2
+        half_x = max(min(x1 - x0, max_size), max(anchor_x) - min(anchor_x) + 2 * margin) / 2
+        y0, y1 = int(cy - half_y), int(np.ceil(cy + half_y))
+        x0, x1 = int(cx - half_x), int(np.ceil(cx + half_x))
+    return (max(y0, 0), max(x0, 0), min(y1, h), min(x1, w))
+
+
+def refine_in_roi(
+    refiner: MaskRefiner, coarse: torch.Tensor, guide: torch.Tensor, roi: tuple[int, int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) inside ``roi``; outside it the coarse
+    logits are kept, pushed below zero so no mask leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
+    y0, x0, y1, x1 = roi
+    k = coarse.shape[0]
+    crop = coarse[:, y0:y1, x0:x1][:, None]
+    g = guide[:, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
+    logits, iou = refiner(crop, g)
+    out = torch.minimum(coarse, torch.full_like(coarse, -1.0))
+    out[:, y0:y1, x0:x1] = logits[:, 0]
+    return out, iou
+
+
+def guide_image(x_norm: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """The refiner's guide (B, 6, H, W): normalised RGB (B, 3, H, W) and AIS maps (B, 3, H, W), same size."""
+    if x_norm.shape[-2:] != maps.shape[-2:]:
+        maps = F.interpolate(maps, x_norm.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([x_norm, maps], dim=1)

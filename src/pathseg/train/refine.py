@@ -1,0 +1,238 @@
+"""`pathseg train nuclei-refiner`: train the prompt-mask refiner of a compact nucleus model, everything else frozen.
+
+The image encoder, AIS decoder, prompt encoder and mask decoder stay exactly as in ``init`` (so automatic
+segmentation is unchanged); only the small :class:`~pathseg.models.refine.MaskRefiner` learns, from prompts
+simulated as in :mod:`pathseg.train.prompts` (a point or a box, then corrective points from the refined mask's
+errors). Loss per round: Dice + binary cross-entropy (in the refined region) of the best candidate, + MSE of the
+predicted IoU. Resumable (``<out>/checkpoint.pt``); the best refiner by validation mSA of box and point prompts is
+saved with its model to ``<out>/best``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathseg.errors import PathsegError
+from pathseg.io.atomic import atomic_path
+from pathseg.metrics import instance_scores
+from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
+from pathseg.models.refine import guide_image, prompt_roi
+from pathseg.progress import ProgressCallback
+from pathseg.train.data import CropSampler, Sample, load_samples
+from pathseg.train.nuclei import _lr_lambda, source_groups, split_validation
+from pathseg.train.prompts import _box, _random_point, sample_objects
+
+
+@dataclass
+class RefinerConfig:
+    """Settings. ``init``: the model to add a refiner to (zoo name or folder); crop in model pixels."""
+
+    data: list[str]
+    out: str
+    init: str = "pathseg_nuclei_cpu"
+    mpp_in: float = 0.25
+    crop: int = 256
+    batch: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    iterations: int = 1500
+    warmup: int = 50
+    val_fraction: float = 0.15  #: the same split (fraction, seed) as `train nuclei`, so validation stays unseen
+    val_every: int = 250
+    checkpoint_every: int = 50
+    seed: int = 0
+    prompts_per_image: int = 8
+    corrections: int = 2
+    width: int = 32
+
+
+def refiner_loss(
+    model: SamNucleusModel,
+    embeddings: torch.Tensor,
+    guide: torch.Tensor,
+    labels: torch.Tensor,
+    rng: np.random.Generator,
+    per_image: int,
+    n_corrections: int,
+    use_box: bool,
+) -> torch.Tensor:
+    """Mean refiner loss over simulated prompts for objects of ``labels`` (B, H, W); ``embeddings`` and ``guide``
+    (B, 6, H, W) come from the frozen model on the same crops."""
+    picks = sample_objects(labels, per_image, rng)
+    refiner = model.refiner
+    if not picks:
+        return sum(p.sum() for p in refiner.parameters()) * 0.0
+    h, w = labels.shape[-2:]
+    masks = [(labels[b] == lab).numpy() for b, lab in picks]
+    emb = embeddings[[b for b, _ in picks]]
+    points: list[list[tuple[float, float]]] = [[] for _ in picks]
+    point_labels: list[list[int]] = [[] for _ in picks]
+    boxes = None
+    if use_box:
+        boxes = torch.tensor([_box(m, rng) for m in masks], dtype=torch.float32)
+    else:
+        for i, m in enumerate(masks):
+            points[i].append(_random_point(m, rng))
+            point_labels[i].append(1)
+    total = torch.zeros(())
+    mask_input = None
+    multimask = not use_box
+    for round_ in range(n_corrections + 1):
+        pts = None
+        if points[0]:
+            pts = (torch.tensor(points, dtype=torch.float32), torch.tensor(point_labels, dtype=torch.float32))
+        with torch.no_grad():
+            low, _ = model.sam.decode(emb, pts, boxes, mask_input, multimask_output=multimask)
+            coarse = F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w]
+        chosen_low, refined = [], []
+        for i, (b, _) in enumerate(picks):
+            gt = torch.from_numpy(masks[i]).float()
+            roi = prompt_roi(
+                (coarse[i] > 0).numpy(),
+                (h, w),
+                np.array(points[i]) if points[i] else None,
+                None if boxes is None else boxes[i].numpy(),
+            )
+            y0, x0, y1, x1 = roi
+            k = coarse.shape[1]
+            g = guide[b, :, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
+            logits, iou = refiner(coarse[i, :, None, y0:y1, x0:x1], g)
+            logits = logits[:, 0]
+            gt_roi = gt[y0:y1, x0:x1]
+            outside = float(gt.sum() - gt_roi.sum())  # object pixels the region misses count as misses
+            p = torch.sigmoid(logits)
+            inter = (p * gt_roi).sum((1, 2))
+            dice = 1 - (2 * inter + 1.0) / (p.sum((1, 2)) + gt_roi.sum() + outside + 1.0)
+            best = int(dice.argmin())
+            bce = F.binary_cross_entropy_with_logits(logits[best], gt_roi)
+            with torch.no_grad():
+                hard = (logits > 0).float()
+                union = ((hard + gt_roi) > 0).float().sum((1, 2)) + outside
+                true_iou = (hard * gt_roi).sum((1, 2)) / union.clamp_min(1)
+            total = total + dice[best] + bce + F.mse_loss(iou, true_iou)
+            chosen_low.append(low[i, best])
+            full = np.zeros((h, w), bool)
+            full[y0:y1, x0:x1] = (logits[best] > 0).detach().numpy()
+            refined.append(full)
+        if round_ == n_corrections:
+            break
+        for i, m in enumerate(masks):
+            fn, fp = m & ~refined[i], ~m & refined[i]
+            take_fn = fn.sum() >= fp.sum()
+            points[i].append(_random_point(fn if take_fn else fp, rng) or _random_point(m, rng))
+            point_labels[i].append(1 if take_fn else 0)
+        mask_input = torch.stack(chosen_low)[:, None] if rng.random() < 0.5 else None
+        multimask = False
+    return total / (len(picks) * (n_corrections + 1))
+
+
+def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str, float]:
+    """Mean mSA of box and of single-point prompts on every object of ``samples`` (at the model's pixel size)."""
+    from pathseg.nuclei.interactive import Predictor
+    from pathseg.nuclei.simulate import simulate_prompts
+
+    rows = []
+    for s in samples:
+        pred = Predictor(model)
+        pred.set_image(s.image, model.mpp)
+        out = simulate_prompts(pred, s.labels.astype(np.int64), kinds=("point", "box"))
+        rows.append({f"msa_{k}": instance_scores(s.labels, v)["msa"] for k, v in out.items()})
+    scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    scores["msa_prompts"] = (scores["msa_point"] + scores["msa_box"]) / 2
+    return scores
+
+
+def _load_model(cfg: RefinerConfig) -> SamNucleusModel:
+    from pathseg.models.zoo import get_nucleus_model
+
+    model = get_nucleus_model(cfg.init)
+    if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
+        raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
+    if model.refiner is None:
+        model.config["mask_refiner"] = {"width": cfg.width, "dilations": [1, 2, 4, 8]}
+        model.refiner = _build_refiner(model.config["mask_refiner"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.refiner.parameters():
+        p.requires_grad_(True)
+    return model.eval()
+
+
+def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, log=print) -> dict:
+    """Run (or resume) refiner training; returns the best validation scores."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = _load_model(cfg)
+    samples = load_samples(cfg.data, cfg.mpp_in, model.mpp)
+    train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
+    log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
+    params = list(model.refiner.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    key = "msa_prompts"
+    start, best = 0, {key: -1.0}
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.refiner.load_state_dict(state["refiner"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best = int(state["iteration"]), json.loads(state["best"])
+        log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start)
+    rng = np.random.default_rng(cfg.seed + 7919 + start)
+    mean, std = model.sam.pixel_mean, model.sam.pixel_std
+    t0 = time.perf_counter()
+    for it in range(start, cfg.iterations):
+        x, _, labels, _ = sampler.batch(cfg.batch)
+        x = (x - mean) / std
+        with torch.no_grad():
+            maps, emb, _ = model.forward_train(x)
+            guide = guide_image(x, maps)
+        loss = refiner_loss(model, emb, guide, labels, rng, cfg.prompts_per_image, cfg.corrections, it % 2 == 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+        step = it + 1
+        record = {"iteration": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
+        if val and (step % cfg.val_every == 0 or step == cfg.iterations):
+            scores = evaluate_prompts(model, val)
+            record["val"] = scores
+            if scores[key] > best.get(key, -1.0):
+                best = {**scores, "iteration": step}
+                model.save_pretrained(out / "best")
+            log(
+                f"iteration {step}: loss {record['loss']:.4f}, validation mSA box {scores['msa_box']:.4f} "
+                f"point {scores['msa_point']:.4f} (best {key} {best[key]:.4f} at {best.get('iteration')}), "
+                f"{(time.perf_counter() - t0) / (step - start):.2f} s/it"
+            )
+        with open(out / "history.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(
+                    {
+                        "refiner": model.refiner.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "iteration": step,
+                        "best": json.dumps(best),
+                    },
+                    tmp,
+                )
+        if progress:
+            progress(step, cfg.iterations, f"loss {record['loss']:.3f} best {key} {best.get(key, -1.0):.3f}")
+    if not val:
+        model.save_pretrained(out / "best")
+    return best

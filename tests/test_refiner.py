@@ -1,0 +1,114 @@
+"""The prompt-mask refiner: identity at start, regions, add-on weights, the predictor path and a resumable run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pathseg.errors import PathsegError
+from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+from pathseg.models.refine import MaskRefiner, prompt_roi, refine_in_roi
+from pathseg.nuclei.interactive import Predictor
+from pathseg.train.refine import RefinerConfig, train_refiner
+from tests.conftest import synthetic_nuclei
+from tests.test_train import data  # noqa: F401  (fixture)
+
+
+def refined_model(tile: int = 128) -> SamNucleusModel:
+    cfg = compact_config(mpp=0.5, tile=tile)
+    cfg["halo"] = 16
+    cfg["mask_refiner"] = {"width": 8, "dilations": [1, 2]}
+    return SamNucleusModel(cfg).eval()
+
+
+def test_a_new_refiner_returns_the_coarse_logits():
+    ref = MaskRefiner(width=8)
+    coarse = torch.randn(3, 1, 20, 24) * 5
+    logits, iou = ref(coarse, torch.randn(3, 6, 20, 24))
+    assert torch.equal(logits, coarse) and iou.shape == (3,) and ((iou > 0) & (iou < 1)).all()
+
+
+def test_roi_holds_mask_and_prompts_and_is_capped():
+    coarse = np.zeros((1, 100, 100), bool)
+    coarse[0, 40:50, 30:45] = True
+    assert prompt_roi(coarse, (100, 100), points=np.array([[60.0, 70.0]]), margin=5) == (35, 25, 75, 65)
+    assert prompt_roi(coarse, (100, 100), box=np.array([0.0, 0.0, 10.0, 10.0]), margin=16, max_size=100) == (0, 0, 66, 61)
+    big = np.ones((1, 400, 400), bool)  # a runaway candidate: the region stays around the prompt
+    y0, x0, y1, x1 = prompt_roi(big, (400, 400), points=np.array([[200.0, 200.0]]), max_size=64)
+    assert y1 - y0 <= 65 and x1 - x0 <= 65 and y0 <= 200 < y1 and x0 <= 200 < x1
+    # outside the region nothing stays foreground
+    out, _ = refine_in_roi(MaskRefiner(width=4), torch.full((2, 50, 50), 3.0), torch.zeros(6, 50, 50), (10, 10, 20, 20))
+    assert (out[:, 10:20, 10:20] > 0).all() and (out > 0).sum() == 2 * 100
+
+
+def test_predictor_uses_the_refiner_and_caches_its_guide(tmp_path):
+    model = refined_model()
+    with torch.no_grad():  # a refiner that blanks everything: its effect must show in the masks
+        model.refiner.out.bias.fill_(-100.0)
+    rgb, _ = synthetic_nuclei((200, 230), n=10, radius=10, seed=5)
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5, cache=tmp_path / "emb.safetensors")
+    assert all(g is not None and g.shape[0] == 6 for g in p.guides)
+    r = p.predict(points=np.array([[50, 60]]), labels=np.array([1]))
+    assert r.masks.shape == (3, 200, 230) and not r.masks.any()
+    p2 = Predictor(model)
+    p2.set_image(rgb, mpp=0.5, cache=tmp_path / "emb.safetensors")  # from the cache, guides included
+    assert all(torch.equal(a, b) for a, b in zip(p.guides, p2.guides, strict=True))
+    r2 = p2.predict(points=np.array([[50, 60]]), labels=np.array([1]))
+    assert np.array_equal(r.iou, r2.iou)
+
+
+def test_refiner_ships_as_an_add_on_file(tmp_path):
+    model = refined_model()
+    folder = model.save_pretrained(tmp_path / "m")
+    full = SamNucleusModel.from_pretrained(folder)
+    state = full.state_dict()
+    refiner = {k: v for k, v in state.items() if k.startswith("refiner.")}
+    base = {k: v for k, v in state.items() if not k.startswith("refiner.") and "num_batches" not in k}
+    save_file(base, str(folder / "model.safetensors"))
+    save_file(refiner, str(folder / "refiner.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "extra_weights": ["refiner.safetensors"]}))
+    again = SamNucleusModel.from_pretrained(folder)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in state.items())
+    again.save_pretrained(tmp_path / "one")  # saved again: one file, no add-on listed
+    assert "extra_weights" not in json.loads((tmp_path / "one" / "config.json").read_text())
+    save_file({"refiner.out.bias": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(PathsegError, match="already has"):
+        SamNucleusModel.from_pretrained(folder)
+
+
+def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path):  # noqa: F811
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    base = SamNucleusModel(cfg).eval()
+    base.save_pretrained(tmp_path / "base")
+    out = tmp_path / "ref"
+    run = RefinerConfig(
+        data=[str(data)],
+        out=str(out),
+        init=str(tmp_path / "base"),
+        mpp_in=0.5,
+        crop=96,
+        batch=2,
+        iterations=2,
+        val_every=2,
+        checkpoint_every=1,
+        val_fraction=0.25,
+        prompts_per_image=2,
+        corrections=1,
+        width=8,
+    )
+    best = train_refiner(run, log=lambda *a: None)
+    assert {"msa_box", "msa_point", "msa_prompts"} <= set(best)
+    run.iterations = 3
+    train_refiner(run, log=lambda *a: None)
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in history] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in history)
+    trained = SamNucleusModel.from_pretrained(out / "best")
+    assert trained.refiner is not None
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, trained.state_dict()[k]), k
+    assert trained.refiner.out.weight.abs().sum() > 0  # zero at the start: the refiner learned
