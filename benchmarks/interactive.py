@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corrections", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-refiner", action="store_true", help="drop the model's mask refiner (to measure its effect)")
     args = ap.parse_args(argv)
     model = get_nucleus_model(args.model)
+    name = model.name
+    if args.no_refiner and getattr(model, "refiner", None) is not None:
+        model.refiner = None
+        name += "_no_refiner"
     images = sorted((args.data / "images").glob("*.png"))[: args.limit]
     rows = []
     for path in images:
@@ -57,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     cols = ["image", "n_gt", "msa_point", "msa_box", "msa_corrected", "seconds"]
     mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-    print(f"\ninteractive, model {model.name}, {len(rows)} images, {args.corrections} corrections")
+    print(f"\ninteractive, model {name}, {len(rows)} images, {args.corrections} corrections")
     print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
-    out = args.json or Path("benchmarks/results") / f"interactive_{model.name}.json"
+    out = args.json or Path("benchmarks/results") / f"interactive_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        json.dump({"model": model.name, "corrections": args.corrections, "images": rows, "mean": mean}, f, indent=2)
+        json.dump({"model": name, "corrections": args.corrections, "images": rows, "mean": mean}, f, indent=2)
     print(f"wrote {out}")
     return 0
 

@@ -34,7 +34,12 @@ def test_roi_holds_mask_and_prompts_and_is_capped():
     coarse = np.zeros((1, 100, 100), bool)
     coarse[0, 40:50, 30:45] = True
     assert prompt_roi(coarse, (100, 100), points=np.array([[60.0, 70.0]]), margin=5) == (35, 25, 75, 65)
-    assert prompt_roi(coarse, (100, 100), box=np.array([0.0, 0.0, 10.0, 10.0]), margin=16, max_size=100) == (0, 0, 66, 61)
+    assert prompt_roi(coarse, (100, 100), box=np.array([0.0, 0.0, 10.0, 10.0]), margin=16, max_size=100) == (
+        0,
+        0,
+        66,
+        61,
+    )
     big = np.ones((1, 400, 400), bool)  # a runaway candidate: the region stays around the prompt
     y0, x0, y1, x1 = prompt_roi(big, (400, 400), points=np.array([[200.0, 200.0]]), max_size=64)
     assert y1 - y0 <= 65 and x1 - x0 <= 65 and y0 <= 200 < y1 and x0 <= 200 < x1
@@ -112,3 +117,15 @@ def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path): 
     for k, v in base.state_dict().items():
         assert torch.equal(v, trained.state_dict()[k]), k
     assert trained.refiner.out.weight.abs().sum() > 0  # zero at the start: the refiner learned
+
+
+def test_prompt_maps_draw_the_box_and_the_points_in_the_region():
+    from pathseg.models.refine import prompt_maps
+
+    m = prompt_maps(
+        (10, 20, 40, 60), np.array([[30.0, 15.0], [50.0, 35.0]]), np.array([1, 0]), np.array([25, 12, 35, 22])
+    )
+    assert m.shape == (3, 30, 40)
+    assert m[0].sum() == 10 * 10 and m[0, 2:12, 5:15].all()  # box rows 12-21, cols 25-34 in region coordinates
+    assert m[1, 5, 10] > 0.8 and m[1, 25, 30] < 1e-3  # the positive blob at (x 30, y 15)
+    assert m[2, 25, 30] > 0.8 and m[2, 5, 10] < 1e-3  # the negative point is elsewhere

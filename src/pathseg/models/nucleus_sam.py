@@ -141,7 +141,9 @@ def _build_refiner(cfg: dict | None) -> nn.Module | None:
         return None
     from pathseg.models.refine import MaskRefiner
 
-    return MaskRefiner(int(cfg.get("width", 32)), tuple(cfg.get("dilations", (1, 2, 4, 8))))
+    return MaskRefiner(
+        int(cfg.get("width", 32)), tuple(cfg.get("dilations", (1, 2, 4, 8))), int(cfg.get("prompt_channels", 0))
+    )
 
 
 class SamNucleusModel(nn.Module):

@@ -4,8 +4,10 @@ SAM's mask decoder predicts logits at a quarter of the input resolution. For a c
 that is 2 µm per logit, so a 6 µm nucleus spans about 3x3 logits and its upsampled mask cannot follow the
 nucleus outline. The refiner takes the upsampled coarse logits of each candidate mask together with a guide image
 (the normalised RGB and the AIS maps: foreground, centre and boundary distance, all at full resolution) and
-predicts a residual correction plus the IoU of the refined mask (replacing the decoder's IoU estimate). It works
-on a region of interest around the prompt, so its cost does not grow with the window size.
+predicts a residual correction plus the IoU of the refined mask (replacing the decoder's IoU estimate). With
+``prompt_channels=3`` it also sees the prompts themselves (the box as a filled rectangle, positive and negative
+points as small Gaussian blobs). It works on a region of interest around the prompt, so its cost does not grow
+with the window size.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ GUIDE_CHANNELS = 6
 
 
 class MaskRefiner(nn.Module):
-    """Residual refinement of coarse mask logits (N, 1, H, W) given a guide image (N, 6, H, W), same size.
+    """Residual refinement of coarse mask logits (N, 1, H, W) given a guide image (N, 6, H, W) and, with
+    ``prompt_channels``, prompt maps (N, 3, H, W) (see :func:`prompt_maps`), all the same size.
 
     Dilated 3x3 convolutions (dilations 1, 2, 4, 8: a receptive field of 31 px, 15 µm at 0.5 µm/px).
     Returns refined logits (N, 1, H, W) and predicted IoU (N,) of the refined masks.
     """
 
-    def __init__(self, width: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8)) -> None:
+    def __init__(self, width: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8), prompt_channels: int = 0) -> None:
         super().__init__()
         self.width = width
         self.dilations = tuple(dilations)
+        self.prompt_channels = prompt_channels
         layers: list[nn.Module] = []
-        cin = 1 + GUIDE_CHANNELS
+        cin = 1 + GUIDE_CHANNELS + prompt_channels
         for d in dilations:
             layers += [nn.Conv2d(cin, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
             cin = width
@@ -41,8 +45,13 @@ class MaskRefiner(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.iou_head = nn.Sequential(nn.Linear(2 * width + 1, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
 
-    def forward(self, coarse: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([torch.tanh(coarse / 8.0), guide], dim=1)
+    def forward(
+        self, coarse: torch.Tensor, guide: torch.Tensor, prompts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [torch.tanh(coarse / 8.0), guide]
+        if self.prompt_channels:
+            parts.append(prompts)
+        x = torch.cat(parts, dim=1)
         f = self.body(x)
         logits = coarse + self.out(f)
         p = torch.sigmoid(logits)
@@ -94,16 +103,47 @@ def prompt_roi(
     return (max(y0, 0), max(x0, 0), min(y1, h), min(x1, w))
 
 
+def prompt_maps(
+    roi: tuple[int, int, int, int],
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    sigma: float = 2.0,
+) -> torch.Tensor:
+    """(3, h, w) maps of the prompts over ``roi`` (y0, x0, y1, x1): the box (x0, y0, x1, y1) as a filled rectangle,
+    positive and negative points (N, 2 as x, y; ``labels`` 1 / 0) as Gaussian blobs of ``sigma`` px."""
+    y0, x0, y1, x1 = roi
+    out = torch.zeros(3, y1 - y0, x1 - x0)
+    if box is not None:
+        bx0, by0, bx1, by1 = (int(round(float(v))) for v in box)
+        out[0, max(by0 - y0, 0) : max(by1 - y0, 0), max(bx0 - x0, 0) : max(bx1 - x0, 0)] = 1.0
+    if points is not None and len(points):
+        yy = torch.arange(y0, y1, dtype=torch.float32)[:, None] + 0.5
+        xx = torch.arange(x0, x1, dtype=torch.float32)[None, :] + 0.5
+        lbl = np.ones(len(points), int) if labels is None else np.asarray(labels)
+        for (px, py), lab in zip(points, lbl, strict=True):
+            blob = torch.exp(-((xx - float(px)) ** 2 + (yy - float(py)) ** 2) / (2 * sigma**2))
+            c = 1 if lab == 1 else 2
+            out[c] = torch.maximum(out[c], blob)
+    return out
+
+
 def refine_in_roi(
-    refiner: MaskRefiner, coarse: torch.Tensor, guide: torch.Tensor, roi: tuple[int, int, int, int]
+    refiner: MaskRefiner,
+    coarse: torch.Tensor,
+    guide: torch.Tensor,
+    roi: tuple[int, int, int, int],
+    prompts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) inside ``roi``; outside it the coarse
-    logits are kept, pushed below zero so no mask leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
+    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) (and the ROI's ``prompts`` maps, if
+    the refiner takes them) inside ``roi``; outside it the coarse logits are kept, pushed below zero so no mask
+    leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
     y0, x0, y1, x1 = roi
     k = coarse.shape[0]
     crop = coarse[:, y0:y1, x0:x1][:, None]
     g = guide[:, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
-    logits, iou = refiner(crop, g)
+    pm = None if prompts is None else prompts[None].expand(k, -1, -1, -1)
+    logits, iou = refiner(crop, g, pm)
     out = torch.minimum(coarse, torch.full_like(coarse, -1.0))
     out[:, y0:y1, x0:x1] = logits[:, 0]
     return out, iou

@@ -266,15 +266,13 @@ class Predictor:
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
             if guide is not None and self.model.refiner is not None:
-                from pathseg.models.refine import prompt_roi, refine_in_roi
+                from pathseg.models.refine import prompt_maps, prompt_roi, refine_in_roi
 
-                roi = prompt_roi(
-                    (full > 0).numpy(),
-                    (h, w),
-                    None if pts is None else pts - offset,
-                    None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset]),
-                )
-                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi)
+                local_pts = None if pts is None else pts - offset
+                local_box = None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset])
+                roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
+                maps = prompt_maps(roi, local_pts, lbl, local_box) if self.model.refiner.prompt_channels else None
+                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi, maps)
                 iou = r_iou[None]
         return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 

@@ -23,7 +23,7 @@ from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
-from pathseg.models.refine import guide_image, prompt_roi
+from pathseg.models.refine import guide_image, prompt_maps, prompt_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.data import CropSampler, Sample, load_samples
 from pathseg.train.nuclei import _lr_lambda, source_groups, split_validation
@@ -51,6 +51,7 @@ class RefinerConfig:
     prompts_per_image: int = 8
     corrections: int = 2
     width: int = 32
+    prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
 
 
 def refiner_loss(
@@ -103,7 +104,12 @@ def refiner_loss(
             y0, x0, y1, x1 = roi
             k = coarse.shape[1]
             g = guide[b, :, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
-            logits, iou = refiner(coarse[i, :, None, y0:y1, x0:x1], g)
+            pm = None
+            if refiner.prompt_channels:
+                pts_i = np.array(points[i]) if points[i] else None
+                box_i = None if boxes is None else boxes[i].numpy()
+                pm = prompt_maps(roi, pts_i, point_labels[i] or None, box_i)[None].expand(k, -1, -1, -1)
+            logits, iou = refiner(coarse[i, :, None, y0:y1, x0:x1], g, pm)
             logits = logits[:, 0]
             gt_roi = gt[y0:y1, x0:x1]
             outside = float(gt.sum() - gt_roi.sum())  # object pixels the region misses count as misses
@@ -156,7 +162,11 @@ def _load_model(cfg: RefinerConfig) -> SamNucleusModel:
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
     if model.refiner is None:
-        model.config["mask_refiner"] = {"width": cfg.width, "dilations": [1, 2, 4, 8]}
+        model.config["mask_refiner"] = {
+            "width": cfg.width,
+            "dilations": [1, 2, 4, 8],
+            "prompt_channels": cfg.prompt_channels,
+        }
         model.refiner = _build_refiner(model.config["mask_refiner"])
     for p in model.parameters():
         p.requires_grad_(False)
