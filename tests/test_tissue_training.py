@@ -134,9 +134,11 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
     assert scores["images"] == 5 and 0 <= scores["mean_iou"] <= 1 and "object_f1" in scores
 
 
-def test_tissue_cli_without_a_model_says_what_to_do(tmp_path, capsys):
+def test_tissue_cli_without_a_model_says_what_to_do(tmp_path, capsys, monkeypatch):
     from pathseg.cli import main
+    from pathseg.models import zoo
 
+    monkeypatch.setattr(zoo, "TISSUE_PREFERENCE", ())  # as if no tissue model were installed
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["tissue", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]) != 0
     assert "pathseg train tissue" in capsys.readouterr().err
