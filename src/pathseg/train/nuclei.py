@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
-from pathseg.io.atomic import atomic_path
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.progress import ProgressCallback
+from pathseg.train.checkpoint import resume, save_checkpoint
 from pathseg.train.data import CropSampler, Sample, load_samples
 from pathseg.train.losses import ais_loss
 from pathseg.train.prompts import prompt_loss
@@ -308,12 +308,9 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     key = "class_dice" if cfg.task == "classes" else "msa"  # what selects the best model
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best = int(state["iteration"]), json.loads(state["best"])
+    resumed = resume(ckpt_path, model, "model", opt, sched)
+    if resumed:
+        start, best = resumed
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     # fresh crops for a resumed run and for every replica
     sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start + 100_003 * rank)
@@ -366,17 +363,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             with open(history, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.iterations):
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "iteration": step,
-                        "best": json.dumps(best),
-                    },
-                    tmp,
-                )
+            save_checkpoint(ckpt_path, model, "model", opt, sched, step, best)
         if progress:
             progress(step, cfg.iterations, f"loss {record['loss']:.3f} best {key} {best.get(key, -1.0):.3f}")
     if rank == 0 and not val:

@@ -42,6 +42,21 @@ def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> li
     return [float(v + rng.uniform(-d, d)) for v in (x0, y0, x1, y1)]
 
 
+def first_prompts(
+    masks: list[np.ndarray] | np.ndarray, rng: np.random.Generator, use_box: bool
+) -> tuple[list[list[tuple[float, float]]], list[list[int]], torch.Tensor | None]:
+    """The first prompt of each object mask: a jittered box ((N, 4) x0, y0, x1, y1) or one random positive point.
+    Returns (points per object, their labels, boxes or None); corrective points are appended to the lists."""
+    points: list[list[tuple[float, float]]] = [[] for _ in masks]
+    point_labels: list[list[int]] = [[] for _ in masks]
+    if use_box:
+        return points, point_labels, torch.tensor([_box(m, rng) for m in masks], dtype=torch.float32)
+    for i, m in enumerate(masks):
+        points[i].append(_random_point(m, rng))
+        point_labels[i].append(1)
+    return points, point_labels, None
+
+
 def prompt_loss(
     sam: Sam,
     embeddings: torch.Tensor,
@@ -65,15 +80,7 @@ def prompt_loss(
     emb = embeddings[[b for b, _ in picks]]
     masks_np = gt[:, 0].numpy().astype(bool)
     use_box = step % 2 == 1
-    points: list[list[tuple[float, float]]] = [[] for _ in picks]
-    point_labels: list[list[int]] = [[] for _ in picks]
-    boxes = None
-    if use_box:
-        boxes = torch.tensor([_box(m, rng) for m in masks_np], dtype=torch.float32)
-    else:
-        for i, m in enumerate(masks_np):
-            points[i].append(_random_point(m, rng))
-            point_labels[i].append(1)
+    points, point_labels, boxes = first_prompts(masks_np, rng, use_box)
     total = embeddings.sum() * 0.0
     mask_input = None
     multimask = not use_box

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
-from pathseg.io.atomic import atomic_path
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
 from pathseg.models.refine import guide_image, prompt_maps, prompt_roi
 from pathseg.progress import ProgressCallback
+from pathseg.train.checkpoint import resume, save_checkpoint
 from pathseg.train.data import CropSampler, Sample, load_samples
 from pathseg.train.nuclei import _lr_lambda, source_groups, split_validation
-from pathseg.train.prompts import _box, _random_point, sample_objects
+from pathseg.train.prompts import _random_point, first_prompts, sample_objects
 
 
 @dataclass
@@ -73,15 +73,7 @@ def refiner_loss(
     h, w = labels.shape[-2:]
     masks = [(labels[b] == lab).numpy() for b, lab in picks]
     emb = embeddings[[b for b, _ in picks]]
-    points: list[list[tuple[float, float]]] = [[] for _ in picks]
-    point_labels: list[list[int]] = [[] for _ in picks]
-    boxes = None
-    if use_box:
-        boxes = torch.tensor([_box(m, rng) for m in masks], dtype=torch.float32)
-    else:
-        for i, m in enumerate(masks):
-            points[i].append(_random_point(m, rng))
-            point_labels[i].append(1)
+    points, point_labels, boxes = first_prompts(masks, rng, use_box)
     total = torch.zeros(())
     mask_input = None
     multimask = not use_box
@@ -190,12 +182,9 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     key = "msa_prompts"
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.refiner.load_state_dict(state["refiner"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best = int(state["iteration"]), json.loads(state["best"])
+    resumed = resume(ckpt_path, model.refiner, "refiner", opt, sched)
+    if resumed:
+        start, best = resumed
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start)
@@ -230,17 +219,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(
-                    {
-                        "refiner": model.refiner.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "iteration": step,
-                        "best": json.dumps(best),
-                    },
-                    tmp,
-                )
+            save_checkpoint(ckpt_path, model.refiner, "refiner", opt, sched, step, best)
         if progress:
             progress(step, cfg.iterations, f"loss {record['loss']:.3f} best {key} {best.get(key, -1.0):.3f}")
     if not val:

@@ -1,0 +1,35 @@
+"""Resumable training checkpoints shared by the nucleus and refiner trainers: the trained module, optimiser,
+schedule, iteration and best validation scores in one file, written atomically, read with ``weights_only``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pathseg.io.atomic import atomic_path
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, key: str, opt, sched, step: int, best: dict) -> None:
+    """Write ``module``'s weights (under ``key``), ``opt``, ``sched``, ``step`` and ``best`` to ``path``."""
+    payload = {
+        key: module.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "iteration": step,
+        "best": json.dumps(best),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def resume(path: Path, module: torch.nn.Module, key: str, opt, sched) -> tuple[int, dict] | None:
+    """Restore a checkpoint written by :func:`save_checkpoint`; (iteration, best scores), or None if there is none."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state[key])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["iteration"]), json.loads(state["best"])
