@@ -137,26 +137,44 @@ def run_chunks(
     """Call ``fn(chunk, model, *args)`` for every chunk of ``todo`` in this process, on a local Dask cluster
     (``run.workers``) or an existing one (``run.scheduler``); returns the status records.
 
-    In this process, ``prefetch(slide, chunk)`` (e.g. reading the chunk's pixels) runs for the next chunk in a
-    background thread while the current one is processed; its result reaches ``fn`` as ``prefetched=``.
+    In this process, with ``prefetch``, the chunks flow through three overlapping stages (one chunk in each at
+    most, so memory stays bounded): ``prefetch(slide, chunk)`` (e.g. reading the pixels) runs for the next chunk in
+    a background thread; ``fn(chunk, model, *args, prefetched=..., deferred=True)`` runs the model here and returns
+    the rest of its work (measuring, writing) as a callable, which runs in a second background thread while the
+    next chunk's model runs.
     """
     if not todo:
         return []
     if run.workers <= 0 and run.scheduler is None:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
-        statuses = []
+        statuses: list[dict] = []
         _OPEN_SLIDES[(run.slide, slide_mpp)] = slide  # this process: reuse the slide already open
+        pending: Future | None = None
+
+        def collect(fut: Future, label: str) -> None:
+            statuses.append(fut.result())
+            if progress:
+                progress(len(statuses), len(todo), label)
+
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                ahead = pool.submit(prefetch, slide, todo[0]) if prefetch else None
+            with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as finisher:
+                ahead = reader.submit(prefetch, slide, todo[0]) if prefetch else None
                 for i, c in enumerate(todo):
-                    data = ahead.result() if ahead else None
-                    if prefetch and i + 1 < len(todo):  # decode the next chunk while this one runs
-                        ahead = pool.submit(prefetch, slide, todo[i + 1])
-                    statuses.append(fn(c, model, *args, prefetched=data) if prefetch else fn(c, model, *args))
-                    if progress:
-                        progress(i + 1, len(todo), f"chunk {c.index}")
+                    if prefetch is None:
+                        statuses.append(fn(c, model, *args))
+                        if progress:
+                            progress(i + 1, len(todo), f"chunk {c.index}")
+                        continue
+                    data = ahead.result()
+                    if i + 1 < len(todo):  # decode the next chunk while this one runs
+                        ahead = reader.submit(prefetch, slide, todo[i + 1])
+                    status = fn(c, model, *args, prefetched=data, deferred=True)
+                    if pending is not None:
+                        collect(pending, f"chunk {todo[i - 1].index}")
+                    pending = finisher.submit(status) if callable(status) else _done(status)
+                if pending is not None:
+                    collect(pending, f"chunk {todo[-1].index}")
         finally:
             _OPEN_SLIDES.pop((run.slide, slide_mpp), None)
         return statuses
@@ -184,6 +202,14 @@ def run_chunks(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _done(value):
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
 
 
 def failures(statuses: list[dict], log) -> list[dict]:

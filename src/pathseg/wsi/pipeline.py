@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +54,33 @@ def segment_chunk(
 ) -> dict[str, np.ndarray]:
     """Segment one chunk (with halo; its pixels ``rgb`` when already read); return the nuclei it owns, in
     working-level coordinates."""
+    rgb, labels, probs = run_model(slide, level, mpp, chunk, model, classes, rgb)
+    return owned_nuclei(chunk, mpp, rgb, labels, probs)
+
+
+def run_model(
+    slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False, rgb: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The model's part of a chunk: (pixels, instance labels, class probabilities or None)."""
     ox0, oy0, ox1, oy1 = chunk.outer
     if rgb is None:
         rgb = slide.read_region(level, ox0, oy0, ox1 - ox0, oy1 - oy0)
     labels = model.segment(rgb, mpp)
+    return rgb, labels, model.class_probabilities(rgb, mpp) if classes else None
+
+
+def owned_nuclei(
+    chunk: Chunk, mpp: float, rgb: np.ndarray, labels: np.ndarray, class_probs: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The nuclei of a segmented chunk whose centroid lies in its inner box: measurements, masks, outlines and
+    (with ``class_probs``) a class vote, in working-level coordinates."""
+    ox0, oy0 = chunk.outer[:2]
     table = measure_nuclei(labels, rgb, mpp)
     vote = None
-    if classes:
+    if class_probs is not None:
         from pathseg.nuclei.classes import vote_classes
 
-        _, cls, probs = vote_classes(labels, model.class_probabilities(rgb, mpp))
+        _, cls, probs = vote_classes(labels, class_probs)
         vote = (cls, probs)
     ix0, iy0, ix1, iy1 = chunk.inner
     cx = table["centroid_x_px"] + ox0
@@ -110,19 +128,27 @@ def process_chunk(
     out: str,
     classes: bool = False,
     prefetched: np.ndarray | InputImageError | None = None,
-) -> dict:
+    deferred: bool = False,
+) -> dict | Callable[[], dict]:
     """Segment one chunk and store its part file (atomically). Runs in-process or on a Dask worker; returns a
-    small status record. ``prefetched``: the chunk's pixels as :func:`read_chunk` returned them."""
+    small status record. ``prefetched``: the chunk's pixels as :func:`read_chunk` returned them. ``deferred``:
+    run only the model now and return the rest (measuring, outlining, writing) as a callable that returns the
+    status, so it can overlap the next chunk's model run."""
     slide = cached_slide(slide_path, slide_mpp)
     try:
         if isinstance(prefetched, InputImageError):
             raise prefetched
-        result = segment_chunk(slide, level, mpp, chunk, model, classes, prefetched)
+        rgb, labels, probs = run_model(slide, level, mpp, chunk, model, classes, prefetched)
     except InputImageError as exc:  # a corrupt region: reported, not fatal
         return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
-    with atomic_path(_part_path(Path(out), chunk)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **result)
-    return {"chunk": chunk.index, "nuclei": int(len(result["id"]))}
+
+    def finish() -> dict:
+        result = owned_nuclei(chunk, mpp, rgb, labels, probs)
+        with atomic_path(_part_path(Path(out), chunk)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **result)
+        return {"chunk": chunk.index, "nuclei": int(len(result["id"]))}
+
+    return finish if deferred else finish()
 
 
 def _read_at(level: int, slide: Slide, chunk: Chunk) -> np.ndarray | InputImageError:
