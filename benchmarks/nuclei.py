@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     ap.add_argument("--mode", default="ais", choices=["ais", "apg", "amg"], help="automatic mode (SAM-family models)")
-    ap.add_argument("--tta", type=int, choices=[1, 2, 4], default=None, help="flips averaged (default: the model's)")
     args = ap.parse_args(argv)
 
     images = sorted((args.data / "images").glob("*.png"))
@@ -61,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         model = SamNucleusModel(default_config(name.split(":", 1)[1], name=name)).eval()
     else:
         model = get_nucleus_model(name)
-    if args.tta is not None:
-        model.tta = args.tta
     mpp = args.mpp
     rows = []
     for path in images:
@@ -100,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     tag = name.replace(":", "_").replace("/", "_") + ("" if args.mode == "ais" else f"_{args.mode}")
-    tag += f"_tta{args.tta}" if args.tta else ""
     out = args.json or Path("benchmarks/results") / f"nuclei_{tag}_{args.data.parent.name}_{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
@@ -109,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                 "model": name,
                 "data": str(args.data),
                 "mpp": mpp,
-                "tta": getattr(model, "tta", 1),
                 "pathseg": pathseg.__version__,
                 "python": platform.python_version(),
                 "machine": platform.machine(),

@@ -3,7 +3,7 @@
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, seed and fraction),
 computes the decoder maps once per image (``initialize``), then grid-searches the watershed thresholds with the
 cheap ``generate``. Writes the best parameters into the model folder's config.json (``ais_params``) with
-``--write`` (with ``--tta``, the flips averaged), and the search into ``benchmarks/results/tune_ais_<model>.json``.
+``--write``, and the search into ``benchmarks/results/tune_ais_<model>.json``.
 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--write]
 """
@@ -38,13 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder (holds train_config.json)")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
-    ap.add_argument("--tta", type=int, choices=[1, 2, 4], default=1, help="flips averaged in the maps (default 1)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     args = ap.parse_args(argv)
     cfg = json.loads((args.run / "train_config.json").read_text())
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
-    model.tta = args.tta
     samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["model_mpp"])
     _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
@@ -70,16 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best on validation (mSA + AJI + PQ): {json.dumps(best)}")
     if default:
         print(f"current parameters:                 {json.dumps(default)}")
-    out = Path("benchmarks/results") / f"tune_ais_{model.name}{f'_tta{args.tta}' if args.tta > 1 else ''}.json"
+    out = Path("benchmarks/results") / f"tune_ais_{model.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        json.dump(
-            {"validation": [s.name for s in val], "tta": args.tta, "best": best, "top10": results[:10]}, f, indent=2
-        )
+        json.dump({"validation": [s.name for s in val], "best": best, "top10": results[:10]}, f, indent=2)
     if args.write:
         config = json.loads((model_dir / CONFIG_NAME).read_text())
         config["ais_params"] = {**config.get("ais_params", {}), **best["params"]}
-        config["tta"] = args.tta
         with atomic_open(model_dir / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2)
         print(f"wrote ais_params into {model_dir / CONFIG_NAME}")

@@ -54,26 +54,3 @@ def test_generate_is_cheap_and_reusable(nuclei_image):
     few = seg.generate(min_size=10_000)  # bigger than any synthetic nucleus
     many = seg.generate()
     assert few.max() == 0 and many.max() > 0
-
-
-def test_tta_averages_the_maps_of_flipped_tiles():
-    import pytest
-    import torch
-
-    from pathseg.errors import PathsegError
-    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
-
-    torch.manual_seed(0)
-    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
-    rgb = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)  # not square, not a multiple of 16
-    plain = model.predict_maps(rgb)
-    lr = model.predict_maps(np.ascontiguousarray(rgb[:, ::-1]))[:, :, ::-1]
-    ud = model.predict_maps(np.ascontiguousarray(rgb[::-1]))[:, ::-1]
-    both = model.predict_maps(np.ascontiguousarray(rgb[::-1, ::-1]))[:, ::-1, ::-1]
-    assert not np.allclose(plain, lr, atol=1e-3)  # a random network is not flip-invariant: the test can fail
-    model.tta = 2
-    np.testing.assert_allclose(model.predict_maps(rgb), (plain + lr) / 2, atol=1e-5)
-    model.tta = 4
-    np.testing.assert_allclose(model.predict_maps(rgb), (plain + lr + ud + both) / 4, atol=1e-5)
-    with pytest.raises(PathsegError, match="tta must be 1, 2 or 4"):
-        model.tta = 3

@@ -69,11 +69,6 @@ def test_user_errors_have_no_traceback(tmp_path, capsys):
     assert "Traceback" not in err
     assert main(["nuclei", str(tmp_path / "junk.png"), "-o", str(tmp_path / "o"), "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
-    assert (
-        main(["nuclei", str(tmp_path / "junk.png"), "-o", str(tmp_path / "o"), "--model", "classical", "--tta", "2"])
-        == 2
-    )
-    assert "--tta needs a SAM-family model" in capsys.readouterr().err
 
 
 def test_bad_mpp_is_refused(tmp_path, capsys):

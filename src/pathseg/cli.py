@@ -105,14 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         "the AIS seeds; amg = SAM's grid of point prompts (SAM-family models only)",
     )
     p.add_argument(
-        "--tta",
-        type=int,
-        choices=[1, 2, 4],
-        default=None,
-        help="SAM-family models: average the decoder maps over this many flips of every tile (1 = none, 2 = + "
-        "left-right, 4 = + up-down and both); that many times the network time. Default: the model's own",
-    )
-    p.add_argument(
         "--classes",
         action="store_true",
         help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
@@ -480,10 +472,6 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
 
     inputs = expand_inputs(args.inputs)
     model = get_nucleus_model(args.model)
-    if args.tta is not None:
-        if not hasattr(model, "tta"):
-            raise PathsegError(f"--tta needs a SAM-family model; {model.name!r} is not one")
-        model.tta = args.tta
     prompts = None
     if args.prompts is not None:
         from pathseg.io.prompts import read_prompts

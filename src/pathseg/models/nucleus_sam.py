@@ -46,10 +46,6 @@ CONSEP_CLASSES = [
 CLASS_PRESETS = {"pannuke": PANNUKE_CLASSES, "consep": CONSEP_CLASSES}
 
 
-#: Flip dims of an (N, C, H, W) batch for test-time augmentation: none, left-right, up-down, both.
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
-
-
 def default_config(size: str | ViTConfig = "vit_b", mpp: float = 0.25, name: str | None = None) -> dict:
     """Config of a ViT SAM (``vit_b``/``vit_l``/``vit_h`` or a :class:`ViTConfig`) with an AIS decoder.
 
@@ -177,38 +173,13 @@ class SamNucleusModel(nn.Module):
     def mpp(self) -> float:
         return float(self.config.get("mpp", 0.25))
 
-    @property
-    def tta(self) -> int:
-        """Test-time flips averaged in :meth:`predict_maps`: 1 (none), 2 (+ left-right) or 4 (+ up-down, both);
-        config ``tta``, default 1. Costs that many network passes per tile."""
-        return int(self.config.get("tta", 1))
-
-    @tta.setter
-    def tta(self, value: int) -> None:
-        if value not in (1, 2, 4):
-            raise PathsegError(f"tta must be 1, 2 or 4 flips, not {value!r}")
-        self.config["tta"] = int(value)
-
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
-        """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size (averaged over
-        :attr:`tta` flips of the tile)."""
+        """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""
         if self.ais is None:
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
+        h, w = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
-        flips = _FLIPS[: self.tta]
-        if len(flips) == 1:
-            return self._maps(x)[0].numpy()
-        maps = self._maps(torch.cat([x.flip(f) if f else x for f in flips]))  # one batch: all flips at once
-        return (
-            torch.stack([m.flip([d - 1 for d in f]) if f else m for m, f in zip(maps, flips, strict=True)])
-            .mean(0)
-            .numpy()
-        )
-
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) AIS maps of (B, 3, H, W) float RGB in 0-255."""
-        h, w = x.shape[-2:]
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
             if not self._channels_last:  # ~1.5x faster convolutions on CPU, same numbers
                 self.to(memory_format=torch.channels_last)
@@ -216,10 +187,12 @@ class SamNucleusModel(nn.Module):
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
             x = x.contiguous(memory_format=torch.channels_last)
-            return self.forward_maps(x)[:, :, :h, :w]
+            return self.forward_maps(x)[0, :, :h, :w].numpy()
         x = self.sam.resize_longest(x)
         input_size = tuple(x.shape[-2:])
-        return self.sam.postprocess_masks(self.ais(self.sam.embed(x)), input_size, (h, w))
+        maps = self.ais(self.sam.embed(x))
+        maps = self.sam.postprocess_masks(maps, input_size, (h, w))
+        return maps[0].numpy()
 
     @property
     def class_names(self) -> list[dict]:
