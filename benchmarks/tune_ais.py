@@ -26,11 +26,12 @@ from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
 
 GRID = {
-    "center_distance_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-    "boundary_distance_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "center_distance_threshold": [0.4, 0.5, 0.6, 0.7],
+    "boundary_distance_threshold": [0.4, 0.5, 0.6],
     "foreground_threshold": [0.4, 0.5, 0.6],
-    "distance_smoothing": [1.0, 1.6, 2.0],
-    "min_size": [0, 10, 25],
+    "foreground_smoothing": [0.0, 0.5, 1.0],
+    "distance_smoothing": [0.0, 0.5, 1.0],
+    "min_size": [0, 10],
 }
 
 
