@@ -204,7 +204,8 @@ def run_chunks(
             cluster.close()
 
 
-def _done(value):
+def _done(value: object):
+    """A future already holding ``value`` (a status that needed no background work)."""
     from concurrent.futures import Future
 
     fut: Future = Future()

@@ -49,15 +49,6 @@ def read_chunk(slide: Slide, level: int, chunk: Chunk) -> np.ndarray | InputImag
         return exc
 
 
-def segment_chunk(
-    slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False, rgb: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Segment one chunk (with halo; its pixels ``rgb`` when already read); return the nuclei it owns, in
-    working-level coordinates."""
-    rgb, labels, probs = run_model(slide, level, mpp, chunk, model, classes, rgb)
-    return owned_nuclei(chunk, mpp, rgb, labels, probs)
-
-
 def run_model(
     slide: Slide, level: int, mpp: float, chunk: Chunk, model, classes: bool = False, rgb: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
