@@ -128,24 +128,42 @@ def prompt_maps(
     return out
 
 
+def refine_roi(
+    refiner: MaskRefiner,
+    coarse: torch.Tensor,
+    guide: torch.Tensor,
+    roi: tuple[int, int, int, int],
+    points: np.ndarray | None = None,
+    labels: np.ndarray | list[int] | None = None,
+    box: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) inside ``roi`` (y0, x0, y1, x1).
+    The prompts (``points`` (N, 2) x, y with ``labels``; ``box`` x0, y0, x1, y1; same pixels) are drawn with
+    :func:`prompt_maps` when the refiner takes them. Returns the region's logits (K, h, w) and IoU (K,)."""
+    y0, x0, y1, x1 = roi
+    k = coarse.shape[0]
+    crop = coarse[:, y0:y1, x0:x1][:, None]
+    g = guide[:, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
+    pm = prompt_maps(roi, points, labels, box)[None].expand(k, -1, -1, -1) if refiner.prompt_channels else None
+    logits, iou = refiner(crop, g, pm)
+    return logits[:, 0], iou
+
+
 def refine_in_roi(
     refiner: MaskRefiner,
     coarse: torch.Tensor,
     guide: torch.Tensor,
     roi: tuple[int, int, int, int],
-    prompts: torch.Tensor | None = None,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | list[int] | None = None,
+    box: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) (and the ROI's ``prompts`` maps, if
-    the refiner takes them) inside ``roi``; outside it the coarse logits are kept, pushed below zero so no mask
-    leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
+    """:func:`refine_roi`, pasted into the full candidates: outside ``roi`` the coarse logits are kept, pushed below
+    zero so no mask leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
     y0, x0, y1, x1 = roi
-    k = coarse.shape[0]
-    crop = coarse[:, y0:y1, x0:x1][:, None]
-    g = guide[:, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
-    pm = None if prompts is None else prompts[None].expand(k, -1, -1, -1)
-    logits, iou = refiner(crop, g, pm)
+    logits, iou = refine_roi(refiner, coarse, guide, roi, points, labels, box)
     out = torch.minimum(coarse, torch.full_like(coarse, -1.0))
-    out[:, y0:y1, x0:x1] = logits[:, 0]
+    out[:, y0:y1, x0:x1] = logits
     return out, iou
 
 

@@ -238,9 +238,8 @@ class Predictor:
 
     def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
         """Mask logits (K, h, w) float32 in ``box_yx`` (work pixels, > 0 inside), IoU, low-res logits. With a mask
-        refiner (and the
-        window's ``guide``), the masks are refined at full resolution around the prompt and the IoU is the
-        refiner's."""
+        refiner (and the window's ``guide``), the masks are refined at full resolution around the prompt and the
+        IoU is the refiner's."""
         y0, x0, y1, x1 = box_yx
         if mask_input is None and self.model.is_compact:  # decode on the part of the window the prompt sits in
             centre = self._centre(pts, lbl, bx) - [x0, y0]
@@ -251,28 +250,23 @@ class Predictor:
         h, w = y1 - y0, x1 - x0
         scale = self.model.prompt_scale(h, w)
         offset = np.array([x0, y0], dtype=np.float64)
+        local_pts = None if pts is None else pts - offset  # window pixels
+        local_box = None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset])
         t_pts = None
-        if pts is not None:
+        if local_pts is not None:
             t_pts = (
-                torch.tensor((pts - offset) * scale, dtype=torch.float32)[None],
+                torch.tensor(local_pts * scale, dtype=torch.float32)[None],
                 torch.tensor(lbl, dtype=torch.float32)[None],
             )
-        t_box = (
-            None
-            if bx is None
-            else torch.tensor(np.concatenate([bx[:2] - offset, bx[2:] - offset]) * scale, dtype=torch.float32)[None]
-        )
+        t_box = None if local_box is None else torch.tensor(local_box * scale, dtype=torch.float32)[None]
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
             if guide is not None and self.model.refiner is not None:
-                from pathseg.models.refine import prompt_maps, prompt_roi, refine_in_roi
+                from pathseg.models.refine import prompt_roi, refine_in_roi
 
-                local_pts = None if pts is None else pts - offset
-                local_box = None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset])
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
-                maps = prompt_maps(roi, local_pts, lbl, local_box) if self.model.refiner.prompt_channels else None
-                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi, maps)
+                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi, local_pts, lbl, local_box)
                 iou = r_iou[None]
         return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 

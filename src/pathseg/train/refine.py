@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pathseg.errors import PathsegError
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
-from pathseg.models.refine import guide_image, prompt_maps, prompt_roi
+from pathseg.models.refine import guide_image, prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint
 from pathseg.train.data import CropSampler, Sample, load_samples
@@ -87,22 +87,11 @@ def refiner_loss(
         chosen_low, refined = [], []
         for i, (b, _) in enumerate(picks):
             gt = torch.from_numpy(masks[i]).float()
-            roi = prompt_roi(
-                (coarse[i] > 0).numpy(),
-                (h, w),
-                np.array(points[i]) if points[i] else None,
-                None if boxes is None else boxes[i].numpy(),
-            )
+            pts_i = np.array(points[i]) if points[i] else None
+            box_i = None if boxes is None else boxes[i].numpy()
+            roi = prompt_roi((coarse[i] > 0).numpy(), (h, w), pts_i, box_i)
             y0, x0, y1, x1 = roi
-            k = coarse.shape[1]
-            g = guide[b, :, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
-            pm = None
-            if refiner.prompt_channels:
-                pts_i = np.array(points[i]) if points[i] else None
-                box_i = None if boxes is None else boxes[i].numpy()
-                pm = prompt_maps(roi, pts_i, point_labels[i] or None, box_i)[None].expand(k, -1, -1, -1)
-            logits, iou = refiner(coarse[i, :, None, y0:y1, x0:x1], g, pm)
-            logits = logits[:, 0]
+            logits, iou = refine_roi(refiner, coarse[i], guide[b], roi, pts_i, point_labels[i] or None, box_i)
             gt_roi = gt[y0:y1, x0:x1]
             outside = float(gt.sum() - gt_roi.sum())  # object pixels the region misses count as misses
             p = torch.sigmoid(logits)

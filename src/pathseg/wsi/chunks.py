@@ -169,10 +169,10 @@ def run_chunks(
                     data = ahead.result()
                     if i + 1 < len(todo):  # decode the next chunk while this one runs
                         ahead = reader.submit(prefetch, slide, todo[i + 1])
-                    status = fn(c, model, *args, prefetched=data, deferred=True)
+                    finish = fn(c, model, *args, prefetched=data, deferred=True)
                     if pending is not None:
                         collect(pending, f"chunk {todo[i - 1].index}")
-                    pending = finisher.submit(status) if callable(status) else _done(status)
+                    pending = finisher.submit(finish)
                 if pending is not None:
                     collect(pending, f"chunk {todo[-1].index}")
         finally:
@@ -202,15 +202,6 @@ def run_chunks(
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _done(value: object):
-    """A future already holding ``value`` (a status that needed no background work)."""
-    from concurrent.futures import Future
-
-    fut: Future = Future()
-    fut.set_result(value)
-    return fut
 
 
 def failures(statuses: list[dict], log) -> list[dict]:

@@ -131,7 +131,8 @@ def process_chunk(
             raise prefetched
         rgb, labels, probs = run_model(slide, level, mpp, chunk, model, classes, prefetched)
     except InputImageError as exc:  # a corrupt region: reported, not fatal
-        return {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
+        status = {"chunk": chunk.index, "box": list(chunk.inner), "error": str(exc)}
+        return (lambda: status) if deferred else status
 
     def finish() -> dict:
         result = owned_nuclei(chunk, mpp, rgb, labels, probs)
