@@ -1,9 +1,11 @@
 """Tune a SAM-family model's AIS post-processing on the validation split of its training run (never on test).
 
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, seed and fraction),
-computes the decoder maps once per image (``initialize``), then grid-searches the watershed thresholds with the
-cheap ``generate``. Writes the best parameters into the model folder's config.json (``ais_params``) with
-``--write``, and the search into ``benchmarks/results/tune_ais_<model>.json``.
+computes the decoder maps once per image exactly as ``segment`` does (network at the model's pixel size, maps
+resampled to the images' own), then grid-searches the watershed thresholds with the cheap ``generate`` and scores
+at the images' own pixel size, as ``benchmarks/nuclei.py`` does. Writes the best parameters into the model
+folder's config.json (``ais_params``) with ``--write``, and the search into
+``benchmarks/results/tune_ais_<model>.json``.
 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--write]
 """
@@ -26,12 +28,12 @@ from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
 
 GRID = {
-    "center_distance_threshold": [0.4, 0.5, 0.6, 0.7],
-    "boundary_distance_threshold": [0.4, 0.5, 0.6],
+    "center_distance_threshold": [0.5, 0.6, 0.7, 0.8, 0.9],
+    "boundary_distance_threshold": [0.3, 0.4, 0.5],
     "foreground_threshold": [0.4, 0.5, 0.6],
-    "foreground_smoothing": [0.0, 0.5, 1.0],
-    "distance_smoothing": [0.0, 0.5, 1.0],
-    "min_size": [0, 10],
+    "foreground_smoothing": [0.0, 0.5],
+    "distance_smoothing": [0.5, 1.0],
+    "min_size": [10, 20, 30, 40],
 }
 
 
@@ -44,17 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((args.run / "train_config.json").read_text())
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
-    samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["model_mpp"])
+    samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
     _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
-    segmenters = []
-    for s in val:
-        seg = model.segmenter()
-        seg.initialize(s.image)
-        segmenters.append((seg, s.labels))
+    segmenters = [(model.initialized_segmenter(s.image, cfg["mpp_in"]), s.labels) for s in val]
     keys = list(GRID)
     results = []
-    for values in itertools.product(*(GRID[k] for k in keys)):
+    grid = list(itertools.product(*(GRID[k] for k in keys)))
+    for i, values in enumerate(grid):
+        if i % 50 == 0:
+            print(f"{i}/{len(grid)} parameter sets", flush=True)
         params = dict(zip(keys, values, strict=True))
         rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
         mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
