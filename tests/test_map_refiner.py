@@ -89,13 +89,14 @@ def test_map_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_pat
         width=8,
     )
     best = train_map_refiner(run, log=lambda *a: None)
-    assert {"msa", "aji", "pq", "score", "iteration"} <= set(best)
+    assert {"msa", "aji", "pq", "score", "iteration", "params"} <= set(best)
     run.iterations = 3
     train_map_refiner(run, log=lambda *a: None)
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in history] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in history)
     trained = SamNucleusModel.from_pretrained(out / "best")
     assert trained.map_refiner is not None
+    assert {k: trained.config["ais_params"][k] for k in best["params"]} == best["params"]  # its tuned watershed
     for k, v in base.state_dict().items():
         assert torch.equal(v, trained.state_dict()[k]), k
     run.mpp_in = 0.5

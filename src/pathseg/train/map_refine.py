@@ -4,13 +4,15 @@ The frozen model computes its AIS maps of every training image once, in each of 
 compact CNN's maps of a turned image are not the turned maps), exactly as :meth:`SamNucleusModel.segment` does:
 at the model's pixel size, then resampled to the image's own. The small
 :class:`~pathseg.models.map_refine.MapRefiner` then learns, on random crops at the image's pixel size, to turn
-those maps into the AIS targets of the full-resolution labels (the AIS decoder's own loss). The best refiner by
-validation mSA + AJI + PQ (the model's watershed parameters, on the same validation split as `train nuclei`) is
-saved with its model to ``<out>/best``. Resumable (``<out>/checkpoint.pt``).
+those maps into the AIS targets of the full-resolution labels (the AIS decoder's own loss). At every validation
+(the same split as `train nuclei`) the watershed parameters are searched over a small grid; the best refiner by
+validation mSA + AJI + PQ is saved with its model and those parameters to ``<out>/best``. Resumable
+(``<out>/checkpoint.pt``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -89,12 +91,31 @@ class MapCrops:
         return torch.stack(xs), torch.stack(ms), torch.stack(ts)
 
 
-def evaluate_maps(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[str, float]:
-    """Mean mSA, AJI and PQ of automatic segmentation (the model's watershed parameters) over ``samples``."""
-    rows = [instance_scores(s.labels, model.segment(s.image, mpp)) for s in samples]
-    scores = {k: float(np.mean([r[k] for r in rows])) for k in ("msa", "aji", "pq")}
-    scores["score"] = scores["msa"] + scores["aji"] + scores["pq"]
-    return scores
+#: Watershed parameters searched at every validation (the refined maps need their own thresholds).
+AIS_GRID = {
+    "center_distance_threshold": [0.5, 0.7],
+    "boundary_distance_threshold": [0.3, 0.4, 0.5],
+    "foreground_threshold": [0.4, 0.5, 0.6],
+    "foreground_smoothing": [0.0],
+    "distance_smoothing": [0.0, 0.5],
+    "min_size": [10, 20],
+}
+
+
+def evaluate_maps(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict:
+    """Best mean mSA + AJI + PQ of automatic segmentation over ``samples`` across :data:`AIS_GRID`; the scores
+    and the watershed parameters (``params``) that reach it."""
+    segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in samples]
+    best: dict = {"score": -1.0}
+    keys = list(AIS_GRID)
+    for values in itertools.product(*(AIS_GRID[k] for k in keys)):
+        params = dict(zip(keys, values, strict=True))
+        rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
+        scores = {k: float(np.mean([r[k] for r in rows])) for k in ("msa", "aji", "pq")}
+        scores["score"] = scores["msa"] + scores["aji"] + scores["pq"]
+        if scores["score"] > best["score"]:
+            best = {**scores, "params": params}
+    return best
 
 
 def _load_model(cfg: MapRefinerConfig) -> SamNucleusModel:
@@ -138,9 +159,9 @@ def train_map_refiner(cfg: MapRefinerConfig, progress: ProgressCallback | None =
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     crops.rng = np.random.default_rng(cfg.seed + start)
     if start == 0 and val:  # the refiner starts as the identity: this is the unrefined model's score
-        base = evaluate_maps(model, val, cfg.mpp_in)
-        log(f"validation without refinement: mSA {base['msa']:.4f} AJI {base['aji']:.4f} PQ {base['pq']:.4f}")
-        best = {**base, "iteration": 0}
+        best = {**evaluate_maps(model, val, cfg.mpp_in), "iteration": 0}
+        log(f"validation without refinement: mSA {best['msa']:.4f} AJI {best['aji']:.4f} PQ {best['pq']:.4f}")
+        model.config["ais_params"] = {**model.config.get("ais_params", {}), **best["params"]}
         model.save_pretrained(out / "best")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     mean, std = model.sam.pixel_mean, model.sam.pixel_std
@@ -162,6 +183,7 @@ def train_map_refiner(cfg: MapRefinerConfig, progress: ProgressCallback | None =
             record["val"] = scores
             if scores[key] > best.get(key, -1.0):
                 best = {**scores, "iteration": step}
+                model.config["ais_params"] = {**model.config.get("ais_params", {}), **scores["params"]}
                 model.save_pretrained(out / "best")
             log(
                 f"iteration {step}: loss {record['loss']:.4f}, validation mSA {scores['msa']:.4f} AJI "
