@@ -16,6 +16,7 @@ on connected components, approximate because the masks are binary).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -121,9 +122,11 @@ def block_channels(features, blocks: list[int]) -> list[int]:
     return out
 
 
-def ablation(backbone_path: Path, train, val, grid_t, grid_blocks, iterations: int, log) -> list[dict]:
-    """Validation mIoU of a head per (t, blocks): one feature cache per t (all candidate blocks), heads on
-    channel subsets. Validation split only."""
+def ablation(
+    backbone_path: Path, train, val, grid_t, grid_blocks, iterations: int, log, grid_dilations=((1, 1),), views=1
+) -> list[dict]:
+    """Validation mIoU of a head per (t, blocks, head dilations): one feature cache per t (all candidate blocks),
+    heads on channel subsets. Validation split only."""
     from pathseg.models.zoo import get_backbone
     from pathseg.tissue.cache import FeatureBank
     from pathseg.tissue.features import DiffusionFeatures
@@ -137,14 +140,14 @@ def ablation(backbone_path: Path, train, val, grid_t, grid_blocks, iterations: i
     for t in grid_t:
         feats = DiffusionFeatures(bb, t, every)
         start = time.perf_counter()
-        bank, vbank = FeatureBank(feats, train, 256), FeatureBank(feats, val, 256)
+        bank, vbank = FeatureBank(feats, train, 256, views), FeatureBank(feats, val, 256)
         log(f"t={t}: cached {len(bank)} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s")
-        for blocks in grid_blocks:
+        for blocks, dilations in itertools.product(grid_blocks, grid_dilations):
             chans = torch.tensor(
                 [c + i * (feats.channels // len(t)) for i in range(len(t)) for c in block_channels(feats, blocks)]
             )
             torch.manual_seed(0)
-            head = SegHead(len(chans), 2, 128)
+            head = SegHead(len(chans), 2, 128, dilations)
             opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
             rng = np.random.default_rng(0)
             for _ in range(iterations):
@@ -159,6 +162,7 @@ def ablation(backbone_path: Path, train, val, grid_t, grid_blocks, iterations: i
                 {
                     "t": json.dumps(t),
                     "blocks": json.dumps(blocks),
+                    "head_dilations": json.dumps(list(dilations)),
                     "val_miou": s["mean_iou"],
                     "val_dice": s["mean_dice"],
                 }
@@ -198,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timesteps", type=int, nargs="+", default=[50])
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
+    ap.add_argument("--head-dilations", type=int, nargs="+", default=[1, 1], help="the head's 3x3 blocks")
+    ap.add_argument("--ablation-dilations", nargs="+", default=None, help="head dilation sets, e.g. 1,1 1,2,4,8")
+    ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
+    ap.add_argument("--ablation-only", action="store_true", help="stop after the ablation (validation split only)")
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"skipped: {args.data} is absent")
@@ -221,14 +229,32 @@ def main(argv: list[str] | None = None) -> int:
         train, val = _split(samples, TissueTrainConfig(out="", **base))
         grid_t = [[int(v) for v in g.split(",")] for g in args.ablation_t]
         grid_blocks = [[int(v) for v in g.split(",")] for g in args.ablation_blocks]
-        rows = ablation(args.backbone, train, val, grid_t, grid_blocks, args.ablation_iterations, print)
+        dilation_sets = args.ablation_dilations or [",".join(map(str, args.head_dilations))]
+        rows = ablation(
+            args.backbone,
+            train,
+            val,
+            grid_t,
+            grid_blocks,
+            args.ablation_iterations,
+            print,
+            [[int(v) for v in g.split(",")] for g in dilation_sets],
+            args.views,
+        )
         rows.sort(key=lambda r: -r["val_miou"])
-        print(format_table(rows, ["t", "blocks", "val_miou", "val_dice"]))
+        print(format_table(rows, ["t", "blocks", "head_dilations", "val_miou", "val_dice"]))
+        summary = {
+            "backbone": str(args.backbone),
+            "head_iterations": args.ablation_iterations,
+            "views": args.views,
+            "rows": rows,
+        }
         with atomic_open(results / "glas_ablation.json", "w") as f:
-            json.dump(
-                {"backbone": str(args.backbone), "head_iterations": args.ablation_iterations, "rows": rows}, f, indent=2
-            )
+            json.dump(summary, f, indent=2)
+        if args.ablation_only:
+            return 0
         timesteps, blocks = json.loads(rows[0]["t"]), json.loads(rows[0]["blocks"])
+        args.head_dilations = json.loads(rows[0]["head_dilations"])
     test = load_tissue_samples([args.data / "testA", args.data / "testB"], GLAS)
     table = []
     for fraction in args.fractions:
@@ -244,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 blocks=blocks,
                 iterations=args.iterations,
                 label_fraction=fraction,
+                head_dilations=args.head_dilations,
+                views=args.views,
                 **{**base, "backbone": backbone},
             )
             start = time.perf_counter()
@@ -280,7 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(table, cols))
     with atomic_open(results / "glas.json", "w") as f:
         json.dump(
-            {"backbone": str(args.backbone), "timesteps": timesteps, "blocks": blocks, "rows": table}, f, indent=2
+            {
+                "backbone": str(args.backbone),
+                "timesteps": timesteps,
+                "blocks": blocks,
+                "iterations": args.iterations,
+                "head_dilations": args.head_dilations,
+                "views": args.views,
+                "rows": table,
+            },
+            f,
+            indent=2,
         )
     return 0
 

@@ -76,11 +76,24 @@ def test_random_backbone_and_label_fraction(glands, backbone, tmp_path):
         timesteps=[10],
         blocks=[3],
         hidden=8,
+        head_dilations=[1, 2, 4],
         label_fraction=0.25,
     )
     logs = []
     train_tissue(cfg, log=logs.append)
     assert "1 training and 1 validation images" in logs[0]
+    assert TissueModel.from_pretrained(tmp_path / "r" / "best").head.dilations == (1, 2, 4)
+
+
+def test_head_keeps_the_feature_grid_and_its_default_layout():
+    from pathseg.tissue.head import SegHead
+
+    x = torch.randn(2, 12, 20, 24)
+    assert SegHead(12, 3, 8, (1, 2, 4, 8))(x).shape == (2, 3, 20, 24)
+    keys = set(SegHead(12, 3, 8).state_dict())  # the layout of heads saved before dilations existed
+    assert {"body.0.weight", "body.1.weight", "body.3.weight", "body.4.weight"} <= keys and not any(
+        k.startswith("body.6") for k in keys
+    )
 
 
 def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, capsys):

@@ -405,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="UNet up blocks to take (default 1 2)")
     tt.add_argument("--mpp", type=_positive_float, default=None, help="pixel size of the images (µm/px)")
     tt.add_argument("--crop", type=int, default=256, help="training crop in pixels (default 256)")
+    tt.add_argument(
+        "--head-dilations",
+        type=int,
+        nargs="+",
+        default=[1, 1],
+        help="dilation of each 3x3 block of the head (default 1 1; 1 2 4 8 gives it 31x31 feature pixels of context)",
+    )
     tt.add_argument("--batch", type=int, default=4)
     tt.add_argument("--iterations", type=int, default=2000)
     tt.add_argument("--lr", type=float, default=1e-3)
@@ -763,6 +770,7 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         mpp_in=args.mpp,
         crop=args.crop,
+        head_dilations=args.head_dilations,
         batch=args.batch,
         iterations=args.iterations,
         lr=args.lr,

@@ -42,7 +42,7 @@ def pad_to_grid(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 class TissueModel(torch.nn.Module):
     """``config``: ``name``, ``mpp``, ``classes`` ([{"name", "color"}]), ``features`` ({timesteps, blocks,
-    seed}), ``head`` ({hidden}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
+    seed}), ``head`` ({hidden, dilations}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
 
     def __init__(self, config: dict, backbone: DiffusionBackbone | None = None) -> None:
         super().__init__()
@@ -51,7 +51,10 @@ class TissueModel(torch.nn.Module):
         self.backbone = backbone if backbone is not None else DiffusionBackbone(self.config["backbone"])
         f = self.config["features"]
         self.features = DiffusionFeatures(self.backbone, f["timesteps"], f["blocks"], f.get("seed", 0))
-        self.head = SegHead(self.features.channels, len(self.config["classes"]), self.config["head"].get("hidden", 128))
+        head = self.config["head"]
+        self.head = SegHead(
+            self.features.channels, len(self.config["classes"]), head.get("hidden", 128), head.get("dilations", (1, 1))
+        )
 
     @property
     def name(self) -> str:

@@ -42,6 +42,7 @@ class TissueTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     hidden: int = 128
+    head_dilations: list[int] = field(default_factory=lambda: [1, 1])  #: the head's 3x3 blocks (see SegHead)
     val_fraction: float = 0.15
     val_every: int = 200
     checkpoint_every: int = 50
@@ -138,7 +139,7 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
             "mpp": backbone.mpp,
             "classes": [{"name": n, "color": list(c)} for n, c in zip(class_map.names, class_map.colors, strict=True)],
             "features": {"timesteps": list(cfg.timesteps), "blocks": list(cfg.blocks), "seed": cfg.seed},
-            "head": {"hidden": cfg.hidden},
+            "head": {"hidden": cfg.hidden, "dilations": list(cfg.head_dilations)},
             "patch_size": cfg.crop,
         },
         backbone=backbone,
