@@ -206,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation-dilations", nargs="+", default=None, help="head dilation sets, e.g. 1,1 1,2,4,8")
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
     ap.add_argument("--ablation-only", action="store_true", help="stop after the ablation (validation split only)")
+    ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(f"skipped: {args.data} is absent")
         return 0
     results = Path("benchmarks/results")
+    suffix = f"_{args.tag}" if args.tag else ""
     results.mkdir(parents=True, exist_ok=True)
     from pathseg.models.folder import read_config
 
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "views": args.views,
             "rows": rows,
         }
-        with atomic_open(results / "glas_ablation.json", "w") as f:
+        with atomic_open(results / f"glas_ablation{suffix}.json", "w") as f:
             json.dump(summary, f, indent=2)
         if args.ablation_only:
             return 0
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "s_per_image",
     ]
     print(format_table(table, cols))
-    with atomic_open(results / "glas.json", "w") as f:
+    with atomic_open(results / f"glas{suffix}.json", "w") as f:
         json.dump(
             {
                 "backbone": str(args.backbone),
