@@ -355,27 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-every", type=int, default=250)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=cmd_train_refiner)
-    tm = tsub.add_parser(
-        "nuclei-maps",
-        parents=[common],
-        help="add a map refiner to a compact nucleus model (sharper automatic outlines on finer images)",
-        description="Train the map refiner of a compact nucleus model on image / instance-mask folders whose pixels "
-        "are finer than the model's (e.g. 0.25 µm/px for a 0.5 µm/px model): a small network that sharpens the "
-        "upsampled foreground and distance maps with the image's own pixels before the watershed. Everything "
-        "else stays frozen. The best model by validation mSA + AJI + PQ is saved to OUT/best. Re-running resumes.",
-    )
-    tm.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
-    tm.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoints, best model, log)")
-    tm.add_argument("--init", default="pathseg_nuclei_cpu", help="the compact model to refine (zoo name or folder)")
-    tm.add_argument("--mpp", type=_positive_float, default=0.25, help="pixel size of the training images (µm/px)")
-    tm.add_argument("--iterations", type=int, default=1500)
-    tm.add_argument("--batch", type=int, default=8, help="crops per iteration")
-    tm.add_argument("--crop", type=int, default=256, help="crop size (image pixels)")
-    tm.add_argument("--lr", type=float, default=1e-3)
-    tm.add_argument("--val-fraction", type=float, default=0.15, help="as for `train nuclei` (same split)")
-    tm.add_argument("--val-every", type=int, default=250)
-    tm.add_argument("--seed", type=int, default=0)
-    tm.set_defaults(func=cmd_train_map_refiner)
     tt = tsub.add_parser(
         "tissue",
         parents=[common],
@@ -674,29 +653,6 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_refiner(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
-    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
-    return 0
-
-
-def cmd_train_map_refiner(args: argparse.Namespace) -> int:
-    from pathseg.train.map_refine import MapRefinerConfig, train_map_refiner
-
-    cfg = MapRefinerConfig(
-        data=[str(d) for d in args.data],
-        out=str(args.output),
-        init=args.init,
-        mpp_in=args.mpp,
-        iterations=args.iterations,
-        batch=args.batch,
-        crop=args.crop,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        val_every=args.val_every,
-        seed=args.seed,
-    )
-    bar = Bar("training", quiet=args.quiet)
-    best = train_map_refiner(cfg, progress=bar, log=lambda m: log.info("%s", m))
     bar.close()
     print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
     return 0

@@ -146,14 +146,6 @@ def _build_refiner(cfg: dict | None) -> nn.Module | None:
     )
 
 
-def _build_map_refiner(cfg: dict | None) -> nn.Module | None:
-    if not cfg:
-        return None
-    from pathseg.models.map_refine import MapRefiner
-
-    return MapRefiner(int(cfg.get("width", 24)), tuple(cfg.get("dilations", (1, 2, 4, 8))))
-
-
 class SamNucleusModel(nn.Module):
     """SAM + AIS decoder. ``segment(rgb, mpp)`` gives nucleus labels; ``sam`` serves interactive prompts."""
 
@@ -168,7 +160,6 @@ class SamNucleusModel(nn.Module):
         )
         self.ais = _build_ais(config.get("ais_decoder"))
         self.refiner = _build_refiner(config.get("mask_refiner"))
-        self.map_refiner = _build_map_refiner(config.get("map_refiner"))
         self._channels_last = False
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -355,9 +346,7 @@ class SamNucleusModel(nn.Module):
         self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None
     ) -> AutomaticSegmenter:
         """An :class:`AutomaticSegmenter` holding the maps of ``rgb`` at ``mpp`` µm/px: the network runs at the
-        model's pixel size and the maps are resampled back to ``rgb``'s, so ``generate`` labels ``rgb``'s pixels.
-        When ``rgb`` is finer than the model (e.g. 0.25 µm/px for a 0.5 µm/px model) and the model has a map
-        refiner, the upsampled maps are refined with ``rgb``'s own pixels."""
+        model's pixel size and the maps are resampled back to ``rgb``'s, so ``generate`` labels ``rgb``'s pixels."""
         factor = mpp / self.mpp  # model pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
@@ -366,10 +355,6 @@ class SamNucleusModel(nn.Module):
         if work is not rgb:
             seg.maps = resize_maps(seg.maps, (h, w))
             seg.scale = 1.0 / factor
-            if self.map_refiner is not None and factor < 1:
-                from pathseg.models.map_refine import refine_maps
-
-                seg.maps = refine_maps(self.map_refiner, rgb, seg.maps, self.sam.pixel_mean, self.sam.pixel_std)
         return seg
 
     # -- persistence ----------------------------------------------------------------------------------------
