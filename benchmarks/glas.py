@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             ("b: random backbone", f"random:{args.backbone}"),
         ):
             out = args.work / f"{kind[0]}_{int(fraction * 100)}"
+            shutil.rmtree(out, ignore_errors=True)  # a benchmark times whole runs: never resume an old one
             cfg = TissueTrainConfig(
                 out=str(out),
                 timesteps=timesteps,
