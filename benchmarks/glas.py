@@ -174,6 +174,11 @@ def ablation(
     return rows
 
 
+def int_sets(specs: list[str]) -> list[list[int]]:
+    """Command-line sets such as ``["25", "50,150"]`` as ``[[25], [50, 150]]``."""
+    return [[int(v) for v in g.split(",")] for g in specs]
+
+
 def at_mpp(segment, mpp_model: float, mpp_image: float):
     """``segment`` (class ids of an image at ``mpp_model``) applied to images at ``mpp_image``."""
     from pathseg.resize import resize_labels, resize_rgb, scaled_size
@@ -230,9 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         samples = load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model)
         train, val = _split(samples, TissueTrainConfig(out="", **base))
-        grid_t = [[int(v) for v in g.split(",")] for g in args.ablation_t]
-        grid_blocks = [[int(v) for v in g.split(",")] for g in args.ablation_blocks]
-        dilation_sets = args.ablation_dilations or [",".join(map(str, args.head_dilations))]
+        grid_t, grid_blocks = int_sets(args.ablation_t), int_sets(args.ablation_blocks)
+        grid_dilations = int_sets(args.ablation_dilations) if args.ablation_dilations else [args.head_dilations]
         rows = ablation(
             args.backbone,
             train,
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             grid_blocks,
             args.ablation_iterations,
             print,
-            [[int(v) for v in g.split(",")] for g in dilation_sets],
+            grid_dilations,
             args.views,
         )
         rows.sort(key=lambda r: -r["val_miou"])

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
-from pathseg.models.refine import MaskRefiner, prompt_roi, refine_in_roi
+from pathseg.models.refine import MaskRefiner, paste_roi, prompt_roi, refine_roi
 from pathseg.nuclei.interactive import Predictor
 from pathseg.train.refine import RefinerConfig, train_refiner
 from tests.conftest import synthetic_nuclei
@@ -44,7 +44,9 @@ def test_roi_holds_mask_and_prompts_and_is_capped():
     y0, x0, y1, x1 = prompt_roi(big, (400, 400), points=np.array([[200.0, 200.0]]), max_size=64)
     assert y1 - y0 <= 65 and x1 - x0 <= 65 and y0 <= 200 < y1 and x0 <= 200 < x1
     # outside the region nothing stays foreground
-    out, _ = refine_in_roi(MaskRefiner(width=4), torch.full((2, 50, 50), 3.0), torch.zeros(6, 50, 50), (10, 10, 20, 20))
+    coarse, roi = torch.full((2, 50, 50), 3.0), (10, 10, 20, 20)
+    logits, _ = refine_roi(MaskRefiner(width=4), coarse, torch.zeros(6, 50, 50), roi)
+    out = paste_roi(coarse, roi, logits)
     assert (out[:, 10:20, 10:20] > 0).all() and (out > 0).sum() == 2 * 100
 
 

@@ -149,22 +149,14 @@ def refine_roi(
     return logits[:, 0], iou
 
 
-def refine_in_roi(
-    refiner: MaskRefiner,
-    coarse: torch.Tensor,
-    guide: torch.Tensor,
-    roi: tuple[int, int, int, int],
-    points: np.ndarray | None = None,
-    labels: np.ndarray | list[int] | None = None,
-    box: np.ndarray | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`refine_roi`, pasted into the full candidates: outside ``roi`` the coarse logits are kept, pushed below
-    zero so no mask leaks out of the region. Returns (K, H, W) logits, (K,) IoU."""
+def paste_roi(coarse: torch.Tensor, roi: tuple[int, int, int, int], logits: torch.Tensor) -> torch.Tensor:
+    """The region's refined ``logits`` (K, h, w) (from :func:`refine_roi`) pasted into the full candidates ``coarse``
+    (K, H, W) at ``roi``; outside it the coarse logits are kept, pushed below zero so no mask leaks out of the
+    region."""
     y0, x0, y1, x1 = roi
-    logits, iou = refine_roi(refiner, coarse, guide, roi, points, labels, box)
     out = torch.minimum(coarse, torch.full_like(coarse, -1.0))
     out[:, y0:y1, x0:x1] = logits
-    return out, iou
+    return out
 
 
 def guide_image(x_norm: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

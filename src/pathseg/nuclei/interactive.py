@@ -263,10 +263,11 @@ class Predictor:
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
             if guide is not None and self.model.refiner is not None:
-                from pathseg.models.refine import prompt_roi, refine_in_roi
+                from pathseg.models.refine import paste_roi, prompt_roi, refine_roi
 
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
-                full, r_iou = refine_in_roi(self.model.refiner, full, guide.float(), roi, local_pts, lbl, local_box)
+                logits, r_iou = refine_roi(self.model.refiner, full, guide.float(), roi, local_pts, lbl, local_box)
+                full = paste_roi(full, roi, logits)
                 iou = r_iou[None]
         return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 
