@@ -3,11 +3,12 @@
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, seed and fraction),
 computes the decoder maps once per image exactly as ``segment`` does (network at the model's pixel size, maps
 resampled to the images' own), then grid-searches the watershed thresholds with the cheap ``generate`` and scores
-at the images' own pixel size, as ``benchmarks/nuclei.py`` does. Writes the best parameters into the model
-folder's config.json (``ais_params``) with ``--write``, and the search into
+at the images' own pixel size, as ``benchmarks/nuclei.py`` does. ``--ais-mpp`` also searches the pixel size the
+network runs at (µm/px; default: the model's own). Writes the best parameters into the model folder's config.json
+(``ais_params``, and ``ais_mpp`` when searched) with ``--write``, and the search into
 ``benchmarks/results/tune_ais_<model>.json``.
 
-    python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--write]
+    python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--ais-mpp 0.5 0.42] [--write]
 """
 
 from __future__ import annotations
@@ -37,11 +38,30 @@ GRID = {
 }
 
 
+def search(model: SamNucleusModel, val: list, mpp: float, ais_mpp: float) -> list[dict]:
+    """Score every GRID point on the validation samples with the network at ``ais_mpp`` µm/px."""
+    segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in val]
+    keys = list(GRID)
+    grid = list(itertools.product(*(GRID[k] for k in keys)))
+    results = []
+    for i, values in enumerate(grid):
+        if i % 100 == 0:
+            print(f"ais_mpp {ais_mpp:g}: {i}/{len(grid)} parameter sets", flush=True)
+        params = dict(zip(keys, values, strict=True))
+        rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
+        mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
+        results.append({"params": {"ais_mpp": ais_mpp, **params}, **mean, "score": sum(mean.values())})
+    best = max(results, key=lambda r: r["score"])
+    print(f"ais_mpp {ais_mpp:g}: best {json.dumps(best)}", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder (holds train_config.json)")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
+    ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
     args = ap.parse_args(argv)
     cfg = json.loads((args.run / "train_config.json").read_text())
     model_dir = args.model or args.run / "best"
@@ -49,34 +69,36 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
     _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
-    segmenters = [(model.initialized_segmenter(s.image, cfg["mpp_in"]), s.labels) for s in val]
-    keys = list(GRID)
+    current = {"ais_mpp": model.ais_mpp, **{k: model.config["ais_params"].get(k) for k in GRID}}
     results = []
-    grid = list(itertools.product(*(GRID[k] for k in keys)))
-    for i, values in enumerate(grid):
-        if i % 50 == 0:
-            print(f"{i}/{len(grid)} parameter sets", flush=True)
-        params = dict(zip(keys, values, strict=True))
-        rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
-        mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
-        results.append({"params": params, **mean, "score": mean["msa"] + mean["aji"] + mean["pq"]})
+    for ais_mpp in args.ais_mpp or [model.ais_mpp]:
+        model.config["ais_mpp"] = ais_mpp
+        results += search(model, val, cfg["mpp_in"], ais_mpp)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
-    default = (
-        next(r for r in results if r["params"] == {k: model.config["ais_params"].get(k) for k in keys})
-        if any(r["params"] == {k: model.config["ais_params"].get(k) for k in keys} for r in results)
-        else None
-    )
+    default = next((r for r in results if r["params"] == current), None)
     print(f"best on validation (mSA + AJI + PQ): {json.dumps(best)}")
     if default:
         print(f"current parameters:                 {json.dumps(default)}")
     out = Path("benchmarks/results") / f"tune_ais_{model.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        json.dump({"validation": [s.name for s in val], "best": best, "top10": results[:10]}, f, indent=2)
+        per_mpp = {
+            str(m): max((r for r in results if r["params"]["ais_mpp"] == m), key=lambda r: r["score"])
+            for m in args.ais_mpp or [model.ais_mpp]
+        }
+        json.dump(
+            {"validation": [s.name for s in val], "best": best, "best_per_ais_mpp": per_mpp, "top10": results[:10]},
+            f,
+            indent=2,
+        )
     if args.write:
         config = json.loads((model_dir / CONFIG_NAME).read_text())
-        config["ais_params"] = {**config.get("ais_params", {}), **best["params"]}
+        params = dict(best["params"])
+        if args.ais_mpp:
+            config["ais_mpp"] = params["ais_mpp"]
+        params.pop("ais_mpp")
+        config["ais_params"] = {**config.get("ais_params", {}), **params}
         with atomic_open(model_dir / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2)
         print(f"wrote ais_params into {model_dir / CONFIG_NAME}")

@@ -54,3 +54,24 @@ def test_generate_is_cheap_and_reusable(nuclei_image):
     few = seg.generate(min_size=10_000)  # bigger than any synthetic nucleus
     many = seg.generate()
     assert few.max() == 0 and many.max() > 0
+
+
+def test_ais_mpp_sets_the_network_pixel_size_and_keeps_lengths_in_model_pixels():
+    import torch
+
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    torch.manual_seed(0)
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
+    seen = []
+    predict = model.predict_maps
+    model.predict_maps = lambda rgb: seen.append(rgb.shape[:2]) or predict(rgb)
+    rgb = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)  # at 0.25 µm/px
+    assert model.ais_mpp == 0.5  # default: the model's own pixel size
+    seg = model.initialized_segmenter(rgb, 0.25)
+    assert seen[-1] == (50, 60) and seg.maps.shape == (3, 100, 120) and seg.scale == 2.0
+    model.config["ais_mpp"] = 0.4
+    seg = model.initialized_segmenter(rgb, 0.25)
+    assert seen[-1] == (62, 75)  # 100 * 0.25 / 0.4 = 62.5 -> 62, 120 * 0.25 / 0.4 = 75
+    assert seg.maps.shape == (3, 100, 120) and seg.scale == 2.0  # σ and min_size still in 0.5 µm/px pixels
+    assert model.segment(rgb, 0.25).shape == (100, 120)

@@ -173,6 +173,13 @@ class SamNucleusModel(nn.Module):
     def mpp(self) -> float:
         return float(self.config.get("mpp", 0.25))
 
+    @property
+    def ais_mpp(self) -> float:
+        """Pixel size (µm/px) the network runs at for automatic segmentation (config ``ais_mpp``, default
+        :attr:`mpp`). A compact model trained with scale jitter may outline nuclei better a little finer than
+        its training pixel size; ``benchmarks/tune_ais.py --ais-mpp`` picks it on the validation split."""
+        return float(self.config.get("ais_mpp") or self.mpp)
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""
@@ -345,16 +352,17 @@ class SamNucleusModel(nn.Module):
     def initialized_segmenter(
         self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None
     ) -> AutomaticSegmenter:
-        """An :class:`AutomaticSegmenter` holding the maps of ``rgb`` at ``mpp`` µm/px: the network runs at the
-        model's pixel size and the maps are resampled back to ``rgb``'s, so ``generate`` labels ``rgb``'s pixels."""
-        factor = mpp / self.mpp  # model pixels per image pixel
+        """An :class:`AutomaticSegmenter` holding the maps of ``rgb`` at ``mpp`` µm/px: the network runs at
+        :attr:`ais_mpp` and the maps are resampled back to ``rgb``'s pixels, so ``generate`` labels ``rgb``'s
+        pixels; its σ and min_size stay in pixels at the model's :attr:`mpp` whatever ``ais_mpp`` is."""
+        factor = mpp / self.ais_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
         seg = self.segmenter()
         seg.initialize(work, progress=progress)
         if work is not rgb:
             seg.maps = resize_maps(seg.maps, (h, w))
-            seg.scale = 1.0 / factor
+        seg.scale = self.mpp / mpp  # image pixels per model pixel
         return seg
 
     # -- persistence ----------------------------------------------------------------------------------------
