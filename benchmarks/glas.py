@@ -9,6 +9,8 @@ then scores each once on testA + testB (pooled pixel accuracy, Dice and mIoU; Gl
 on connected components, approximate because the masks are binary).
 
 ``--ablation`` first picks the timestep(s) t and UNet blocks on the validation split only (short head runs).
+``--clean MAX_HOLE MIN_AREA`` adds, for every model, a row scored after the same class-map cleaning (areas in µm²,
+picked beforehand on the validation split by ``benchmarks/tune_tissue_clean.py``).
 
     python benchmarks/glas.py --backbone ~/.cache/pathseg/pretrain/backbone --data ../shared/data/glas
 """
@@ -34,6 +36,7 @@ from pathseg.table import format_table
 from pathseg.tissue.classes import GLAS, IGNORE
 from pathseg.tissue.data import TissueCrops, load_tissue_samples
 from pathseg.tissue.model import TissueModel
+from pathseg.tissue.postprocess import CleanParams, clean_classes
 from pathseg.train.tissue import TissueTrainConfig, _split, class_weights, train_tissue
 
 T_GRID = [[25], [50], [150], [300], [50, 150]]
@@ -86,28 +89,34 @@ def train_unet(train, seconds: float, crop: int, batch: int, seed: int) -> Small
     return net
 
 
-def score(segment, samples) -> dict:
-    cm = np.zeros((2, 2))
-    objects = []
+def score(segment, samples, clean: CleanParams | None = None, mpp: float = 0.62) -> list[dict]:
+    """Scores of ``segment`` on ``samples``: one dict, or two with ``clean`` (the second after
+    :func:`clean_classes` at ``mpp`` µm/px, its cleaning time counted in ``s_per_image``)."""
     from scipy import ndimage as ndi
 
-    seconds = 0.0
+    variants = [None] if clean is None else [None, clean]
+    cms = [np.zeros((2, 2)) for _ in variants]
+    objects: list[list[dict]] = [[] for _ in variants]
+    seconds = [0.0 for _ in variants]
     for s in samples:
         start = time.perf_counter()
-        pred = segment(s.image)
-        seconds += time.perf_counter() - start
-        cm += confusion_matrix(s.target, pred, 2, IGNORE)
-        objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0]))
-    sem = confusion_scores(cm)
-    out = {
-        "accuracy": sem["accuracy"],
-        "dice_gland": sem["dice"][1],
-        "mean_dice": sem["mean_dice"],
-        "miou": sem["mean_iou"],
-    }
-    for k in ("object_f1", "object_dice", "object_hausdorff"):
-        out[k] = float(np.mean([o[k] for o in objects]))
-    out["s_per_image"] = seconds / len(samples)  # segmentation only, scoring excluded
+        raw = segment(s.image)
+        base = time.perf_counter() - start
+        for i, params in enumerate(variants):
+            start = time.perf_counter()
+            pred = raw if params is None else clean_classes(raw, mpp, params)
+            seconds[i] += base + time.perf_counter() - start
+            cms[i] += confusion_matrix(s.target, pred, 2, IGNORE)
+            objects[i].append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0]))
+    out = []
+    for cm, objs, secs in zip(cms, objects, seconds, strict=True):
+        sem = confusion_scores(cm)
+        row = {"accuracy": sem["accuracy"], "dice_gland": sem["dice"][1], "mean_dice": sem["mean_dice"]}
+        row["miou"] = sem["mean_iou"]
+        for k in ("object_f1", "object_dice", "object_hausdorff"):
+            row[k] = float(np.mean([o[k] for o in objs]))
+        row["s_per_image"] = secs / len(samples)  # segmentation only, scoring excluded
+        out.append(row)
     return out
 
 
@@ -212,6 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation-dilations", nargs="+", default=None, help="head dilation sets, e.g. 1,1 1,2,4,8")
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
     ap.add_argument("--ablation-only", action="store_true", help="stop after the ablation (validation split only)")
+    ap.add_argument(
+        "--clean",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MAX_HOLE", "MIN_AREA"),
+        help="also score every model after class-map cleaning with these areas (µm²; pick them on the validation "
+        "split with benchmarks/tune_tissue_clean.py)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
@@ -262,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         timesteps, blocks = json.loads(rows[0]["t"]), json.loads(rows[0]["blocks"])
         args.head_dilations = json.loads(rows[0]["head_dilations"])
+    clean = CleanParams(*args.clean) if args.clean else None
     test = load_tissue_samples([args.data / "testA", args.data / "testB"], GLAS)
     table = []
     for fraction in args.fractions:
@@ -294,13 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         unet = train_unet(train, budget, 256, 4, 0)
         runs["c: U-Net from scratch"] = (at_mpp(unet.segment, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
-            start = time.perf_counter()
-            s = score(segment, test)
-            per_image = (time.perf_counter() - start) / len(test)
-            table.append(
-                {"labels": f"{int(fraction * 100)}%", "model": kind, **s, "train_s": seconds, "s_per_image": per_image}
-            )
-            print(table[-1], flush=True)
+            for s, suffix_kind in zip(score(segment, test, clean, args.mpp), ("", " + cleaning"), strict=False):
+                table.append(
+                    {"labels": f"{int(fraction * 100)}%", "model": kind + suffix_kind, **s, "train_s": seconds}
+                )
+                print(table[-1], flush=True)
     cols = [
         "labels",
         "model",
@@ -323,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 "iterations": args.iterations,
                 "head_dilations": args.head_dilations,
                 "views": args.views,
+                "clean": clean.as_dict() if clean else None,
                 "rows": table,
             },
             f,

@@ -139,6 +139,19 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
     assert all(f["properties"]["classification"]["name"] == "gland" for f in fc["features"])
     table = (out / "g0_areas.csv").read_text().splitlines()
     assert table[0].startswith("class_id,class,pixels") and len(table) == 3
+    # a model's cleaning (config "clean", µm²) applies to `pathseg tissue` unless --no-clean
+    from pathseg.tissue.model import TissueModel
+    from pathseg.tissue.postprocess import clean_classes
+
+    cfg_path = run / "best" / "config.json"
+    params = {"max_hole_um2": 40.0, "min_area_um2": 40.0}
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "clean": params}))
+    mpp = TissueModel.from_pretrained(run / "best").mpp  # the PNGs carry no pixel size
+    for flags, expected in (([], clean_classes(classes, mpp, params)), (["--no-clean"], classes)):
+        again = tmp_path / f"out{len(flags)}"
+        args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(again), "--model", str(run / "best"), "-q"]
+        assert main(args + flags) == 0
+        assert np.array_equal(tifffile.imread(again / "g0_classes.tif"), expected)
     capsys.readouterr()
     assert (
         main(["evaluate", "tissue", "--pred", str(out), "--gt", str(glands), "--json", str(tmp_path / "s.json")]) == 0

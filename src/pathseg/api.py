@@ -202,16 +202,18 @@ def segment_tissue(
     model=None,
     mpp: float | None = None,
     max_pixels: int | None = None,
+    clean: bool = True,
 ) -> TissueResult:
     """Tissue / gland classes of ``image`` (a path or an RGB uint8 array) with ``model`` (a tissue model, a zoo
-    name or a model folder; default: the bundled tissue model)."""
+    name or a model folder; default: the bundled tissue model). ``clean``: apply the model's hole / speck
+    cleaning (:func:`pathseg.tissue.postprocess.clean_classes`), if its config has one."""
     from pathseg.models.zoo import get_tissue_model
 
     net = model if hasattr(model, "probabilities") else get_tissue_model(model)
     rgb, file_mpp, path = _load(image, max_pixels)
     used, source = resolve_mpp(mpp, file_mpp, net.mpp)
     probs = net.probabilities(rgb, used)
-    return TissueResult(probs.argmax(0).astype(np.uint8), probs, net.class_names, used, source, net.name, path)
+    return TissueResult(net.classes(probs, used, clean), probs, net.class_names, used, source, net.name, path)
 
 
 def write_tissue_outputs(result: TissueResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:

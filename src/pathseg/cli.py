@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
     )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    p.add_argument(
+        "--no-clean",
+        action="store_true",
+        help="keep the raw per-pixel argmax: skip the model's cleaning (small holes filled, small specks absorbed; "
+        "areas in its config's 'clean', µm²)",
+    )
     p.set_defaults(func=cmd_tissue)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -670,7 +676,7 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     for path in track(inputs, total=len(inputs), desc="images", quiet=args.quiet or len(inputs) == 1):
         start = time.perf_counter()
         try:
-            result = segment_tissue(path, model, mpp=args.mpp, max_pixels=args.max_pixels)
+            result = segment_tissue(path, model, mpp=args.mpp, max_pixels=args.max_pixels, clean=not args.no_clean)
             paths = write_tissue_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:
             print(f"pathseg: error: {exc}", file=sys.stderr)

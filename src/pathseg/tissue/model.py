@@ -21,6 +21,7 @@ from pathseg.models.sam.checkpoint import load_into
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
 from pathseg.tissue.features import DiffusionFeatures
 from pathseg.tissue.head import SegHead
+from pathseg.tissue.postprocess import clean_classes
 
 
 def _window(size: int) -> torch.Tensor:
@@ -130,9 +131,16 @@ class TissueModel(torch.nn.Module):
         probs = torch.softmax(logits, dim=0).numpy()
         return resize_maps(probs, (h0, w0)) if (H, W) != (h0, w0) else probs
 
-    def segment(self, rgb: np.ndarray, mpp: float | None = None) -> np.ndarray:
-        """(H, W) uint8 class ids (index into :attr:`class_names`)."""
-        return self.probabilities(rgb, mpp).argmax(0).astype(np.uint8)
+    def segment(self, rgb: np.ndarray, mpp: float | None = None, clean: bool = True) -> np.ndarray:
+        """(H, W) uint8 class ids (index into :attr:`class_names`); see :meth:`classes`."""
+        return self.classes(self.probabilities(rgb, mpp), self.mpp if mpp is None else mpp, clean)
+
+    def classes(self, probs: np.ndarray, mpp: float, clean: bool = True) -> np.ndarray:
+        """(H, W) uint8 class ids from (K, H, W) probabilities at ``mpp`` µm/px: the argmax, then (``clean``)
+        the model's small-hole / small-region cleaning (config ``clean``, areas in µm²; none if absent)."""
+        classes = probs.argmax(0).astype(np.uint8)
+        params = self.config.get("clean")
+        return clean_classes(classes, mpp, params) if clean and params else classes
 
     # --- serialisation -------------------------------------------------------------------------------------
     def save_pretrained(

@@ -1,0 +1,84 @@
+"""Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) on the validation split
+of its training run (never on test).
+
+Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, class map, seed and
+fraction), computes the model's class probabilities once per image at the images' own pixel size, then scores
+every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice over the classes. Writes
+the best into the model folder's config.json (``clean``) with ``--write``, and the search into
+``benchmarks/results/tune_tissue_clean_<model>.json``.
+
+    python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from pathseg.io.atomic import atomic_open
+from pathseg.metrics.glas import glas_scores
+from pathseg.metrics.semantic import confusion_matrix, confusion_scores
+from pathseg.models.folder import CONFIG_NAME
+from pathseg.tissue.classes import IGNORE, load_class_map
+from pathseg.tissue.data import load_tissue_samples
+from pathseg.tissue.model import TissueModel
+from pathseg.tissue.postprocess import CleanParams, clean_classes
+from pathseg.train.tissue import TissueTrainConfig, _split
+
+GRID = {"max_hole_um2": [0, 250, 500, 1000, 2000, 5000], "min_area_um2": [0, 250, 500, 1000, 2000, 5000]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="tissue training run folder (holds train_config.json)")
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
+    ap.add_argument("--write", action="store_true", help="store the best cleaning in the model's config.json")
+    args = ap.parse_args(argv)
+    cfg = TissueTrainConfig(**json.loads((args.run / "train_config.json").read_text()))
+    if cfg.mpp_in is None:
+        print("the run's train_config.json has no mpp_in: the images' pixel size is needed for areas in µm²")
+        return 2
+    model_dir = args.model or args.run / "best"
+    model = TissueModel.from_pretrained(model_dir)
+    _, val = _split(load_tissue_samples(cfg.data, load_class_map(cfg.classes)), cfg)
+    print(f"validation split: {len(val)} images")
+    probs = [model.probabilities(s.image, cfg.mpp_in) for s in val]
+    k = probs[0].shape[0]
+    results = []
+    for values in itertools.product(*GRID.values()):
+        params = CleanParams(**dict(zip(GRID, values, strict=True)))
+        cm, objects = np.zeros((k, k)), []
+        for p, s in zip(probs, val, strict=True):
+            pred = clean_classes(p.argmax(0).astype(np.uint8), cfg.mpp_in, params)
+            cm += confusion_matrix(s.target, pred, k, IGNORE)
+            if k == 2:
+                objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0])["object_f1"])
+        sem = confusion_scores(cm)
+        row = {**params.as_dict(), "mean_dice": sem["mean_dice"], "miou": sem["mean_iou"]}
+        if objects:
+            row["object_f1"] = float(np.mean(objects))
+        results.append(row)
+    results.sort(key=lambda r: -r["mean_dice"])
+    best, none = results[0], next(r for r in results if r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
+    print(f"best on validation: {json.dumps(best)}\nwithout cleaning:   {json.dumps(none)}")
+    out = Path("benchmarks/results") / f"tune_tissue_clean_{model.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "w") as f:
+        json.dump({"run": str(args.run), "validation_images": len(val), "best": best, "rows": results}, f, indent=2)
+    if args.write:
+        config = json.loads((model_dir / CONFIG_NAME).read_text())
+        config["clean"] = {key: best[key] for key in GRID}
+        with atomic_open(model_dir / CONFIG_NAME, "w") as f:
+            json.dump(config, f, indent=2)
+        print(f"wrote clean into {model_dir / CONFIG_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
