@@ -113,8 +113,12 @@ def score(segment, samples, clean: CleanParams | None = None, mpp: float = 0.62)
         sem = confusion_scores(cm)
         row = {"accuracy": sem["accuracy"], "dice_gland": sem["dice"][1], "mean_dice": sem["mean_dice"]}
         row["miou"] = sem["mean_iou"]
-        for k in ("object_f1", "object_dice", "object_hausdorff"):
+        for k in ("object_f1", "object_dice"):
             row[k] = float(np.mean([o[k] for o in objs]))
+        # Hausdorff is undefined (nan) where exactly one of prediction and truth is empty: mean over the rest, counted
+        hd = np.array([o["object_hausdorff"] for o in objs])
+        row["object_hausdorff"] = float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan")
+        row["hausdorff_undefined"] = int(np.isnan(hd).sum())
         row["s_per_image"] = secs / len(samples)  # segmentation only, scoring excluded
         out.append(row)
     return out

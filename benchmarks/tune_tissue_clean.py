@@ -7,7 +7,7 @@ every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled me
 the best into the model folder's config.json (``clean``) with ``--write``, and the search into
 ``benchmarks/results/tune_tissue_clean_<model>.json``.
 
-    python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--write]
+    python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--tag TAG] [--write]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, required=True, help="tissue training run folder (holds train_config.json)")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best cleaning in the model's config.json")
+    ap.add_argument("--tag", default=None, help="results file suffix (default: the model's name)")
     args = ap.parse_args(argv)
     cfg = TissueTrainConfig(**json.loads((args.run / "train_config.json").read_text()))
     if cfg.mpp_in is None:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     results.sort(key=lambda r: -r["mean_dice"])
     best, none = results[0], next(r for r in results if r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
     print(f"best on validation: {json.dumps(best)}\nwithout cleaning:   {json.dumps(none)}")
-    out = Path("benchmarks/results") / f"tune_tissue_clean_{model.name}.json"
+    out = Path("benchmarks/results") / f"tune_tissue_clean_{args.tag or model.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         json.dump({"run": str(args.run), "validation_images": len(val), "best": best, "rows": results}, f, indent=2)
