@@ -1,8 +1,8 @@
-"""Clean a class map: fill small holes inside regions and absorb small specks into their surroundings.
+"""Clean a class map: fill small enclosed regions and absorb small specks into their surroundings.
 
-Areas are in µm² so one setting serves any pixel size. For GlaS glands (picked on the validation split,
-``benchmarks/glas.py --postprocess-grid``): holes up to 1000 µm² (mucin and goblet cells inside a gland) become
-gland, and regions under 1000 µm² (debris, stray epithelium) take their surroundings' class.
+Areas are in µm², so one setting serves any pixel size. A tissue model keeps its setting in its config
+(``clean``), picked on its run's validation split by ``benchmarks/tune_tissue_clean.py``: e.g. for GlaS glands,
+holes (mucin, goblet cells) inside a gland become gland and debris under 1000 µm² becomes background.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from scipy import ndimage as ndi
 
 @dataclass(frozen=True)
 class CleanParams:
-    """``max_hole_um2``: a region of another class enclosed by one class is filled with it up to this area.
+    """``max_hole_um2``: a region of other classes enclosed by one class takes that class, up to this area. Every
+    class counts as an encloser, background included: a gland under this area lying wholly in background goes.
     ``min_area_um2``: a connected region smaller than this takes the class most common on its outer rim.
     0 turns a step off (the default: no cleaning)."""
 
