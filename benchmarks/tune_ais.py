@@ -23,7 +23,7 @@ import numpy as np
 
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
-from pathseg.models.folder import CONFIG_NAME
+from pathseg.models.folder import update_config
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
@@ -93,15 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     if args.write:
-        config = json.loads((model_dir / CONFIG_NAME).read_text())
         params = dict(best["params"])
+        ais_mpp = params.pop("ais_mpp")
+        entries = {"ais_params": {**model.config.get("ais_params", {}), **params}}
         if args.ais_mpp:
-            config["ais_mpp"] = params["ais_mpp"]
-        params.pop("ais_mpp")
-        config["ais_params"] = {**config.get("ais_params", {}), **params}
-        with atomic_open(model_dir / CONFIG_NAME, "w") as f:
-            json.dump(config, f, indent=2)
-        print(f"wrote ais_params into {model_dir / CONFIG_NAME}")
+            entries["ais_mpp"] = ais_mpp
+        print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 
 

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics.glas import glas_scores
 from pathseg.metrics.semantic import confusion_matrix, confusion_scores
-from pathseg.models.folder import CONFIG_NAME
+from pathseg.models.folder import update_config
 from pathseg.tissue.classes import IGNORE, load_class_map
 from pathseg.tissue.data import load_tissue_samples
 from pathseg.tissue.model import TissueModel
@@ -73,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_open(out, "w") as f:
         json.dump({"run": str(args.run), "validation_images": len(val), "best": best, "rows": results}, f, indent=2)
     if args.write:
-        config = json.loads((model_dir / CONFIG_NAME).read_text())
-        config["clean"] = {key: best[key] for key in GRID}
-        with atomic_open(model_dir / CONFIG_NAME, "w") as f:
-            json.dump(config, f, indent=2)
-        print(f"wrote clean into {model_dir / CONFIG_NAME}")
+        print(f"wrote clean into {update_config(model_dir, {'clean': {key: best[key] for key in GRID}})}")
     return 0
 
 

@@ -131,3 +131,20 @@ def test_bundled_models_are_registered_and_preferred(tmp_path, monkeypatch):
     finally:
         zoo.unregister("pathseg_nuclei_cpu")
     assert zoo.default_nucleus_model() == "classical"
+
+
+def test_update_config_sets_entries_and_keeps_the_rest(tmp_path):
+    import json
+
+    import torch
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.folder import read_config, save_folder, update_config
+
+    save_folder(tmp_path / "m", {"name": "m", "ais_params": {"min_size": 10}}, {"w": torch.zeros(2)})
+    path = update_config(tmp_path / "m", {"ais_params": {"min_size": 20}, "ais_mpp": 0.42})
+    assert path == tmp_path / "m" / "config.json"
+    assert read_config(tmp_path / "m") == {"name": "m", "ais_params": {"min_size": 20}, "ais_mpp": 0.42}
+    assert json.loads(path.read_text())["ais_mpp"] == 0.42
+    with pytest.raises(PathsegError, match="no config.json"):
+        update_config(tmp_path / "absent", {"x": 1})

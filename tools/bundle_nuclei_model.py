@@ -12,7 +12,6 @@ untouched (every copy of it stays in git history).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -59,7 +58,8 @@ def add_refiner(run: Path, folder: Path) -> int:
     """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones)."""
     from safetensors.torch import save_file
 
-    from pathseg.io.atomic import atomic_open, atomic_path
+    from pathseg.io.atomic import atomic_path
+    from pathseg.models.folder import update_config
 
     bundled, trained = SamNucleusModel.from_pretrained(folder), SamNucleusModel.from_pretrained(run)
     if trained.refiner is None:
@@ -70,11 +70,7 @@ def add_refiner(run: Path, folder: Path) -> int:
     tensors = {k: v.contiguous() for k, v in theirs.items() if k.startswith("refiner.")}
     with atomic_path(folder / "refiner.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    config = json.loads((folder / "config.json").read_text())
-    config["mask_refiner"] = trained.config["mask_refiner"]
-    config["extra_weights"] = ["refiner.safetensors"]
-    with atomic_open(folder / "config.json", "w") as f:
-        json.dump(config, f, indent=2)
+    update_config(folder, {"mask_refiner": trained.config["mask_refiner"], "extra_weights": ["refiner.safetensors"]})
     print(f"{folder / 'refiner.safetensors'}: {(folder / 'refiner.safetensors').stat().st_size / 2**10:.0f} kB")
     return 0
 

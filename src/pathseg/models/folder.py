@@ -49,6 +49,17 @@ def read_config(folder: str | os.PathLike, what: str = "model") -> dict:
     return json.loads(path.read_text())
 
 
+def update_config(folder: str | os.PathLike, entries: dict, what: str = "model") -> Path:
+    """Set top-level ``entries`` in a model folder's ``config.json`` (rewritten atomically); returns its path."""
+    from pathseg.io.atomic import atomic_open
+
+    config = {**read_config(folder, what), **entries}
+    path = Path(folder) / CONFIG_NAME
+    with atomic_open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
 def read_folder(folder: str | os.PathLike, what: str = "model") -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state) of a model folder; floating tensors come back as float32 (weights may be stored in fp16)."""
     from pathseg.models.sam.checkpoint import read_state
