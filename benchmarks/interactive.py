@@ -4,8 +4,14 @@ Per test image and ground-truth nucleus: (1) one positive point at the object's 
 (the object's bounding box), (3) the point followed by ``--corrections`` corrective rounds (a point in the
 largest error region, positive in a missed part / negative in a false part, with the previous logits fed back).
 Each object's best mask is painted into a label image (in object order), scored with mSA against the ground truth.
+A box bounds its mask (``--box-margin``; negative: unbounded masks, as SAM gives them).
 
     python benchmarks/interactive.py --data ../shared/data/monuseg/test --model pathseg_nuclei_cpu
+
+The network's pixel size for prompts (``prompt_mpp``) is chosen on the validation split of the training images:
+
+    python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation --kinds box point \
+        --corrections 0 --model src/pathseg/weights/pathseg_nuclei_cpu --prompt-mpp 0.5 0.45 0.42 0.38 [--write]
 """
 
 from __future__ import annotations
@@ -21,10 +27,46 @@ import numpy as np
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
 from pathseg.metrics import instance_scores
+from pathseg.models.folder import update_config
 from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.interactive import Predictor
-from pathseg.nuclei.simulate import simulate_prompts
+from pathseg.nuclei.simulate import KINDS, simulate_prompts
 from pathseg.table import format_table
+
+
+def _images(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, rgb, labels) of the images to score: all of ``--data``, or its validation split."""
+    if args.validation:
+        from pathseg.train.data import load_samples
+        from pathseg.train.nuclei import source_groups, split_validation
+
+        samples = load_samples([str(args.data)], args.mpp, args.mpp)
+        _, val = split_validation(samples, args.val_fraction, args.seed, source_groups([str(args.data)]))
+        return [(s.name, s.image, s.labels.astype(np.int64)) for s in val][: args.limit]
+    paths = sorted((args.data / "images").glob("*.png"))[: args.limit]
+    return [
+        (p.stem, read_image(p).pixels, read_labels(args.data / "instance_masks" / p.name).astype(np.int64))
+        for p in paths
+    ]
+
+
+def score(model, images, args: argparse.Namespace, kinds: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for stem, rgb, gt in images:
+        t = time.perf_counter()
+        pred = Predictor(model, box_margin=None if args.box_margin < 0 else args.box_margin)
+        pred.set_image(rgb, args.mpp)
+        res = simulate_prompts(pred, gt, args.corrections, kinds=kinds)
+        row = {"image": stem, "n_gt": int(gt.max()), "seconds": time.perf_counter() - t}
+        for k, lab in res.items():
+            row[f"msa_{k}"] = instance_scores(gt, lab)["msa"]
+        rows.append(row)
+        print(
+            f"{stem}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("msa")),
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,42 +75,78 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="a SAM-family model (zoo name, checkpoint or model folder)")
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images (µm/px)")
     ap.add_argument("--corrections", type=int, default=8)
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="prompt kinds to score")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-refiner", action="store_true", help="drop the model's mask refiner (to measure its effect)")
+    ap.add_argument(
+        "--box-margin",
+        type=float,
+        default=0.0,
+        help="box prompts bound their masks to the box grown by this many image pixels (negative: unbounded, "
+        "as SAM); default 0",
+    )
+    ap.add_argument(
+        "--validation",
+        action="store_true",
+        help="score only the validation split `pathseg train nuclei` carves from --data (--val-fraction, --seed)",
+    )
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--prompt-mpp",
+        type=float,
+        nargs="+",
+        default=None,
+        help="network pixel sizes (µm/px) for prompts to compare (default: the model's prompt_mpp)",
+    )
+    ap.add_argument(
+        "--write",
+        action="store_true",
+        help="with --validation and several --prompt-mpp: store the best (mean mSA over --kinds) as the model "
+        "folder's prompt_mpp",
+    )
     args = ap.parse_args(argv)
+    if args.write and not (args.validation and Path(args.model).is_dir()):
+        ap.error("--write needs --validation and a model folder as --model")
     model = get_nucleus_model(args.model)
     name = model.name
     if args.no_refiner and getattr(model, "refiner", None) is not None:
         model.refiner = None
         name += "_no_refiner"
-    images = sorted((args.data / "images").glob("*.png"))[: args.limit]
-    rows = []
-    for path in images:
-        rgb = read_image(path).pixels
-        gt = read_labels(args.data / "instance_masks" / path.name).astype(np.int64)
-        t = time.perf_counter()
-        pred = Predictor(model)
-        pred.set_image(rgb, args.mpp)
-        res = simulate_prompts(pred, gt, args.corrections)
-        row = {"image": path.stem, "n_gt": int(gt.max()), "seconds": time.perf_counter() - t}
-        for k, lab in res.items():
-            row[f"msa_{k}"] = instance_scores(gt, lab)["msa"]
-        rows.append(row)
-        print(
-            f"{path.stem}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("msa")),
-            file=sys.stderr,
-            flush=True,
-        )
-    cols = ["image", "n_gt", "msa_point", "msa_box", "msa_corrected", "seconds"]
-    mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-    print(f"\ninteractive, model {name}, {len(rows)} images, {args.corrections} corrections")
-    print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
-    out = args.json or Path("benchmarks/results") / f"interactive_{name}.json"
+    if args.box_margin < 0:
+        name += "_unbounded_box"
+    images = _images(args)
+    kinds = tuple(args.kinds)
+    cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), "seconds"]
+    runs = {}
+    for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
+        model.config["prompt_mpp"] = prompt_mpp
+        rows = score(model, images, args, kinds)
+        mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
+        split = "validation split" if args.validation else str(args.data)
+        print(f"\ninteractive, model {name} at {prompt_mpp:g} µm/px, {len(rows)} images of {split}")
+        print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
+        runs[prompt_mpp] = {"images": rows, "mean": mean}
+    best = max(runs, key=lambda m: np.mean([runs[m]["mean"][f"msa_{k}"] for k in kinds]))
+    if len(runs) > 1:
+        print("mean mSA over " + ", ".join(kinds) + ":")
+        for m, r in runs.items():
+            mean_msa = np.mean([r["mean"][f"msa_{k}"] for k in kinds])
+            print(f"  {m:g} µm/px: {mean_msa:.4f}" + (" (best)" if m == best else ""))
+    tag = "_validation" if args.validation else ""
+    out = args.json or Path("benchmarks/results") / f"interactive_{name}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        json.dump({"model": name, "corrections": args.corrections, "images": rows, "mean": mean}, f, indent=2)
+        record = {"model": name, "corrections": args.corrections, "box_margin": args.box_margin, "kinds": kinds}
+        if len(runs) == 1:
+            record.update(prompt_mpp=best, **runs[best])
+        else:
+            record.update(best_prompt_mpp=best, runs={str(m): r for m, r in runs.items()})
+        json.dump(record, f, indent=2)
     print(f"wrote {out}")
+    if args.write:
+        print(f"wrote prompt_mpp {best:g} into {update_config(Path(args.model), {'prompt_mpp': best})}")
     return 0
 
 

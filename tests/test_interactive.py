@@ -108,3 +108,40 @@ def test_compact_prompts_are_decoded_on_the_window_size_they_were_trained_on():
     assert r.embed_window == (64, 64, 128, 128)
     again = p.predict(points=np.array([[100, 90]]), labels=np.array([1]), mask_input=r.mask_prompt(0))
     assert seen[-1][0] == (4, 4) and again.masks.shape == (3, 128, 128)
+
+
+def test_a_box_bounds_its_mask(model):
+    rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
+    lab = int(gt[tuple(np.argwhere(gt > 0)[0])])
+    ys, xs = np.nonzero(gt == lab)
+    # a box that cuts the object: 4 px in from its left and top edges
+    box = np.array([xs.min() + 4, ys.min() + 4, xs.max() + 1, ys.max() + 1], dtype=float)
+    obj = gt == lab
+    yy, xx = np.mgrid[:200, :200] + 0.5
+    results = {}
+    for margin in (0.0, 2.0, None):
+        p = OraclePredictor(model, box_margin=margin)
+        p.gt = gt
+        p.set_image(rgb, mpp=0.5)
+        results[margin] = p.predict(box=box, multimask=False).masks[0]
+    inside = (xx > box[0]) & (xx < box[2]) & (yy > box[1]) & (yy < box[3])
+    assert np.array_equal(results[0.0], obj & inside)
+    grown = (xx > box[0] - 2) & (xx < box[2] + 2) & (yy > box[1] - 2) & (yy < box[3] + 2)
+    assert np.array_equal(results[2.0], obj & grown)
+    assert np.array_equal(results[None], obj)  # unbounded, as SAM
+    assert results[0.0].sum() < results[2.0].sum() < results[None].sum()
+
+
+def test_prompts_run_at_the_models_prompt_pixel_size(tmp_path):
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    cfg["prompt_mpp"] = 0.25  # the network sees the image at twice its pixel count
+    model = SamNucleusModel(cfg).eval()
+    rgb, _ = synthetic_nuclei((100, 120), n=6, radius=8, seed=8)
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5, cache=tmp_path / "emb.safetensors")
+    assert p.factor == 2.0 and p._work.shape[:2] == (200, 240)
+    r = p.predict(points=np.array([[60, 50]]), labels=np.array([1]))
+    assert r.masks.shape == (3, 100, 120)
+    model.config["prompt_mpp"] = 0.5
+    assert p.signature(rgb, 0.5)["network_mpp"] == "0.5"  # a cache made at 0.25 µm/px is not reused

@@ -130,6 +130,24 @@ def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp
         assert np.array_equal(v.numpy(), trained[k].numpy()), k
 
 
+def test_decoder_only_ais_training_moves_only_the_automatic_path(data, tmp_path):
+    train_nuclei(small_config(data, tmp_path / "base", prompt_weight=0.0, iterations=1), log=lambda *a: None)
+    out = tmp_path / "ais"
+    cfg = small_config(data, out, decoder_only=True, model_mpp=0.4, init=str(tmp_path / "base" / "best"))
+    train_nuclei(cfg, log=lambda *a: None)
+    base = SamNucleusModel.from_pretrained(tmp_path / "base" / "best")
+    trained = SamNucleusModel.from_pretrained(out / "best")
+    assert trained.ais_mpp == 0.4 and trained.mpp == base.mpp == 0.5  # prompts and classes keep their pixel size
+    a, b = base.state_dict(), trained.state_dict()
+    assert set(a) == set(b)
+    changed = {k for k in a if not np.array_equal(a[k].numpy(), b[k].numpy())}
+    assert changed and all(k.startswith("ais.") for k in changed)  # encoder weights and BatchNorm statistics kept
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert all("prompt" not in r for r in history)
+    with pytest.raises(PathsegError, match="needs --init"):
+        train_nuclei(small_config(data, tmp_path / "x", decoder_only=True), log=lambda *a: None)
+
+
 def test_class_preset_fixes_names_and_outputs(data, tmp_path):
     _add_types(data)  # ids 1, 2 in the masks; the PanNuke preset has 5 classes
     cfg = small_config(data, tmp_path / "p", prompt_weight=0.0, task="classes", class_preset="pannuke")

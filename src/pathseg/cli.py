@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "input image",
     )
     p.add_argument(
+        "--box-margin",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="with --prompts: a box bounds its nucleus; mask pixels more than PX image pixels outside the box are "
+        "dropped (default 0; negative: unbounded masks, as SAM gives them)",
+    )
+    p.add_argument(
         "--mode",
         choices=["ais", "apg", "amg"],
         default="ais",
@@ -310,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
+    t.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train one decoder alone on the --init model's frozen encoder. train nuclei: the AIS decoder at "
+        "--model-mpp, which becomes the pixel size of the model's automatic path (prompts and classes unchanged). "
+        "train nuclei-classes: the class decoder (class-weighted cross-entropy only), a small add-on; the nuclei "
+        "outputs stay exactly as they were",
+    )
     t.set_defaults(func=cmd_train_nuclei)
     tc = tsub.add_parser(
         "nuclei-classes",
@@ -325,12 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("help", "quiet", "verbose"):
             continue
         tc._add_action(action)
-    tc.add_argument(
-        "--decoder-only",
-        action="store_true",
-        help="train the class decoder alone on the --init model's frozen encoder (class-weighted cross-entropy only); "
-        "the nuclei outputs stay exactly as they were and the class decoder is a small add-on",
-    )
     tc.add_argument(
         "--preset",
         choices=["pannuke", "consep"],
@@ -500,7 +510,13 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         try:
             if prompts is not None:
                 result = segment_nuclei_prompted(
-                    path, prompts, model, mpp=args.mpp, max_pixels=args.max_pixels, progress=bar
+                    path,
+                    prompts,
+                    model,
+                    mpp=args.mpp,
+                    max_pixels=args.max_pixels,
+                    progress=bar,
+                    box_margin=None if args.box_margin < 0 else args.box_margin,
                 )
             else:
                 result = segment_nuclei(

@@ -180,6 +180,12 @@ class SamNucleusModel(nn.Module):
         its training pixel size; ``benchmarks/tune_ais.py --ais-mpp`` picks it on the validation split."""
         return float(self.config.get("ais_mpp") or self.mpp)
 
+    @property
+    def prompt_mpp(self) -> float:
+        """Pixel size (µm/px) the network runs at for prompts (config ``prompt_mpp``, default :attr:`mpp`), picked
+        on the validation split by ``benchmarks/interactive.py --validation --prompt-mpp``."""
+        return float(self.config.get("prompt_mpp") or self.mpp)
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""

@@ -62,6 +62,16 @@ class Prediction:
         full[:, y0:y1, x0:x1] = self.window_masks
         return full
 
+    def bound(self, box: np.ndarray, margin: float = 0.0) -> None:
+        """Drop mask pixels whose centres lie more than ``margin`` px outside ``box`` (x0, y0, x1, y1: pixel
+        edges, image pixels)."""
+        y0, x0, y1, x1 = self.window
+        yc = np.arange(y0, y1) + 0.5
+        xc = np.arange(x0, x1) + 0.5
+        inside_y = (yc > box[1] - margin) & (yc < box[3] + margin)
+        inside_x = (xc > box[0] - margin) & (xc < box[2] + margin)
+        self.window_masks = self.window_masks & (inside_y[:, None] & inside_x[None, :])[None]
+
     def paste(self, labels: np.ndarray, k: int, value: int, overwrite: bool = False) -> None:
         """Write mask ``k`` into ``labels`` as ``value`` (only into background unless ``overwrite``)."""
         y0, x0, y1, x1 = self.window
@@ -71,10 +81,16 @@ class Prediction:
 
 
 class Predictor:
-    """Prompts on one image with a SAM-family model (``SamNucleusModel``)."""
+    """Prompts on one image with a SAM-family model (``SamNucleusModel``).
 
-    def __init__(self, model: SamNucleusModel, halo: int | None = None) -> None:
+    The network runs at the model's :attr:`~SamNucleusModel.prompt_mpp`. A box is a bound: mask pixels whose
+    centres lie more than ``box_margin`` image pixels outside it are dropped (default 0: the box holds the object;
+    ``None`` keeps SAM's unbounded masks).
+    """
+
+    def __init__(self, model: SamNucleusModel, halo: int | None = None, box_margin: float | None = 0.0) -> None:
         self.model = model.eval()
+        self.box_margin = box_margin
         self.window = int(model.sam.img_size) if model.is_compact else int(model.config.get("tile", 512))
         self.halo = int(model.config.get("halo", 64) if halo is None else halo)
         self.image: np.ndarray | None = None
@@ -110,6 +126,7 @@ class Predictor:
             "tile": str(self.window),
             "halo": str(self.halo),
             "mpp": f"{mpp:g}",
+            "network_mpp": f"{self.model.prompt_mpp:g}",
             "version": pathseg.__version__,
         }
 
@@ -117,7 +134,7 @@ class Predictor:
         """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
         mpp = self.model.mpp if mpp is None else mpp
         self.image = rgb
-        self.factor = mpp / self.model.mpp
+        self.factor = mpp / self.model.prompt_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(self.factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), self.factor))
         self.tiles = (
@@ -191,15 +208,18 @@ class Predictor:
         if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
             window, logits = mask_input.window, mask_input.logits
             pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, logits, multimask)
-            return self._to_image(*pred)
-        tile = self._tile_for(self._centre(pts, lbl, bx))
-        i = self.tiles.index(tile)
-        pred = self._predict_in(tile.outer, self.embeddings[i], self.guides[i], pts, lbl, bx, mask_input, multimask)
-        best = int(np.argmax(pred[1]))
-        if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
-            window = self._window_around(pred[0][best] > 0, tile.outer)
-            pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
-        return self._to_image(*pred)
+        else:
+            tile = self._tile_for(self._centre(pts, lbl, bx))
+            i = self.tiles.index(tile)
+            pred = self._predict_in(tile.outer, self.embeddings[i], self.guides[i], pts, lbl, bx, mask_input, multimask)
+            best = int(np.argmax(pred[1]))
+            if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
+                window = self._window_around(pred[0][best] > 0, tile.outer)
+                pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
+        out = self._to_image(*pred)
+        if box is not None and self.box_margin is not None:
+            out.bound(np.asarray(box, dtype=np.float64).reshape(4), self.box_margin)
+        return out
 
     @staticmethod
     def _centre(pts, lbl, bx) -> np.ndarray:

@@ -54,8 +54,10 @@ class TrainConfig:
     check_sync: bool = False  #: at the end, verify that all distributed replicas hold identical weights
     task: str = "nuclei"  #: "nuclei" (AIS + prompts) or "classes" (adds the semantic decoder, class-weighted CE)
     precision: str = "bf16"  #: "bf16" (mixed precision autocast; ~3x faster on CPUs with AVX512-BF16) or "fp32"
-    #: task "classes" only: train the class decoder alone; the encoder and nuclei decoders stay exactly as in
-    #: ``init``, so the class decoder can be shipped as a small add-on to that model
+    #: train one decoder alone on ``init``'s frozen encoder. Task "classes": the class decoder (the nuclei outputs
+    #: stay exactly as in ``init``, so the class decoder is a small add-on). Task "nuclei": the AIS decoder at
+    #: ``model_mpp``, which becomes the model's ``ais_mpp`` (the prompt path and the class decoder keep the pixel size
+    #: they were trained at and stay exactly as in ``init``)
     decoder_only: bool = False
     #: task "classes" only: a named class set (``pannuke``, ``consep``) fixing the number, names and colours of the
     #: classes (type masks hold its ids); default: as many classes as the data holds, names from a classes.csv
@@ -236,7 +238,7 @@ class _TrainStep(torch.nn.Module):
     def forward(self, x, y, labels, rng, step: int, amp: bool, types=None):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             pred, embedding, sem = self.model.forward_train(x, with_semantic=self.cfg.task == "classes")
-        if self.cfg.decoder_only and sem is not None:
+        if self.cfg.decoder_only and self.cfg.task == "classes":
             loss, parts = sem.new_zeros(()), {}
         else:
             loss, parts = ais_loss(pred.float(), y)
@@ -244,7 +246,7 @@ class _TrainStep(torch.nn.Module):
             l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
             loss = loss + l_cls
             parts["classes"] = float(l_cls.detach())
-        if self.cfg.prompt_weight > 0 and not (self.cfg.decoder_only and sem is not None):
+        if self.cfg.prompt_weight > 0 and not self.cfg.decoder_only:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 l_prompt = prompt_loss(
                     self.model.sam,
@@ -289,18 +291,27 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         model = get_nucleus_model(cfg.init)
         if not isinstance(model, SamNucleusModel):
             raise PathsegError(f"--init {cfg.init!r} is not a SAM-family model")
-        model.config["mpp"] = cfg.model_mpp
+        if cfg.decoder_only and cfg.task == "nuclei":
+            model.config["ais_mpp"] = cfg.model_mpp  # only the automatic path moves to the new pixel size
+        else:
+            model.config["mpp"] = cfg.model_mpp
     else:
         model = SamNucleusModel(compact_config(mpp=cfg.model_mpp, name=cfg.name))
     class_weights = None
     if cfg.task == "classes":
         class_weights = _prepare_classes(model, train, cfg)
-        if cfg.decoder_only:
-            if not cfg.init:
-                raise PathsegError("--decoder-only needs --init: the model whose encoder the class decoder reads")
-            for n, p in model.named_parameters():
-                p.requires_grad_(n.startswith("semantic."))
+    trained = None  # with decoder_only: the one decoder that learns
+    if cfg.decoder_only:
+        trained = "semantic" if cfg.task == "classes" else "ais"
+        if not cfg.init:
+            raise PathsegError(f"--decoder-only needs --init: the model whose encoder the {trained} decoder reads")
+        if getattr(model, trained) is None:
+            raise PathsegError(f"--init {cfg.init!r} has no {trained} decoder to train")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(f"{trained}."))
         params = [p for p in model.parameters() if p.requires_grad]
+    elif cfg.task == "classes":
+        params = list(model.parameters())
     else:
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -329,11 +340,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         net = DistributedDataParallel(net, find_unused_parameters=True)
     history = out / "history.jsonl"
     t0 = time.perf_counter()
-    frozen = cfg.task == "classes" and cfg.decoder_only
     for it in range(start, cfg.iterations):
-        model.train(not frozen)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
-        if frozen:
-            model.semantic.train()
+        model.train(trained is None)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
+        if trained is not None:
+            getattr(model, trained).train()
         x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
