@@ -148,3 +148,25 @@ def test_update_config_sets_entries_and_keeps_the_rest(tmp_path):
     assert json.loads(path.read_text())["ais_mpp"] == 0.42
     with pytest.raises(PathsegError, match="no config.json"):
         update_config(tmp_path / "absent", {"x": 1})
+
+
+def test_replace_weights_swap_tensors_of_the_main_file_shape_for_shape(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.folder import read_folder, save_folder, update_config
+
+    save_folder(tmp_path / "m", {"name": "m"}, {"enc.w": torch.zeros(2), "ais.w": torch.zeros(3)})
+    save_file({"ais.w": torch.ones(3)}, str(tmp_path / "m" / "ais.safetensors"))
+    update_config(tmp_path / "m", {"replace_weights": ["ais.safetensors"]})
+    config, state = read_folder(tmp_path / "m")
+    assert torch.equal(state["ais.w"], torch.ones(3)) and torch.equal(state["enc.w"], torch.zeros(2))
+    save_folder(tmp_path / "one", config, state)  # saved again: one file, nothing to replace
+    assert "replace_weights" not in read_folder(tmp_path / "one")[0]
+    save_file({"ais.w": torch.ones(4)}, str(tmp_path / "m" / "ais.safetensors"))
+    with pytest.raises(PathsegError, match="replaces 'ais.w'"):
+        read_folder(tmp_path / "m")
+    save_file({"new.w": torch.ones(3)}, str(tmp_path / "m" / "ais.safetensors"))
+    with pytest.raises(PathsegError, match="replaces 'new.w'"):
+        read_folder(tmp_path / "m")

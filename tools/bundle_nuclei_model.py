@@ -7,6 +7,11 @@ safetensors in ``src/pathseg/weights/<name>/``.
 ``--add-refiner REFINER_RUN/best`` instead adds a prompt-mask refiner (trained with ``pathseg train nuclei-refiner
 --init <name>``) to the bundled model as a small add-on file ``refiner.safetensors``, leaving ``model.safetensors``
 untouched (every copy of it stays in git history).
+
+``--replace-ais AIS_RUN/best`` likewise ships an AIS decoder retrained on the bundled model's frozen encoder
+(``pathseg train nuclei --init <name> --decoder-only --model-mpp M``, thresholds then tuned with
+``benchmarks/tune_ais.py --run AIS_RUN --write``) as ``ais.safetensors``, which replaces the main file's AIS decoder
+on loading, with the run's ``ais_mpp`` and ``ais_params``.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nuclei", type=Path, default=None, help="nuclei model folder (e.g. RUN/best)")
     ap.add_argument("--add-refiner", type=Path, default=None, help="refiner run folder to add to the bundled model")
+    ap.add_argument("--replace-ais", type=Path, default=None, help="AIS decoder run folder (--decoder-only) to ship")
     ap.add_argument("--classes", type=Path, default=None, help="class model folder trained with --decoder-only")
     ap.add_argument("--name", default="pathseg_nuclei_cpu")
     ap.add_argument("--description", default="pathseg's compact CPU nucleus model (SAM family), trained on MoNuSeg")
     args = ap.parse_args(argv)
     if args.add_refiner is not None:
         return add_refiner(args.add_refiner, WEIGHTS / args.name)
+    if args.replace_ais is not None:
+        return replace_ais(args.replace_ais, WEIGHTS / args.name)
     if args.nuclei is None:
         ap.error("give --nuclei (or --add-refiner)")
     model = SamNucleusModel.from_pretrained(args.nuclei)
@@ -54,24 +62,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def add_refiner(run: Path, folder: Path) -> int:
-    """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones)."""
+def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch.dtype | None) -> SamNucleusModel:
+    """Write the ``prefix`` tensors of ``run``'s model to ``folder/filename``; every other tensor must equal the
+    bundled model's (the part was trained on it). Returns the run's model."""
     from safetensors.torch import save_file
 
     from pathseg.io.atomic import atomic_path
-    from pathseg.models.folder import update_config
 
     bundled, trained = SamNucleusModel.from_pretrained(folder), SamNucleusModel.from_pretrained(run)
-    if trained.refiner is None:
-        raise SystemExit(f"{run}: the model has no refiner")
     ours, theirs = bundled.state_dict(), trained.state_dict()
-    if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith("refiner.")):
+    if not any(k.startswith(prefix) for k in theirs):
+        raise SystemExit(f"{run}: the model has no {prefix.rstrip('.')} part")
+    if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(prefix)):
         raise SystemExit(f"{run}: trained on other weights than {folder}; use --init {folder.name}")
-    tensors = {k: v.contiguous() for k, v in theirs.items() if k.startswith("refiner.")}
-    with atomic_path(folder / "refiner.safetensors") as tmp:
+    tensors = {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in theirs.items() if k.startswith(prefix)}
+    with atomic_path(folder / filename) as tmp:
         save_file(tensors, str(tmp))
+    print(f"{folder / filename}: {(folder / filename).stat().st_size / 2**10:.0f} kB")
+    return trained
+
+
+def add_refiner(run: Path, folder: Path) -> int:
+    """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones)."""
+    from pathseg.models.folder import update_config
+
+    trained = _part_file(run, folder, "refiner.", "refiner.safetensors", None)
     update_config(folder, {"mask_refiner": trained.config["mask_refiner"], "extra_weights": ["refiner.safetensors"]})
-    print(f"{folder / 'refiner.safetensors'}: {(folder / 'refiner.safetensors').stat().st_size / 2**10:.0f} kB")
+    return 0
+
+
+def replace_ais(run: Path, folder: Path) -> int:
+    """Ship ``run``'s AIS decoder (trained with --decoder-only on the bundled encoder) as ``ais.safetensors``."""
+    from pathseg.models.folder import update_config
+
+    trained = _part_file(run, folder, "ais.", "ais.safetensors", torch.float16)
+    entries = {k: trained.config[k] for k in ("ais_mpp", "ais_params")}
+    update_config(folder, {**entries, "replace_weights": ["ais.safetensors"]})
+    print(f"ais_mpp {entries['ais_mpp']}, ais_params {entries['ais_params']}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """pathseg's own model format: a folder holding ``config.json`` and ``model.safetensors`` (written atomically).
 
 ``config["extra_weights"]`` may list further ``.safetensors`` files in the folder whose tensors are added to the
-state (an add-on part, e.g. a mask refiner, shipped without rewriting the main file).
+state (an add-on part, e.g. a mask refiner, shipped without rewriting the main file); ``config["replace_weights"]``
+files replace tensors the main file already has, with the same shapes (a retrained part, e.g. the AIS decoder,
+shipped without a second copy of the whole model in git history).
 
 Every saveable pathseg model (nucleus, diffusion backbone, tissue) reads and writes it through these helpers.
 """
@@ -35,7 +37,8 @@ def save_folder(
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp))
-    config = {k: v for k, v in config.items() if k != "extra_weights"}  # every tensor is in the one file now
+    # every tensor is in the one file now
+    config = {k: v for k, v in config.items() if k not in ("extra_weights", "replace_weights")}
     with atomic_open(folder / CONFIG_NAME, "w") as f:
         json.dump(config, f, indent=2)
     return folder
@@ -66,12 +69,20 @@ def read_folder(folder: str | os.PathLike, what: str = "model") -> tuple[dict, d
 
     config = read_config(folder, what)
     state = read_state(Path(folder) / WEIGHTS_NAME)
-    for name in config.get("extra_weights", []):  # add-on parts shipped beside the main file (new keys only)
-        if Path(name).name != name or not name.endswith(".safetensors"):
-            raise PathsegError(f"{folder}: extra_weights entry {name!r} must be a .safetensors file in the folder")
-        extra = read_state(Path(folder) / name)
-        clash = sorted(set(extra) & set(state))
-        if clash:
-            raise PathsegError(f"{folder}/{name}: holds {clash[0]!r}, which {WEIGHTS_NAME} already has")
-        state.update(extra)
+    for entry in ("extra_weights", "replace_weights"):
+        for name in config.get(entry, []):
+            if Path(name).name != name or not name.endswith(".safetensors"):
+                raise PathsegError(f"{folder}: {entry} entry {name!r} must be a .safetensors file in the folder")
+            part = read_state(Path(folder) / name)
+            if entry == "extra_weights":  # add-on parts shipped beside the main file: new keys only
+                clash = sorted(set(part) & set(state))
+                if clash:
+                    raise PathsegError(f"{folder}/{name}: holds {clash[0]!r}, which {WEIGHTS_NAME} already has")
+            else:  # replacements of tensors the main file has, shape for shape
+                bad = [k for k, v in part.items() if k not in state or state[k].shape != v.shape]
+                if bad:
+                    raise PathsegError(
+                        f"{folder}/{name}: replaces {bad[0]!r}, which {WEIGHTS_NAME} does not hold with that shape"
+                    )
+            state.update(part)
     return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
