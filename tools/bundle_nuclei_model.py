@@ -75,7 +75,11 @@ def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch
         raise SystemExit(f"{run}: the model has no {prefix.rstrip('.')} part")
     if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(prefix)):
         raise SystemExit(f"{run}: trained on other weights than {folder}; use --init {folder.name}")
-    tensors = {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in theirs.items() if k.startswith(prefix)}
+    tensors = {  # BatchNorm counters are not saved (as in save_pretrained)
+        k: (v if dtype is None else v.to(dtype)).contiguous()
+        for k, v in theirs.items()
+        if k.startswith(prefix) and not k.endswith("num_batches_tracked")
+    }
     with atomic_path(folder / filename) as tmp:
         save_file(tensors, str(tmp))
     print(f"{folder / filename}: {(folder / filename).stat().st_size / 2**10:.0f} kB")
