@@ -91,6 +91,20 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_write_gets_the_permissions_open_would_give(tmp_path):
+    from pathseg.io.atomic import _UMASK
+
+    with atomic_open(tmp_path / "new.txt") as f:  # a new file: 0o666 minus the umask, not mkstemp's 0o600
+        f.write("x")
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    old = tmp_path / "old.txt"
+    old.write_text("old")
+    old.chmod(0o640)
+    with atomic_open(old) as f:  # an existing file keeps its mode
+        f.write("new")
+    assert old.stat().st_mode & 0o777 == 0o640 and old.read_text() == "new"
+
+
 def test_measurements_match_scikit_image(nuclei_image):
     from skimage.measure import regionprops_table
 

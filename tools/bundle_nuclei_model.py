@@ -12,11 +12,15 @@ untouched (every copy of it stays in git history).
 (``pathseg train nuclei --init <name> --decoder-only --model-mpp M``, thresholds then tuned with
 ``benchmarks/tune_ais.py --run AIS_RUN --write``) as ``ais.safetensors``, which replaces the main file's AIS decoder
 on loading, with the run's ``ais_mpp`` and ``ais_params``.
+
+``--fold`` writes the bundled model's replacement files into ``model.safetensors`` (bit for bit: they are float16 as
+the main file) and removes them, so the package ships one copy of each tensor (the folder must stay <= 20 MB).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nuclei", type=Path, default=None, help="nuclei model folder (e.g. RUN/best)")
     ap.add_argument("--add-refiner", type=Path, default=None, help="refiner run folder to add to the bundled model")
     ap.add_argument("--replace-ais", type=Path, default=None, help="AIS decoder run folder (--decoder-only) to ship")
+    ap.add_argument("--fold", action="store_true", help="fold the bundled model's replace_weights into its main file")
     ap.add_argument("--classes", type=Path, default=None, help="class model folder trained with --decoder-only")
     ap.add_argument("--name", default="pathseg_nuclei_cpu")
     ap.add_argument("--description", default="pathseg's compact CPU nucleus model (SAM family), trained on MoNuSeg")
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return add_refiner(args.add_refiner, WEIGHTS / args.name)
     if args.replace_ais is not None:
         return replace_ais(args.replace_ais, WEIGHTS / args.name)
+    if args.fold:
+        return fold(WEIGHTS / args.name)
     if args.nuclei is None:
         ap.error("give --nuclei (or --add-refiner)")
     model = SamNucleusModel.from_pretrained(args.nuclei)
@@ -103,6 +110,40 @@ def replace_ais(run: Path, folder: Path) -> int:
     entries = {k: trained.config[k] for k in ("ais_mpp", "ais_params")}
     update_config(folder, {**entries, "replace_weights": ["ais.safetensors"]})
     print(f"ais_mpp {entries['ais_mpp']}, ais_params {entries['ais_params']}")
+    return 0
+
+
+def fold(folder: Path) -> int:
+    """Write the ``replace_weights`` files of ``folder`` into its main file and delete them; the loaded model is
+    unchanged (the same tensors, same dtype)."""
+    from safetensors.torch import load_file, save_file
+
+    from pathseg.io.atomic import atomic_open, atomic_path
+    from pathseg.models.folder import CONFIG_NAME, WEIGHTS_NAME, read_config
+
+    names = read_config(folder).get("replace_weights", [])
+    if not names:
+        raise SystemExit(f"{folder}: nothing to fold (no replace_weights)")
+    before = SamNucleusModel.from_pretrained(folder).state_dict()
+    state = load_file(str(folder / WEIGHTS_NAME))
+    for name in names:
+        part = load_file(str(folder / name))
+        bad = [k for k, v in part.items() if k not in state or state[k].shape != v.shape or state[k].dtype != v.dtype]
+        if bad:
+            raise SystemExit(f"{folder / name}: {bad[0]!r} does not replace a main-file tensor of its shape and dtype")
+        state.update(part)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    config = read_config(folder)
+    config.pop("replace_weights")
+    with atomic_open(folder / CONFIG_NAME, "w") as f:
+        json.dump(config, f, indent=2)
+    for name in names:
+        (folder / name).unlink()
+    after = SamNucleusModel.from_pretrained(folder).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"{folder}: folded {', '.join(names)}; {size} bytes ({size / 2**20:.2f} MiB) in all")
     return 0
 
 
