@@ -131,3 +131,28 @@ def test_prompt_maps_draw_the_box_and_the_points_in_the_region():
     assert m[0].sum() == 10 * 10 and m[0, 2:12, 5:15].all()  # box rows 12-21, cols 25-34 in region coordinates
     assert m[1, 5, 10] > 0.8 and m[1, 25, 30] < 1e-3  # the positive blob at (x 30, y 15)
     assert m[2, 25, 30] > 0.8 and m[2, 5, 10] < 1e-3  # the negative point is elsewhere
+
+
+def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):  # noqa: F811
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    cfg["mask_refiner"] = {"width": 8, "dilations": [1, 2], "prompt_channels": 3}
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "init")
+    run = RefinerConfig(
+        data=[str(data)],
+        out=str(tmp_path / "ft"),
+        init=str(tmp_path / "init"),
+        mpp_in=0.5,
+        crop=96,
+        batch=2,
+        iterations=2,
+        val_every=1,
+        val_fraction=0.25,
+        prompts_per_image=2,
+        corrections=1,
+        lr=0.0,  # the refiner cannot change, so no validation beats the init's own
+    )
+    lines: list[str] = []
+    best = train_refiner(run, log=lines.append)
+    assert best["iteration"] == 0 and any(line.startswith("init's refiner") for line in lines)
+    assert (tmp_path / "ft" / "best" / "config.json").is_file()

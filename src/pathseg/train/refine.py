@@ -121,14 +121,15 @@ def refiner_loss(
 
 
 def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str, float]:
-    """Mean mSA of box and of single-point prompts on every object of ``samples`` (at the model's pixel size)."""
+    """Mean mSA of box and of single-point prompts on every object of ``samples`` (images at the model's
+    :attr:`~SamNucleusModel.prompt_mpp`, the pixel size its prompt path runs at)."""
     from pathseg.nuclei.interactive import Predictor
     from pathseg.nuclei.simulate import simulate_prompts
 
     rows = []
     for s in samples:
         pred = Predictor(model)
-        pred.set_image(s.image, model.mpp)
+        pred.set_image(s.image, model.prompt_mpp)
         out = simulate_prompts(pred, s.labels.astype(np.int64), kinds=("point", "box"))
         rows.append({f"msa_{k}": instance_scores(s.labels, v)["msa"] for k, v in out.items()})
     scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -136,13 +137,15 @@ def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str,
     return scores
 
 
-def _load_model(cfg: RefinerConfig) -> SamNucleusModel:
+def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
+    """The frozen ``init`` model with a trainable refiner, and whether that refiner is ``init``'s own (fine-tuning)."""
     from pathseg.models.zoo import get_nucleus_model
 
     model = get_nucleus_model(cfg.init)
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
-    if model.refiner is None:
+    own = model.refiner is not None
+    if not own:
         model.config["mask_refiner"] = {
             "width": cfg.width,
             "dilations": [1, 2, 4, 8],
@@ -153,7 +156,7 @@ def _load_model(cfg: RefinerConfig) -> SamNucleusModel:
         p.requires_grad_(False)
     for p in model.refiner.parameters():
         p.requires_grad_(True)
-    return model.eval()
+    return model.eval(), own
 
 
 def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, log=print) -> dict:
@@ -161,8 +164,8 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg)
-    samples = load_samples(cfg.data, cfg.mpp_in, model.mpp)
+    model, fine_tune = _load_model(cfg)
+    samples = load_samples(cfg.data, cfg.mpp_in, model.prompt_mpp)  # the refiner learns where it will work
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
     params = list(model.refiner.parameters())
@@ -175,6 +178,10 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     if resumed:
         start, best = resumed
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
+    elif fine_tune and val:  # the refiner to beat is init's own: best starts as it, so a worse run ships nothing new
+        best = {**evaluate_prompts(model, val), "iteration": 0}
+        model.save_pretrained(out / "best")
+        log(f"init's refiner: validation mSA box {best['msa_box']:.4f} point {best['msa_point']:.4f}")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start)
     rng = np.random.default_rng(cfg.seed + 7919 + start)
