@@ -170,3 +170,15 @@ def test_replace_weights_swap_tensors_of_the_main_file_shape_for_shape(tmp_path)
     save_file({"new.w": torch.ones(3)}, str(tmp_path / "m" / "ais.safetensors"))
     with pytest.raises(PathsegError, match="replaces 'new.w'"):
         read_folder(tmp_path / "m")
+
+
+@pytest.mark.parametrize(("name", "limit_mib"), [("pathseg_nuclei_cpu", 20), ("pathseg_tissue", 30)])
+def test_bundled_models_stay_within_their_size_limits(name, limit_mib):
+    """Every file a bundled model ships counts (add-ons and replacements too): nuclei <= 20 MB, tissue <= 30 MB."""
+    from pathlib import Path
+
+    import pathseg
+
+    folder = Path(pathseg.__file__).parent / "weights" / name
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    assert 0 < size <= limit_mib * 2**20, f"{name}: {size / 2**20:.2f} MiB"
