@@ -1,4 +1,4 @@
-"""Interactive segmentation with prompts simulated from the ground truth, as PathoSAM evaluates it.
+r"""Interactive segmentation with prompts simulated from the ground truth, as PathoSAM evaluates it.
 
 Per test image and ground-truth nucleus: (1) one positive point at the object's innermost pixel, (2) one box
 (the object's bounding box), (3) the point followed by ``--corrections`` corrective rounds (a point in the
