@@ -12,6 +12,11 @@ The network's pixel size for prompts (``prompt_mpp``) is chosen on the validatio
 
     python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation --kinds box point \
         --corrections 0 --model src/pathseg/weights/pathseg_nuclei_cpu --prompt-mpp 0.5 0.45 0.42 0.38 [--write]
+
+and so is which IoU estimate ranks a prompt's candidate masks (``prompt_iou``: the refiner's or the decoder's):
+
+    python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation \
+        --model src/pathseg/weights/pathseg_nuclei_cpu --prompt-iou refiner decoder [--write]
 """
 
 from __future__ import annotations
@@ -101,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         help="network pixel sizes (µm/px) for prompts to compare (default: the model's prompt_mpp)",
     )
     ap.add_argument(
+        "--prompt-iou",
+        nargs="+",
+        choices=["refiner", "decoder"],
+        default=None,
+        help="which IoU estimate ranks a prompt's candidates, to compare (default: the model's prompt_iou)",
+    )
+    ap.add_argument(
         "--write",
         action="store_true",
-        help="with --validation and several --prompt-mpp: store the best (mean mSA over --kinds) as the model "
-        "folder's prompt_mpp",
+        help="with --validation and several --prompt-mpp / --prompt-iou: store the best (mean mSA over --kinds) as "
+        "the model folder's prompt_mpp and prompt_iou",
     )
     args = ap.parse_args(argv)
     if args.write and not (args.validation and Path(args.model).is_dir()):
@@ -121,32 +133,35 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), "seconds"]
     runs = {}
     for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
-        model.config["prompt_mpp"] = prompt_mpp
-        rows = score(model, images, args, kinds)
-        mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-        split = "validation split" if args.validation else str(args.data)
-        print(f"\ninteractive, model {name} at {prompt_mpp:g} µm/px, {len(rows)} images of {split}")
-        print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
-        runs[prompt_mpp] = {"images": rows, "mean": mean}
+        for prompt_iou in args.prompt_iou or [model.prompt_iou]:
+            model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou)
+            rows = score(model, images, args, kinds)
+            mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
+            split = "validation split" if args.validation else str(args.data)
+            setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU"
+            print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
+            print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
+            runs[setting] = {"prompt_mpp": prompt_mpp, "prompt_iou": prompt_iou, "images": rows, "mean": mean}
     best = max(runs, key=lambda m: np.mean([runs[m]["mean"][f"msa_{k}"] for k in kinds]))
     if len(runs) > 1:
         print("mean mSA over " + ", ".join(kinds) + ":")
         for m, r in runs.items():
             mean_msa = np.mean([r["mean"][f"msa_{k}"] for k in kinds])
-            print(f"  {m:g} µm/px: {mean_msa:.4f}" + (" (best)" if m == best else ""))
+            print(f"  {m}: {mean_msa:.4f}" + (" (best)" if m == best else ""))
     tag = "_validation" if args.validation else ""
     out = args.json or Path("benchmarks/results") / f"interactive_{name}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         record = {"model": name, "corrections": args.corrections, "box_margin": args.box_margin, "kinds": kinds}
         if len(runs) == 1:
-            record.update(prompt_mpp=best, **runs[best])
+            record.update(runs[best])
         else:
-            record.update(best_prompt_mpp=best, runs={str(m): r for m, r in runs.items()})
+            record.update(best=best, runs=runs)
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        print(f"wrote prompt_mpp {best:g} into {update_config(Path(args.model), {'prompt_mpp': best})}")
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou")}
+        print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 
 

@@ -67,6 +67,31 @@ def test_predictor_uses_the_refiner_and_caches_its_guide(tmp_path):
     assert np.array_equal(r.iou, r2.iou)
 
 
+def test_prompt_iou_picks_the_estimate_that_ranks_candidates():
+    model = refined_model()
+    rgb, _ = synthetic_nuclei((200, 230), n=10, radius=10, seed=5)
+    seen = {}
+    decode = model.sam.decode
+
+    def spy(*a, **k):  # the decoder's own IoU estimate
+        low, iou = decode(*a, **k)
+        seen["iou"] = iou[0].numpy().copy()
+        return low, iou
+
+    model.sam.decode = spy
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5)
+    ranked = {}
+    for source in ("refiner", "decoder"):
+        model.config["prompt_iou"] = source
+        ranked[source] = p.predict(points=np.array([[50, 60]]), labels=np.array([1]))
+    assert np.array_equal(ranked["decoder"].iou, seen["iou"]) and not np.array_equal(ranked["refiner"].iou, seen["iou"])
+    assert np.array_equal(ranked["refiner"].masks, ranked["decoder"].masks)  # refined masks either way
+    model.config["prompt_iou"] = "largest"
+    with pytest.raises(PathsegError, match="prompt_iou must be"):
+        p.predict(points=np.array([[50, 60]]), labels=np.array([1]))
+
+
 def test_refiner_ships_as_an_add_on_file(tmp_path):
     model = refined_model()
     folder = model.save_pretrained(tmp_path / "m")

@@ -186,6 +186,16 @@ class SamNucleusModel(nn.Module):
         on the validation split by ``benchmarks/interactive.py --validation --prompt-mpp``."""
         return float(self.config.get("prompt_mpp") or self.mpp)
 
+    @property
+    def prompt_iou(self) -> str:
+        """Which IoU estimate ranks a prompt's candidate masks when the model has a mask refiner: ``"refiner"``
+        (its own head, the default) or ``"decoder"`` (the mask decoder's); config ``prompt_iou``, picked on the
+        validation split by ``benchmarks/interactive.py --validation --prompt-iou refiner decoder``."""
+        source = self.config.get("prompt_iou") or "refiner"
+        if source not in ("refiner", "decoder"):
+            raise PathsegError(f"model {self.name!r}: prompt_iou must be 'refiner' or 'decoder', got {source!r}")
+        return source
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""

@@ -259,7 +259,7 @@ class Predictor:
     def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
         """Mask logits (K, h, w) float32 in ``box_yx`` (work pixels, > 0 inside), IoU, low-res logits. With a mask
         refiner (and the window's ``guide``), the masks are refined at full resolution around the prompt and the
-        IoU is the refiner's."""
+        IoU is the refiner's or the decoder's (the model's ``prompt_iou``)."""
         y0, x0, y1, x1 = box_yx
         if mask_input is None and self.model.is_compact:  # decode on the part of the window the prompt sits in
             centre = self._centre(pts, lbl, bx) - [x0, y0]
@@ -288,7 +288,8 @@ class Predictor:
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
                 logits, r_iou = refine_roi(self.model.refiner, full, guide.float(), roi, local_pts, lbl, local_box)
                 full = paste_roi(full, roi, logits)
-                iou = r_iou[None]
+                if self.model.prompt_iou == "refiner":
+                    iou = r_iou[None]
         return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
 
     def _touches_edge(self, mask: np.ndarray, box_yx) -> bool:
