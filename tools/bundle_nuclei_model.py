@@ -141,7 +141,8 @@ def fold(folder: Path) -> int:
     for name in names:
         (folder / name).unlink()
     after = SamNucleusModel.from_pretrained(folder).state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    if before.keys() != after.keys() or not all(torch.equal(before[k], after[k]) for k in before):
+        raise SystemExit(f"{folder}: the folded model differs from the one before folding")
     size = sum(f.stat().st_size for f in folder.iterdir())
     print(f"{folder}: folded {', '.join(names)}; {size} bytes ({size / 2**20:.2f} MiB) in all")
     return 0
