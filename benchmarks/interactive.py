@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     images = _images(args)
     kinds = tuple(args.kinds)
     cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), "seconds"]
+    split = "validation split" if args.validation else str(args.data)
     runs = {}
     for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
         for prompt_iou in args.prompt_iou or [model.prompt_iou]:
             model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou)
             rows = score(model, images, args, kinds)
             mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-            split = "validation split" if args.validation else str(args.data)
             setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU"
             print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
             print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))

@@ -23,6 +23,12 @@ def refined_model(tile: int = 128) -> SamNucleusModel:
     return SamNucleusModel(cfg).eval()
 
 
+def small_run(folder, out, init, **overrides) -> RefinerConfig:
+    """A refiner run small enough for a unit test (96-px crops, 2 objects per crop, one correction)."""
+    settings = dict(mpp_in=0.5, crop=96, batch=2, iterations=2, val_fraction=0.25, prompts_per_image=2, corrections=1)
+    return RefinerConfig(data=[str(folder)], out=str(out), init=str(init), **{**settings, **overrides})
+
+
 def test_a_new_refiner_returns_the_coarse_logits():
     ref = MaskRefiner(width=8)
     coarse = torch.randn(3, 1, 20, 24) * 5
@@ -118,21 +124,7 @@ def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path): 
     base = SamNucleusModel(cfg).eval()
     base.save_pretrained(tmp_path / "base")
     out = tmp_path / "ref"
-    run = RefinerConfig(
-        data=[str(data)],
-        out=str(out),
-        init=str(tmp_path / "base"),
-        mpp_in=0.5,
-        crop=96,
-        batch=2,
-        iterations=2,
-        val_every=2,
-        checkpoint_every=1,
-        val_fraction=0.25,
-        prompts_per_image=2,
-        corrections=1,
-        width=8,
-    )
+    run = small_run(data, out, tmp_path / "base", val_every=2, checkpoint_every=1, width=8)
     best = train_refiner(run, log=lambda *a: None)
     assert {"msa_box", "msa_point", "msa_prompts"} <= set(best)
     run.iterations = 3
@@ -163,20 +155,8 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
     cfg["halo"] = 16
     cfg["mask_refiner"] = {"width": 8, "dilations": [1, 2], "prompt_channels": 3}
     SamNucleusModel(cfg).save_pretrained(tmp_path / "init")
-    run = RefinerConfig(
-        data=[str(data)],
-        out=str(tmp_path / "ft"),
-        init=str(tmp_path / "init"),
-        mpp_in=0.5,
-        crop=96,
-        batch=2,
-        iterations=2,
-        val_every=1,
-        val_fraction=0.25,
-        prompts_per_image=2,
-        corrections=1,
-        lr=0.0,  # the refiner cannot change, so no validation beats the init's own
-    )
+    # lr 0: the refiner cannot change, so no validation beats the init's own
+    run = small_run(data, tmp_path / "ft", tmp_path / "init", val_every=1, lr=0.0)
     lines: list[str] = []
     best = train_refiner(run, log=lines.append)
     assert best["iteration"] == 0 and any(line.startswith("init's refiner") for line in lines)

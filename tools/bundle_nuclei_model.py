@@ -121,7 +121,8 @@ def fold(folder: Path) -> int:
     from pathseg.io.atomic import atomic_open, atomic_path
     from pathseg.models.folder import CONFIG_NAME, WEIGHTS_NAME, read_config
 
-    names = read_config(folder).get("replace_weights", [])
+    config = read_config(folder)
+    names = config.pop("replace_weights", [])
     if not names:
         raise SystemExit(f"{folder}: nothing to fold (no replace_weights)")
     before = SamNucleusModel.from_pretrained(folder).state_dict()
@@ -134,8 +135,6 @@ def fold(folder: Path) -> int:
         state.update(part)
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
-    config = read_config(folder)
-    config.pop("replace_weights")
     with atomic_open(folder / CONFIG_NAME, "w") as f:
         json.dump(config, f, indent=2)
     for name in names:
