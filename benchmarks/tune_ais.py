@@ -9,6 +9,9 @@ network runs at (µm/px; default: the model's own). Writes the best parameters i
 ``benchmarks/results/tune_ais_<model>.json``.
 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--ais-mpp 0.5 0.42] [--write]
+
+``--grid KEY=V1,V2 ...`` replaces the values searched for a parameter (e.g. to move past a grid edge), and
+``--tag`` names the results file ``tune_ais_<model>_<tag>.json`` so that an earlier search is kept.
 """
 
 from __future__ import annotations
@@ -38,11 +41,28 @@ GRID = {
 }
 
 
-def search(model: SamNucleusModel, val: list, mpp: float, ais_mpp: float) -> list[dict]:
-    """Score every GRID point on the validation samples with the network at ``ais_mpp`` µm/px."""
+def parse_grid(specs: list[str]) -> dict[str, list[float]]:
+    """GRID with the ``KEY=V1,V2`` overrides of ``specs`` applied."""
+    grid = dict(GRID)
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or key not in GRID:
+            raise SystemExit(f"--grid takes KEY=V1,V2 with KEY one of {', '.join(GRID)}; got {spec!r}")
+        cast = int if key == "min_size" else float
+        try:
+            grid[key] = [cast(v) for v in values.split(",")]
+        except ValueError:
+            msg = f"--grid {key}: values must be {cast.__name__}s separated by commas; got {values!r}"
+            raise SystemExit(msg) from None
+    return grid
+
+
+def search(model: SamNucleusModel, val: list, mpp: float, ais_mpp: float, space: dict | None = None) -> list[dict]:
+    """Score every point of ``space`` (default GRID) on the validation samples with the network at ``ais_mpp``."""
+    space = space or GRID
     segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in val]
-    keys = list(GRID)
-    grid = list(itertools.product(*(GRID[k] for k in keys)))
+    keys = list(space)
+    grid = list(itertools.product(*(space[k] for k in keys)))
     results = []
     for i, values in enumerate(grid):
         if i % 100 == 0:
@@ -62,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
+    ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="values to search for a parameter")
+    ap.add_argument("--tag", default="", help="suffix of the results file (tune_ais_<model>_<tag>.json)")
     args = ap.parse_args(argv)
+    space = parse_grid(args.grid)
     cfg = json.loads((args.run / "train_config.json").read_text())
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
@@ -73,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for ais_mpp in args.ais_mpp or [model.ais_mpp]:
         model.config["ais_mpp"] = ais_mpp
-        results += search(model, val, cfg["mpp_in"], ais_mpp)
+        results += search(model, val, cfg["mpp_in"], ais_mpp, space)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
     default = next((r for r in results if r["params"] == current), None)
     print(f"best on validation (mSA + AJI + PQ): {json.dumps(best)}")
     if default:
         print(f"current parameters:                 {json.dumps(default)}")
-    out = Path("benchmarks/results") / f"tune_ais_{model.name}.json"
+    out = Path("benchmarks/results") / f"tune_ais_{model.name}{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         per_mpp = {
@@ -88,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             for m in args.ais_mpp or [model.ais_mpp]
         }
         json.dump(
-            {"validation": [s.name for s in val], "best": best, "best_per_ais_mpp": per_mpp, "top10": results[:10]},
+            {
+                "validation": [s.name for s in val],
+                "grid": space,
+                "best": best,
+                "best_per_ais_mpp": per_mpp,
+                "top10": results[:10],
+            },
             f,
             indent=2,
         )
