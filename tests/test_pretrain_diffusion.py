@@ -3,23 +3,26 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.tissue.features import DiffusionFeatures
 from pathseg.train.diffusion import PretrainConfig, pretrain_diffusion
 
 
-def test_pretrain_two_stages_resume_and_use(tmp_path):
+def tiny_config(tmp_path) -> PretrainConfig:
+    """A nucleus model (its encoder conditions) and three random images; a CPU-second pretraining config."""
     torch.manual_seed(0)
     SamNucleusModel(compact_config()).save_pretrained(tmp_path / "nuc")
     (tmp_path / "imgs").mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
-    cfg = PretrainConfig(
+    return PretrainConfig(
         data=[f"{tmp_path / 'imgs'}@0.5"],
         out=str(tmp_path / "run"),
         patch=32,
@@ -33,6 +36,10 @@ def test_pretrain_two_stages_resume_and_use(tmp_path):
         encoder_from=str(tmp_path / "nuc"),
         checkpoint_every=1,
     )
+
+
+def test_pretrain_two_stages_resume_and_use(tmp_path):
+    cfg = tiny_config(tmp_path)
     folder = pretrain_diffusion(cfg, log=lambda *a: None)
     cfg.unet_iterations = 2  # resume: only the one missing UNet iteration runs
     pretrain_diffusion(cfg, log=lambda *a: None)
@@ -46,3 +53,22 @@ def test_pretrain_two_stages_resume_and_use(tmp_path):
         assert torch.equal(v, nuc.sam.image_encoder.state_dict()[k]), k
     feats = DiffusionFeatures(bb, timesteps=[20], blocks=[3])(torch.rand(1, 3, 64, 64))
     assert feats.shape[-2:] == (16, 16) and torch.isfinite(feats).all()
+
+
+def test_pretrain_continues_from_a_backbone(tmp_path):
+    cfg = tiny_config(tmp_path)
+    first = DiffusionBackbone.from_pretrained(pretrain_diffusion(cfg, log=lambda *a: None))
+    cfg.out, cfg.init, cfg.unet_iterations = str(tmp_path / "more"), str(tmp_path / "run" / "backbone"), 2
+    cfg.encoder_from = "an unknown model: ignored with --init"
+    more = DiffusionBackbone.from_pretrained(pretrain_diffusion(cfg, log=lambda *a: None))
+    history = [json.loads(x) for x in (tmp_path / "more" / "history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["iteration"]) for h in history] == [("unet", 1), ("unet", 2)]  # no autoencoder stage
+    assert more.config["vq"] == first.config["vq"]
+    a, b = first.state_dict(), more.state_dict()
+    for k in a:
+        if k.startswith(("vq.", "encoder.")):
+            assert torch.equal(a[k], b[k]), k  # the autoencoder and the conditioning encoder are kept
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("unet."))
+    cfg.out, cfg.mpp = str(tmp_path / "other"), 0.5  # the backbone works at 1 µm/px
+    with pytest.raises(PathsegError, match="µm/px"):
+        pretrain_diffusion(cfg, log=lambda *a: None)

@@ -443,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--vq-iterations", type=int, default=800)
     pd.add_argument("--unet-iterations", type=int, default=3000)
     pd.add_argument("--encoder-from", default="pathseg_nuclei_cpu", help="nucleus model whose encoder conditions")
+    pd.add_argument(
+        "--init",
+        default=None,
+        metavar="BACKBONE",
+        help="continue pretraining this backbone (folder or name; a tissue model such as pathseg_tissue gives its "
+        "backbone): the autoencoder stage is skipped and --unet-iterations more UNet iterations run; "
+        "--encoder-from is then ignored",
+    )
+    pd.add_argument("--unet-lr", type=_positive_float, default=5e-4, help="UNet-stage learning rate (default 5e-4)")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=cmd_pretrain_diffusion)
 
@@ -782,6 +791,8 @@ def cmd_pretrain_diffusion(args: argparse.Namespace) -> int:
         vq_iterations=args.vq_iterations,
         unet_iterations=args.unet_iterations,
         encoder_from=args.encoder_from,
+        init=args.init,
+        lr_unet=args.unet_lr,
         seed=args.seed,
     )
     bar = Bar("pretraining", quiet=args.quiet)

@@ -60,6 +60,9 @@ class PretrainConfig:
     num_vq_embeddings: int = 1024
     context_dim: int = 256
     encoder_from: str = "pathseg_nuclei_cpu"  #: nucleus model whose image encoder makes the conditioning embedding
+    #: continue from this backbone (folder or zoo name, or a tissue model's backbone): the autoencoder stage is
+    #: skipped and the UNet + conditioner train ``unet_iterations`` more with a fresh optimiser
+    init: str | None = None
     checkpoint_every: int = 100
     seed: int = 0
     name: str = "pathseg_ldm_small"
@@ -152,6 +155,22 @@ class PatchSampler:
         return torch.from_numpy(np.ascontiguousarray(np.stack(out))).permute(0, 3, 1, 2).float() / 255
 
 
+def init_backbone(spec: str) -> DiffusionBackbone:
+    """The backbone ``spec`` names: a backbone folder or zoo name, or a tissue model (folder or zoo name), whose
+    backbone is taken."""
+    from pathseg.models import zoo
+    from pathseg.models.folder import read_config
+
+    path = Path(spec)
+    if path.is_dir():
+        task = read_config(path, "model").get("task")
+    else:
+        task = zoo.get_entry(spec).task  # an unknown name stops here with the list of known ones
+    if task == "tissue":
+        return zoo.get_tissue_model(spec).backbone
+    return zoo.get_backbone(spec)
+
+
 def _warmup_cosine(step: int, total: int, warmup: int = 200) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -164,26 +183,32 @@ def pretrain_diffusion(cfg: PretrainConfig, progress: ProgressCallback | None = 
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
-    if state is not None:
-        bb_cfg = json.loads(state["config"])
-    else:
-        enc_cfg, enc_state = compact_encoder_weights(cfg.encoder_from)
-        bb_cfg = small_backbone_config(cfg, enc_cfg)
     torch.manual_seed(cfg.seed)
-    bb = DiffusionBackbone(bb_cfg)
     if state is not None:
+        bb = DiffusionBackbone(json.loads(state["config"]))
         bb.load_state_dict(state["model"])
         log(f"resumed from {ckpt_path}: stage {state['stage']}, iteration {state['iteration']}")
+    elif cfg.init:
+        bb = init_backbone(cfg.init)
+        if abs(bb.mpp / cfg.mpp - 1) > 1e-3:
+            raise PathsegError(f"--init {cfg.init} works at {bb.mpp:g} µm/px, not --mpp {cfg.mpp:g}")
+        if bb.encoder is None:
+            raise PathsegError(f"--init {cfg.init}: the backbone has no conditioning encoder to train with")
+        bb.config["name"] = cfg.name
+        log(f"continuing from {cfg.init}: its autoencoder and conditioning encoder are kept, the UNet trains on")
     else:
+        enc_cfg, enc_state = compact_encoder_weights(cfg.encoder_from)
+        bb = DiffusionBackbone(small_backbone_config(cfg, enc_cfg))
         bb.encoder.body.load_state_dict(enc_state)
     bb.encoder.eval().requires_grad_(False)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     images = load_unlabeled(cfg.data, cfg.mpp, cfg.default_mpp)
     mpx = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
     log(f"{len(images)} unlabeled images, {mpx:.1f} Mpx at {cfg.mpp} µm/px")
-    stage = state["stage"] if state else "vq"
+    stage = state["stage"] if state else ("unet" if cfg.init else "vq")
     start = int(state["iteration"]) if state else 0
-    total = cfg.vq_iterations + cfg.unet_iterations
+    vq_done = 0 if cfg.init else cfg.vq_iterations  # iterations before the UNet stage, for progress
+    total = vq_done + cfg.unet_iterations
     for name, iterations in (("vq", cfg.vq_iterations), ("unet", cfg.unet_iterations)):
         if stage == "unet" and name == "vq":
             continue
@@ -236,7 +261,7 @@ def pretrain_diffusion(cfg: PretrainConfig, progress: ProgressCallback | None = 
                 _save(ckpt_path, bb, "unet" if done else name, 0 if done else step, None if done else (opt, sched))
                 bb.save_pretrained(out / "backbone")
             if progress:
-                done_total = step + (cfg.vq_iterations if name == "unet" else 0)
+                done_total = step + (vq_done if name == "unet" else 0)
                 progress(done_total, total, f"{name} loss {float(loss.detach()):.4f}")
         log(f"stage {name}: {iterations - start} iterations in {time.perf_counter() - t0:.0f} s")
         state = None
