@@ -9,6 +9,8 @@ then scores each once on testA + testB (pooled pixel accuracy, Dice and mIoU; Gl
 on connected components, approximate because the masks are binary).
 
 ``--ablation`` first picks the timestep(s) t and UNet blocks on the validation split only (short head runs).
+``--models a`` trains and scores a subset (e.g. only (a) after more backbone pretraining: (b) and (c) do not depend
+on the backbone's weights); (c) needs (a) in the same run, as its budget is (a)'s training time.
 ``--clean MAX_HOLE MIN_AREA`` adds, for every model, a row scored after the same class-map cleaning (areas in µm²,
 picked beforehand on the validation split by ``benchmarks/tune_tissue_clean.py``).
 
@@ -234,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also score every model after class-map cleaning with these areas (µm²; pick them on the validation "
         "split with benchmarks/tune_tissue_clean.py)",
     )
+    ap.add_argument(
+        "--models", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"], help="which models to train and score"
+    )
     ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
     args = ap.parse_args(argv)
+    if "c" in args.models and "a" not in args.models:
+        ap.error("--models c needs a: the U-Net's CPU budget is (a)'s training time")
     if not (args.data / "train").is_dir():
         print(f"skipped: {args.data} is absent")
         return 0
@@ -293,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             ("a: diffusion features", str(args.backbone)),
             ("b: random backbone", f"random:{args.backbone}"),
         ):
+            if kind[0] not in args.models:
+                continue
             out = args.work / f"{kind[0]}_{int(fraction * 100)}"
             shutil.rmtree(out, ignore_errors=True)  # a benchmark times whole runs: never resume an old one
             cfg = TissueTrainConfig(
@@ -309,13 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             train_tissue(cfg, log=print)
             model = TissueModel.from_pretrained(out / "best")
             runs[kind] = (lambda rgb, m=model: m.segment(rgb, mpp=args.mpp), time.perf_counter() - start)
-        train, _ = _split(
-            load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model),
-            TissueTrainConfig(out="", label_fraction=fraction, **base),
-        )
-        budget = runs["a: diffusion features"][1]
-        unet = train_unet(train, budget, 256, 4, 0)
-        runs["c: U-Net from scratch"] = (at_mpp(unet.segment, mpp_model, args.mpp), budget)
+        if "c" in args.models:
+            train, _ = _split(
+                load_tissue_samples(base["data"], GLAS, args.mpp, mpp_model),
+                TissueTrainConfig(out="", label_fraction=fraction, **base),
+            )
+            budget = runs["a: diffusion features"][1]
+            unet = train_unet(train, budget, 256, 4, 0)
+            runs["c: U-Net from scratch"] = (at_mpp(unet.segment, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
             for s, suffix_kind in zip(score(segment, test, clean, args.mpp), ("", " + cleaning"), strict=False):
                 table.append(
@@ -344,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "iterations": args.iterations,
                 "head_dilations": args.head_dilations,
                 "views": args.views,
+                "models": args.models,
                 "clean": clean.as_dict() if clean else None,
                 "rows": table,
             },
