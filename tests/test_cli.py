@@ -99,3 +99,20 @@ def test_demo_with_local_slide(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "QuPath" in out and "napari" in out
     assert (tmp_path / "demo" / "slide.geojson").is_file()
+
+
+def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
+    from pathseg.cli import expand_inputs
+    from pathseg.errors import PathsegError
+
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "masks").mkdir()
+    for name in ("b.png", "a.tif", "notes.txt"):
+        (tmp_path / "set" / "images" / name).write_bytes(b"")
+    (tmp_path / "set" / "masks" / "a.png").write_bytes(b"")
+    images = [tmp_path / "set" / "images" / n for n in ("a.tif", "b.png")]
+    assert expand_inputs([tmp_path / "set"]) == images  # a dataset folder: its images/, never its masks/
+    assert expand_inputs([tmp_path / "set" / "images"]) == images
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PathsegError, match="folder holds no image files"):
+        expand_inputs([tmp_path / "empty"])

@@ -72,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment nuclei. Writes per input <stem>_instances.tif (uint32 labels), <stem>.geojson "
         "(QuPath detections) and <stem>_nuclei.csv (one row per nucleus, px and µm).",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="image files or folders of images (a dataset folder holding images/ gives those)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--model", default=None, help="model name (see `pathseg models list`); default: best offline")
     p.add_argument(
@@ -128,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "per input <stem>_classes.tif (uint8 class ids), <stem>.geojson (class regions as QuPath annotations, "
         "with classification names and colours) and <stem>_areas.csv (area per class in px, µm², mm²).",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="image files or folders of images (a dataset folder holding images/ gives those)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--model", default=None, help="tissue model name or folder (default: the bundled one)")
     p.add_argument(
@@ -477,11 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to the image files they hold (sorted)."""
+    """Files as given; folders expanded to the image files they hold (sorted). A dataset folder without image files
+    of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's."""
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
     out: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = images_in(path)
+            if not found and (path / "images").is_dir():
+                found = images_in(path / "images")
             if not found:
                 raise PathsegError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             out.extend(found)
