@@ -52,6 +52,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_inputs_and_output(p: argparse.ArgumentParser) -> None:
+    """The INPUT... and -o OUTDIR arguments of the image-segmenting commands."""
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="image files or folders of images (a dataset folder holding images/ gives those)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pathseg",
@@ -72,14 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment nuclei. Writes per input <stem>_instances.tif (uint32 labels), <stem>.geojson "
         "(QuPath detections) and <stem>_nuclei.csv (one row per nucleus, px and µm).",
     )
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        type=Path,
-        metavar="INPUT",
-        help="image files or folders of images (a dataset folder holding images/ gives those)",
-    )
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
+    _add_inputs_and_output(p)
     p.add_argument("--model", default=None, help="model name (see `pathseg models list`); default: best offline")
     p.add_argument(
         "--mpp",
@@ -134,14 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per input <stem>_classes.tif (uint8 class ids), <stem>.geojson (class regions as QuPath annotations, "
         "with classification names and colours) and <stem>_areas.csv (area per class in px, µm², mm²).",
     )
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        type=Path,
-        metavar="INPUT",
-        help="image files or folders of images (a dataset folder holding images/ gives those)",
-    )
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
+    _add_inputs_and_output(p)
     p.add_argument("--model", default=None, help="tissue model name or folder (default: the bundled one)")
     p.add_argument(
         "--mpp",
