@@ -11,6 +11,8 @@ on connected components, approximate because the masks are binary).
 ``--ablation`` first picks the timestep(s) t and UNet blocks on the validation split only (short head runs).
 ``--models a`` trains and scores a subset (e.g. only (a) after more backbone pretraining: (b) and (c) do not depend
 on the backbone's weights); (c) needs (a) in the same run, as its budget is (a)'s training time.
+``--tta N`` averages N dihedral views per patch at test time for every model (the U-Net (c) too; pick N on the
+validation split with ``benchmarks/tune_tissue_clean.py --tta``).
 ``--clean MAX_HOLE MIN_AREA`` adds, for every model, a row scored after the same class-map cleaning (areas in µm²,
 picked beforehand on the validation split by ``benchmarks/tune_tissue_clean.py``).
 
@@ -20,6 +22,7 @@ picked beforehand on the validation split by ``benchmarks/tune_tissue_clean.py``
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import shutil
@@ -60,7 +63,10 @@ class SmallUNet(torch.nn.Module):
         return self.decoder(emb, skips)
 
     @torch.no_grad()
-    def segment(self, rgb: np.ndarray) -> np.ndarray:
+    def segment(self, rgb: np.ndarray, tta: int = 1) -> np.ndarray:
+        """Class ids of a whole image; ``tta``: dihedral views averaged, as the tissue model's ``tta``."""
+        from pathseg.tissue.model import TTA_VIEWS, unview_dihedral, view_dihedral
+
         self.eval()
         h, w = rgb.shape[:2]
         ph, pw = -(-h // 16) * 16, -(-w // 16) * 16
@@ -68,7 +74,8 @@ class SmallUNet(torch.nn.Module):
         x = (x[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
             [0.229, 0.224, 0.225]
         ).view(1, 3, 1, 1)
-        return self(x)[0, :, :h, :w].argmax(0).numpy().astype(np.uint8)
+        logits = sum(unview_dihedral(self(view_dihedral(x, k)), k) for k in TTA_VIEWS[tta])
+        return logits[0, :, :h, :w].argmax(0).numpy().astype(np.uint8)
 
 
 def train_unet(train, seconds: float, crop: int, batch: int, seed: int) -> SmallUNet:
@@ -237,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         "split with benchmarks/tune_tissue_clean.py)",
     )
     ap.add_argument(
+        "--tta", type=int, choices=[1, 2, 4, 8], default=1, help="test-time dihedral views, for every model"
+    )
+    ap.add_argument(
         "--models", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"], help="which models to train and score"
     )
     ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             train_tissue(cfg, log=print)
             model = TissueModel.from_pretrained(out / "best")
+            model.tta = args.tta
             runs[kind] = (lambda rgb, m=model: m.segment(rgb, mpp=args.mpp), time.perf_counter() - start)
         if "c" in args.models:
             train, _ = _split(
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             budget = runs["a: diffusion features"][1]
             unet = train_unet(train, budget, 256, 4, 0)
-            runs["c: U-Net from scratch"] = (at_mpp(unet.segment, mpp_model, args.mpp), budget)
+            segment_unet = functools.partial(unet.segment, tta=args.tta)
+            runs["c: U-Net from scratch"] = (at_mpp(segment_unet, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
             for s, suffix_kind in zip(score(segment, test, clean, args.mpp), ("", " + cleaning"), strict=False):
                 table.append(
@@ -354,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 "iterations": args.iterations,
                 "head_dilations": args.head_dilations,
                 "views": args.views,
+                "tta": args.tta,
                 "models": args.models,
                 "clean": clean.as_dict() if clean else None,
                 "rows": table,

@@ -1,13 +1,14 @@
-"""Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) on the validation split
-of its training run (never on test).
+"""Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) and, with ``--tta``, its
+test-time views on the validation split of its training run (never on test).
 
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, class map, seed and
-fraction), computes the model's class probabilities once per image at the images' own pixel size, then scores
-every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice over the classes. Writes
-the best into the model folder's config.json (``clean``) with ``--write``, and the search into
-``benchmarks/results/tune_tissue_clean_<model>.json``.
+fraction), computes the model's class probabilities once per image and test-time view count at the images' own
+pixel size, then scores every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice
+over the classes. Writes the best into the model folder's config.json (``clean``, and ``tta`` when several were
+searched) with ``--write``, and the search into ``benchmarks/results/tune_tissue_clean_<model>.json``.
 
-    python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--tag TAG] [--write]
+    python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--tta 1 2 4 8]
+        [--tag TAG] [--write]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +36,34 @@ from pathseg.train.tissue import TissueTrainConfig, _split
 GRID = {"max_hole_um2": [0, 250, 500, 1000, 2000, 5000], "min_area_um2": [0, 250, 500, 1000, 2000, 5000]}
 
 
+def clean_grid(probs: list[np.ndarray], samples, mpp: float) -> list[dict]:
+    """Pooled mean Dice / mIoU (and mean object F1 for binary masks) of every cleaning grid point."""
+    k = probs[0].shape[0]
+    rows = []
+    for values in itertools.product(*GRID.values()):
+        params = CleanParams(**dict(zip(GRID, values, strict=True)))
+        cm, objects = np.zeros((k, k)), []
+        for p, s in zip(probs, samples, strict=True):
+            pred = clean_classes(p.argmax(0).astype(np.uint8), mpp, params)
+            cm += confusion_matrix(s.target, pred, k, IGNORE)
+            if k == 2:
+                objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0])["object_f1"])
+        sem = confusion_scores(cm)
+        row = {**params.as_dict(), "mean_dice": sem["mean_dice"], "miou": sem["mean_iou"]}
+        if objects:
+            row["object_f1"] = float(np.mean(objects))
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="tissue training run folder (holds train_config.json)")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best cleaning in the model's config.json")
+    ap.add_argument(
+        "--tta", type=int, nargs="+", choices=[1, 2, 4, 8], default=None, help="test-time view counts to compare"
+    )
     ap.add_argument("--tag", default=None, help="results file suffix (default: the model's name)")
     args = ap.parse_args(argv)
     cfg = TissueTrainConfig(**json.loads((args.run / "train_config.json").read_text()))
@@ -49,31 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     model = TissueModel.from_pretrained(model_dir)
     _, val = _split(load_tissue_samples(cfg.data, load_class_map(cfg.classes)), cfg)
     print(f"validation split: {len(val)} images")
-    probs = [model.probabilities(s.image, cfg.mpp_in) for s in val]
-    k = probs[0].shape[0]
     results = []
-    for values in itertools.product(*GRID.values()):
-        params = CleanParams(**dict(zip(GRID, values, strict=True)))
-        cm, objects = np.zeros((k, k)), []
-        for p, s in zip(probs, val, strict=True):
-            pred = clean_classes(p.argmax(0).astype(np.uint8), cfg.mpp_in, params)
-            cm += confusion_matrix(s.target, pred, k, IGNORE)
-            if k == 2:
-                objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0])["object_f1"])
-        sem = confusion_scores(cm)
-        row = {**params.as_dict(), "mean_dice": sem["mean_dice"], "miou": sem["mean_iou"]}
-        if objects:
-            row["object_f1"] = float(np.mean(objects))
-        results.append(row)
+    for tta in args.tta or [model.tta]:
+        model.tta = tta
+        start = time.perf_counter()
+        probs = [model.probabilities(s.image, cfg.mpp_in) for s in val]
+        seconds = (time.perf_counter() - start) / len(val)
+        results += [{"tta": tta, **row, "s_per_image": seconds} for row in clean_grid(probs, val, cfg.mpp_in)]
     results.sort(key=lambda r: -r["mean_dice"])
-    best, none = results[0], next(r for r in results if r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
-    print(f"best on validation: {json.dumps(best)}\nwithout cleaning:   {json.dumps(none)}")
+    best = results[0]
+    for tta in sorted({r["tta"] for r in results}):
+        none = next(r for r in results if r["tta"] == tta and r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
+        print(f"tta {tta}, best:   {json.dumps(next(r for r in results if r['tta'] == tta))}")
+        print(f"tta {tta}, no cleaning: {json.dumps(none)}")
+    print(f"best on validation: {json.dumps(best)}")
     out = Path("benchmarks/results") / f"tune_tissue_clean_{args.tag or model.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         json.dump({"run": str(args.run), "validation_images": len(val), "best": best, "rows": results}, f, indent=2)
     if args.write:
-        print(f"wrote clean into {update_config(model_dir, {'clean': {key: best[key] for key in GRID}})}")
+        entries = {"clean": {key: best[key] for key in GRID}}
+        if args.tta:
+            entries["tta"] = best["tta"]
+        print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 
 

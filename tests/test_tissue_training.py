@@ -152,6 +152,13 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
         args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(again), "--model", str(run / "best"), "-q"]
         assert main(args + flags) == 0
         assert np.array_equal(tifffile.imread(again / "g0_classes.tif"), expected)
+    # --tta overrides the model's test-time views
+    model = TissueModel.from_pretrained(run / "best")
+    model.tta = 8
+    rgb = np.array(Image.open(glands / "images" / "g0.png"))
+    args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(tmp_path / "tta"), "--model", str(run / "best")]
+    assert main([*args, "--tta", "8", "--no-clean", "-q"]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
     capsys.readouterr()
     assert (
         main(["evaluate", "tissue", "--pred", str(out), "--gt", str(glands), "--json", str(tmp_path / "s.json")]) == 0
@@ -237,3 +244,47 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
         next(bb.encoder.parameters()).add_(1.0)
     with pytest.raises(PathsegError, match="cannot be shared"):
         model.save_pretrained(tmp_path / "m2", share_encoder="pathseg_nuclei_cpu")
+
+
+def _tiny_tissue_model() -> TissueModel:
+    torch.manual_seed(0)
+    return TissueModel(
+        {
+            "name": "t",
+            "mpp": 1.0,
+            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
+            "features": {"timesteps": [10], "blocks": [2, 3]},
+            "head": {"hidden": 8, "dilations": [1, 2]},
+            "patch_size": 64,
+        },
+        backbone=DiffusionBackbone(tiny_config()),
+    ).eval()
+
+
+def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
+    """With all 8 views a turned or mirrored patch gets the turned / mirrored logits; tta is a saved setting."""
+    model = _tiny_tissue_model()
+    x = torch.rand(2, 3, 64, 64)
+    plain = model.logits(x)
+    model.tta = 8
+    lg = model.logits(x)
+    assert not torch.allclose(lg, plain, atol=1e-4)  # the views do differ
+    turned = model.logits(torch.rot90(x, 1, dims=(-2, -1)))
+    assert torch.allclose(turned, torch.rot90(lg, 1, dims=(-2, -1)), atol=1e-4)
+    mirrored = model.logits(torch.flip(x, dims=(-1,)))
+    assert torch.allclose(mirrored, torch.flip(lg, dims=(-1,)), atol=1e-4)
+    model.tta = 2
+    manual = (plain + torch.flip(_plain_logits(model, torch.flip(x, dims=(-1,))), dims=(-1,))) / 2
+    assert torch.allclose(model.logits(x), manual, atol=1e-5)
+    again = TissueModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.tta == 2
+    with pytest.raises(ValueError, match="tta must be"):
+        model.tta = 3
+
+
+def _plain_logits(model: TissueModel, x: torch.Tensor) -> torch.Tensor:
+    saved, model.tta = model.tta, 1
+    try:
+        return model.logits(x)
+    finally:
+        model.tta = saved

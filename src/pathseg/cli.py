@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
     p.add_argument(
+        "--tta",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help="test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all (cost grows "
+        "with the views; default: the model's config 'tta', 1 if absent)",
+    )
+    p.add_argument(
         "--no-clean",
         action="store_true",
         help="keep the raw per-pixel argmax: skip the model's cleaning (small holes filled, small specks absorbed; "
@@ -712,6 +720,8 @@ def cmd_tissue(args: argparse.Namespace) -> int:
 
     inputs = expand_inputs(args.inputs)
     model = get_tissue_model(args.model)
+    if args.tta is not None:
+        model.tta = args.tta
     failures = 0
     from pathseg.progress import track
 

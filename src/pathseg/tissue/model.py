@@ -30,6 +30,21 @@ def _window(size: int) -> torch.Tensor:
     return r[:, None] * r[None, :]
 
 
+TTA_VIEWS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def view_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Dihedral view ``k`` (0..7) of (B, C, H, W): k % 4 quarter turns, then a left-right flip when k >= 4."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def unview_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`view_dihedral`."""
+    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
 def patch_grid(n: int, patch: int, step: int) -> list[int]:
     """Patch starts 0, step, 2 step, ... covering ``n`` pixels (the last patch may reach past the end)."""
     return [i * step for i in range(1 + max(0, -(-(n - patch) // step)))]
@@ -73,11 +88,28 @@ class TissueModel(torch.nn.Module):
     def patch(self) -> int:
         return int(self.config.get("patch_size", self.backbone.config.get("patch_size", 256)))
 
+    @property
+    def tta(self) -> int:
+        """Test-time views per patch (config ``tta``, default 1): 1 = as is, 2 adds a left-right flip, 4 the four
+        quarter turns, 8 all dihedral views. Logits of the views are turned back and averaged."""
+        return int(self.config.get("tta", 1))
+
+    @tta.setter
+    def tta(self, views: int) -> None:
+        if int(views) not in TTA_VIEWS:
+            raise ValueError(f"tta must be 1, 2, 4 or 8 views, got {views}")
+        self.config["tta"] = int(views)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K, H, W) logits of (B, 3, H, W) patches in [0, 1] (the head runs at the latent resolution)."""
+        """(B, K, H, W) logits of (B, 3, H, W) square patches in [0, 1], averaged over :attr:`tta` dihedral
+        views (the head runs at the latent resolution)."""
+        views = self.tta
+        total = None
         with torch.no_grad():
-            feats = self.features(x)
-        return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            for k in TTA_VIEWS[views]:
+                lg = unview_dihedral(self.head(self.features(view_dihedral(x, k))), k)
+                total = lg if total is None else total + lg
+        return F.interpolate(total / views, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     @property
     def step(self) -> int:
