@@ -280,6 +280,10 @@ def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
     assert again.tta == 2
     with pytest.raises(ValueError, match="tta must be"):
         model.tta = 3
+    from pathseg.errors import PathsegError
+
+    with pytest.raises(PathsegError, match="tta must be"):
+        TissueModel({**model.config, "tta": 3})
 
 
 def _plain_logits(model: TissueModel, x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,8 @@ class TissueModel(torch.nn.Module):
         self.backbone = backbone if backbone is not None else DiffusionBackbone(self.config["backbone"])
         f = self.config["features"]
         self.features = DiffusionFeatures(self.backbone, f["timesteps"], f["blocks"], f.get("seed", 0))
+        if self.config.get("tta", 1) not in TTA_VIEWS:
+            raise PathsegError(f"tissue model config: tta must be 1, 2, 4 or 8 views, got {self.config['tta']!r}")
         head = self.config["head"]
         self.head = SegHead(
             self.features.channels, len(self.config["classes"]), head.get("hidden", 128), head.get("dilations", (1, 1))
