@@ -8,6 +8,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.tissue.model import TissueModel
 from pathseg.train.tissue import TissueTrainConfig, train_tissue
@@ -178,7 +179,6 @@ def test_tissue_cli_without_a_model_says_what_to_do(tmp_path, capsys, monkeypatc
 
 
 def test_feature_bank_holds_the_features_of_each_turned_patch(glands, backbone):
-    from pathseg.errors import PathsegError
     from pathseg.tissue.cache import FeatureBank, _view
     from pathseg.tissue.classes import GLAS, IGNORE
     from pathseg.tissue.data import load_tissue_samples
@@ -203,7 +203,6 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
     """A bundled tissue model conditioned on the bundled nucleus model's encoder stores it once, pinned by digest."""
     from safetensors import safe_open
 
-    from pathseg.errors import PathsegError
     from pathseg.models.diffusion.backbone import compact_encoder_weights
 
     enc_cfg, enc_state = compact_encoder_weights("pathseg_nuclei_cpu")
@@ -218,17 +217,7 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
     cfg["conditioner"]["patch_dim"] = enc_cfg["out_chans"]
     bb = DiffusionBackbone(cfg)
     bb.encoder.body.load_state_dict(enc_state)
-    model = TissueModel(
-        {
-            "name": "t",
-            "mpp": 1.0,
-            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
-            "features": {"timesteps": [10], "blocks": [2, 3]},
-            "head": {"hidden": 8},
-            "patch_size": 64,
-        },
-        backbone=bb,
-    ).eval()
+    model = TissueModel(_tiny_tissue_config(), backbone=bb).eval()
     folder = model.save_pretrained(tmp_path / "m", share_encoder="pathseg_nuclei_cpu")
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         assert not any(k.startswith("backbone.encoder.") for k in f.keys())
@@ -246,19 +235,21 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
         model.save_pretrained(tmp_path / "m2", share_encoder="pathseg_nuclei_cpu")
 
 
+def _tiny_tissue_config(**head) -> dict:
+    """A two-class tissue model config over the tiny backbone's features (64-px patches)."""
+    return {
+        "name": "t",
+        "mpp": 1.0,
+        "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
+        "features": {"timesteps": [10], "blocks": [2, 3]},
+        "head": {"hidden": 8, **head},
+        "patch_size": 64,
+    }
+
+
 def _tiny_tissue_model() -> TissueModel:
     torch.manual_seed(0)
-    return TissueModel(
-        {
-            "name": "t",
-            "mpp": 1.0,
-            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
-            "features": {"timesteps": [10], "blocks": [2, 3]},
-            "head": {"hidden": 8, "dilations": [1, 2]},
-            "patch_size": 64,
-        },
-        backbone=DiffusionBackbone(tiny_config()),
-    ).eval()
+    return TissueModel(_tiny_tissue_config(dilations=[1, 2]), backbone=DiffusionBackbone(tiny_config())).eval()
 
 
 def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
@@ -280,8 +271,6 @@ def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
     assert again.tta == 2
     with pytest.raises(ValueError, match="tta must be"):
         model.tta = 3
-    from pathseg.errors import PathsegError
-
     with pytest.raises(PathsegError, match="tta must be"):
         TissueModel({**model.config, "tta": 3})
 
