@@ -39,15 +39,17 @@ GRID = {"max_hole_um2": [0, 250, 500, 1000, 2000, 5000], "min_area_um2": [0, 250
 def clean_grid(probs: list[np.ndarray], samples, mpp: float) -> list[dict]:
     """Pooled mean Dice / mIoU (and mean object F1 for binary masks) of every cleaning grid point."""
     k = probs[0].shape[0]
+    raw = [p.argmax(0).astype(np.uint8) for p in probs]
+    truth = [ndi.label(s.target == 1)[0] for s in samples] if k == 2 else [None] * len(samples)  # labelled once
     rows = []
     for values in itertools.product(*GRID.values()):
         params = CleanParams(**dict(zip(GRID, values, strict=True)))
         cm, objects = np.zeros((k, k)), []
-        for p, s in zip(probs, samples, strict=True):
-            pred = clean_classes(p.argmax(0).astype(np.uint8), mpp, params)
+        for r, s, t in zip(raw, samples, truth, strict=True):
+            pred = clean_classes(r, mpp, params)
             cm += confusion_matrix(s.target, pred, k, IGNORE)
-            if k == 2:
-                objects.append(glas_scores(ndi.label(s.target == 1)[0], ndi.label(pred == 1)[0])["object_f1"])
+            if t is not None:
+                objects.append(glas_scores(t, ndi.label(pred == 1)[0])["object_f1"])
         sem = confusion_scores(cm)
         row = {**params.as_dict(), "mean_dice": sem["mean_dice"], "miou": sem["mean_iou"]}
         if objects:

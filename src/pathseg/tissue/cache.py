@@ -14,13 +14,12 @@ from pathseg.progress import ProgressCallback
 from pathseg.tissue.classes import IGNORE
 from pathseg.tissue.data import TissueSample
 from pathseg.tissue.features import DiffusionFeatures
-from pathseg.tissue.model import pad_to_grid, patch_grid
+from pathseg.tissue.model import pad_to_grid, patch_grid, view_dihedral
 
 
 def _view(a: np.ndarray, k: int) -> np.ndarray:
-    """Dihedral view ``k`` (0..7): k % 4 quarter turns, then a left-right flip when k >= 4."""
-    a = np.rot90(a, k % 4)
-    return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
+    """Dihedral view ``k`` (0..7) of an (H, W) or (H, W, C) array, contiguous (see :func:`view_dihedral`)."""
+    return np.ascontiguousarray(view_dihedral(a, k, (0, 1)))
 
 
 class FeatureBank:

@@ -33,10 +33,13 @@ def _window(size: int) -> torch.Tensor:
 TTA_VIEWS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
 
 
-def view_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Dihedral view ``k`` (0..7) of (B, C, H, W): k % 4 quarter turns, then a left-right flip when k >= 4."""
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+def view_dihedral(x, k: int, axes: tuple[int, int] = (-2, -1)):
+    """Dihedral view ``k`` (0..7) of a tensor or array over its ``axes`` (rows, columns; default the last two, as in
+    (B, C, H, W)): k % 4 quarter turns, then a left-right flip when k >= 4. The one convention for test-time views
+    and the training feature cache."""
+    lib = torch if isinstance(x, torch.Tensor) else np
+    x = lib.rot90(x, k % 4, axes)
+    return lib.flip(x, (axes[1],)) if k >= 4 else x
 
 
 def unview_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
