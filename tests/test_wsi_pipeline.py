@@ -62,6 +62,33 @@ def test_resume_after_interruption(tmp_path):
     assert np.array_equal(ref, again)
 
 
+def test_resume_with_other_settings_is_refused(tmp_path):
+    import tifffile
+
+    from pathseg.errors import PathsegError
+
+    rng = np.random.default_rng(0)
+    img = np.full((384, 384, 3), 225, np.uint8)
+    for y, x in rng.integers(20, 364, (40, 2)):  # dark blobs: nuclei for the classical model
+        img[y - 5 : y + 5, x - 5 : x + 5] = (70, 40, 120)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb")
+    run = SlideRun(str(path), str(tmp_path / "o"), model="classical", mpp=0.5, chunk=192, use_tissue_mask=False)
+    run_slide(run, log=lambda *a: None)
+    stored = json.loads((tmp_path / "o" / "parts" / "run.json").read_text())
+    assert stored["chunk"] == 192 and stored["model"] == "classical"
+    parts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "parts").glob("*.npz")}
+    run.chunk, run.halo = 128, 32
+    with pytest.raises(PathsegError, match="chunk: 192 there, 128 now; halo: 64 there, 32 now"):
+        run_slide(run, log=lambda *a: None)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "parts").glob("*.npz")} == parts
+    run.tta = 4
+    with pytest.raises(PathsegError, match="--tta is for tissue runs"):
+        run_slide(run, log=lambda *a: None)
+    run.chunk, run.halo, run.tta = 192, 64, None  # the first run's settings: resumes (nothing left to do)
+    assert run_slide(run, log=lambda *a: None)["chunks_done"] == len(parts)
+
+
 def test_slide_without_pixel_size_needs_mpp(tmp_path):
     import tifffile
 

@@ -77,3 +77,32 @@ def test_tissue_run_resumes(tmp_path):
     parts[0].unlink()
     run_slide(run, log=lambda *a: None)
     assert np.array_equal(ref, zarr.open_array(str(tmp_path / "r" / "classes.zarr" / "0"), mode="r")[:])
+
+
+def test_tissue_run_tta_and_other_settings_refused_on_resume(tmp_path):
+    import pytest
+
+    from pathseg.errors import PathsegError
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    model = tiny_tissue_model(0.499)
+    roi = (40, 60, 150, 120)
+    run = SlideRun(
+        str(svs), str(tmp_path / "v"), model=model, roi=roi, chunk=80, halo=0, task="tissue", use_tissue_mask=False
+    )
+    run.tta = 2
+    report = run_slide(run, log=lambda *a: None)
+    assert model.tta == 1  # the caller's model is left as it was
+    assert report["model_parameters"]["tta"] == 2
+    chunked = zarr.open_array(str(tmp_path / "v" / "classes.zarr" / "0"), mode="r")[60:180, 40:190]
+    with open_slide(svs) as s:
+        rgb = s.read_region(0, *roi)
+    model.tta = 2
+    assert np.array_equal(chunked, model.segment(rgb) + 1)
+    model.tta = 1
+    assert not np.array_equal(chunked, model.segment(rgb) + 1)  # the views changed the map
+    parts = sorted((tmp_path / "v" / "parts").glob("tissue_*.npz"))
+    run.tta = 4  # a resumed run with other views would mix two runs' chunks: refused, nothing touched
+    with pytest.raises(PathsegError, match=r"tta.*2.*there.*4.*now"):
+        run_slide(run, log=lambda *a: None)
+    assert sorted((tmp_path / "v" / "parts").glob("tissue_*.npz")) == parts

@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment a whole slide chunk by chunk (each with a halo; every nucleus kept whole, once). Writes "
         "OUTDIR/labels.zarr (uint32 nucleus ids, multiscale OME-Zarr), nuclei.geojson (QuPath detections), "
         "nuclei.csv and report.json. "
-        "Re-running the same command resumes after the last finished chunk.",
+        "Re-running the same command resumes after the last finished chunk (a run with other settings into the same "
+        "OUTDIR is refused, never mixed).",
     )
     p.add_argument("slide", type=Path, metavar="SLIDE", help="svs, ndpi, mrxs, scn, OME-TIFF, tiled TIFF, ...")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
@@ -287,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also classify every nucleus (a model with a class decoder): classes.zarr, QuPath "
         "classification in the GeoJSON, class columns in the tables",
+    )
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help="--task tissue: test-time views per patch, averaged (time grows with the views; default: the model's "
+        "config 'tta'; 1 is fastest)",
     )
     p.set_defaults(func=cmd_wsi)
 
@@ -857,6 +866,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         classes=args.classes,
         task=args.task,
+        tta=args.tta,
     )
     bar = Bar("chunks", quiet=args.quiet)
     report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))

@@ -35,6 +35,7 @@ class SlideRun:
     workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
     scheduler: str | None = None  #: address of an existing dask.distributed scheduler
     task: str = "nuclei"  #: "nuclei" or "tissue"
+    tta: int | None = None  #: tissue: test-time views per patch (1, 2, 4, 8); None = the model's setting
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,44 @@ def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path) -> Slid
 
 
 _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
+
+
+RUN_FILE = "run.json"  #: in ``OUTDIR/parts``: the settings the chunk parts were computed with
+
+
+def check_resume(out: Path, run: SlideRun, model_name: str, model_parameters: dict) -> None:
+    """Record what shapes the chunk parts (task, slide, model and its parameters, µm/px, region, chunk, halo, class
+    votes) in ``out/parts/run.json``; when ``out`` already holds parts of a run with other settings, stop with a
+    message naming them instead of mixing two runs' chunks in one output."""
+    import json
+
+    from pathseg.io.atomic import atomic_open
+
+    settings = {
+        "task": run.task,
+        "slide": str(Path(run.slide).resolve()),
+        "model": model_name,
+        "model_parameters": model_parameters,
+        "mpp": run.mpp,
+        "roi": run.roi,
+        "chunk": run.chunk,
+        "halo": run.halo,
+        "classes": run.classes,
+    }
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    path = out / "parts" / RUN_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        diff = [k for k in settings if before.get(k) != settings[k]]
+        if diff:
+            said = "; ".join(f"{k}: {json.dumps(before.get(k))} there, {json.dumps(settings[k])} now" for k in diff)
+            raise PathsegError(
+                f"{out} holds chunks of a run with other settings ({said}). Re-run with that run's settings to resume "
+                f"it, or write to a new output folder (or delete {out / 'parts'} to start over)."
+            )
+        return
+    with atomic_open(path, "w") as f:
+        json.dump(settings, f, indent=2)
 
 
 def cached_slide(path: str, mpp: float | None) -> Slide:

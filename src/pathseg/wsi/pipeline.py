@@ -30,6 +30,7 @@ from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_mul
     Chunk,
     SlideRun,
     cached_slide,
+    check_resume,
     chunk_grid,
     failures,
     plan_slide,
@@ -393,6 +394,9 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
+    if run.tta is not None:
+        raise PathsegError("--tta is for tissue runs (--task tissue); nucleus models have no test-time views")
+    check_resume(out, run, model.name, _model_parameters(model))
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
         chunks, keep = plan.chunks, plan.keep

@@ -13,6 +13,7 @@ level of at most 4096 px a side, in level-0 pixels), ``tissue_areas.csv`` and ``
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pathseg.wsi.chunks import (
     Chunk,
     SlideRun,
     cached_slide,
+    check_resume,
     failures,
     plan_slide,
     run_chunks,
@@ -143,6 +145,13 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
+    if run.tta is not None and run.tta != model.tta:
+        if model is run.model:  # leave the caller's model as it was
+            model = copy.copy(model)
+            model.config = {**model.config}
+        model.tta = run.tta
+    parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
+    check_resume(out, run, model.name, parameters)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
@@ -155,6 +164,5 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names)
     end = time.perf_counter()
     timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
-    parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step}
     done = sum(_part(out, c).is_file() for c in plan.chunks)
     return write_report(run, plan, model.name, parameters, done, failed, end - start, paths, timings)
