@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-dilations", type=int, nargs="+", default=[1, 1], help="the head's 3x3 blocks")
     ap.add_argument("--ablation-dilations", nargs="+", default=None, help="head dilation sets, e.g. 1,1 1,2,4,8")
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
+    ap.add_argument(
+        "--cache-gb", type=float, default=4.0, help="largest feature cache allowed (GB; 8 views of GlaS take ~5.3)"
+    )
     ap.add_argument("--ablation-only", action="store_true", help="stop after the ablation (validation split only)")
     ap.add_argument(
         "--clean",
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=8,
         val_every=250,
         mpp_in=args.mpp,
+        cache_gb=args.cache_gb,
     )
     timesteps, blocks = args.timesteps, args.blocks
     if args.ablation:

@@ -7,7 +7,8 @@ compare backbones (same recipe) or head recipes (same backbone) before a test ru
 
     python benchmarks/glas_heads.py --backbone BACKBONE --recipes '[{"iterations": 800}, {"iterations": 2000}]'
 
-Recipe keys: ``iterations`` (800), ``hidden`` (128), ``dilations`` ([1, 2, 4]), ``lr`` (1e-3), ``batch`` (8).
+Recipe keys: ``iterations`` (800), ``hidden`` (128), ``dilations`` ([1, 2, 4]), ``lr`` (1e-3), ``batch`` (8),
+``seed`` (0: initial weights and batch order). ``--ensemble`` also scores the mean of all the recipes' heads.
 """
 
 from __future__ import annotations
@@ -31,14 +32,27 @@ from pathseg.tissue.head import SegHead
 from pathseg.train.tissue import TissueTrainConfig, _split, class_weights, evaluate_bank, head_loss
 
 
-def train_head(bank: FeatureBank, vbank: FeatureBank, weights: torch.Tensor, recipe: dict, log=print) -> dict:
-    """Train one head on ``bank``; validation scores every 400 iterations and at the end."""
-    torch.manual_seed(0)
+class MeanHead(torch.nn.Module):
+    """Logits averaged over several heads (an ensemble), scored like one head."""
+
+    def __init__(self, heads: list[SegHead]) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+        self.classify = heads[0].classify
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([h(x) for h in self.heads]).mean(0)
+
+
+def train_head(bank: FeatureBank, vbank: FeatureBank, weights: torch.Tensor, recipe: dict, log=print):
+    """Train one head on ``bank``; validation scores every 400 iterations and at the end. Returns the record and
+    the head."""
+    torch.manual_seed(recipe.get("seed", 0))
     head = SegHead(bank.feats.shape[1], 2, recipe.get("hidden", 128), recipe.get("dilations", [1, 2, 4]))
     its, lr = recipe.get("iterations", 800), recipe.get("lr", 1e-3)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, its, eta_min=lr * 0.02)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(recipe.get("seed", 0))
     curve = []
     for it in range(its):
         head.train()
@@ -52,7 +66,7 @@ def train_head(bank: FeatureBank, vbank: FeatureBank, weights: torch.Tensor, rec
             s = evaluate_bank(head, vbank)
             curve.append({"iteration": it + 1, "val_miou": s["mean_iou"], "val_dice": s["mean_dice"]})
             log(f"{json.dumps(recipe)} {json.dumps(curve[-1])}")
-    return {"recipe": recipe, "final": curve[-1], "curve": curve}
+    return {"recipe": recipe, "final": curve[-1], "curve": curve}, head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the cache")
     ap.add_argument("--recipes", default='[{"iterations": 800}]', help="JSON list of recipes (see above)")
+    ap.add_argument(
+        "--ensemble", action="store_true", help="also score the mean of all recipes' heads' logits (one row more)"
+    )
     ap.add_argument("--tag", default="", help="suffix of benchmarks/results/glas_heads<_TAG>.json")
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
@@ -78,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     bank, vbank = FeatureBank(feats, train, 256, args.views, max_gb=12), FeatureBank(feats, val, 256, max_gb=12)
     print(f"cached {len(bank)} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s", flush=True)
     weights = class_weights(train, 2)
-    rows = [train_head(bank, vbank, weights, r) for r in recipes]
+    trained = [train_head(bank, vbank, weights, r) for r in recipes]
+    rows = [row for row, _ in trained]
+    if args.ensemble and len(trained) > 1:
+        s = evaluate_bank(MeanHead([head for _, head in trained]), vbank)
+        final = {"iteration": None, "val_miou": s["mean_iou"], "val_dice": s["mean_dice"]}
+        rows.append({"recipe": {"ensemble": recipes}, "final": final, "curve": [final]})
     out = Path("benchmarks/results") / f"glas_heads{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
