@@ -130,7 +130,10 @@ def test_bundled_models_are_registered_and_preferred(tmp_path, monkeypatch):
         assert isinstance(zoo.get_nucleus_model(), SamNucleusModel)
     finally:
         zoo.unregister("pathseg_nuclei_cpu")
-    assert zoo.default_nucleus_model() == "classical"
+    try:
+        assert zoo.default_nucleus_model() == "classical"  # no bundled nucleus model: the classical one
+    finally:
+        zoo.register_bundled()  # the package's own bundled models again, for the tests that follow
 
 
 def test_update_config_sets_entries_and_keeps_the_rest(tmp_path):
