@@ -386,6 +386,8 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         return run_slide_tissue(run, progress, log)
     if run.task != "nuclei":
         raise PathsegError(f"unknown slide task {run.task!r}; one of nuclei, tissue")
+    if run.tta is not None:
+        raise PathsegError("--tta is for tissue runs (--task tissue); nucleus models have no test-time views")
     from pathseg.models.zoo import get_nucleus_model
 
     start = time.perf_counter()
@@ -394,8 +396,6 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
-    if run.tta is not None:
-        raise PathsegError("--tta is for tissue runs (--task tissue); nucleus models have no test-time views")
     check_resume(out, run, model.name, _model_parameters(model))
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
