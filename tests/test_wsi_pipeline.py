@@ -124,8 +124,11 @@ def test_cli_wsi(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "chunks done" in out and (tmp_path / "w" / "report.json").is_file()
-    assert main(["wsi", str(svs), "-o", str(tmp_path / "w"), "--roi", "9000,9000,10,10"]) == 2
+    assert main(["wsi", str(svs), "-o", str(tmp_path / "bad"), "--roi", "9000,9000,10,10"]) == 2
     assert "outside the slide" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "parts" / "run.json").exists()  # a refused plan records no settings
+    assert main(["wsi", str(svs), "-o", str(tmp_path / "w"), "--roi", "9000,9000,10,10"]) == 2  # into the old run
+    assert "roi: [100, 100, 700, 600] there, [9000, 9000, 10, 10] now" in capsys.readouterr().err
 
 
 def test_labels_are_multiscale_ome_zarr(tmp_path):

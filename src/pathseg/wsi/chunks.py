@@ -119,13 +119,10 @@ _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
 RUN_FILE = "run.json"  #: in ``OUTDIR/parts``: the settings the chunk parts were computed with
 
 
-def check_resume(out: Path, run: SlideRun, model_name: str, model_parameters: dict) -> None:
-    """Record what shapes the chunk parts (task, slide, model and its parameters, µm/px, region, chunk, halo, class
-    votes) in ``out/parts/run.json``; when ``out`` already holds parts of a run with other settings, stop with a
-    message naming them instead of mixing two runs' chunks in one output."""
+def run_settings(run: SlideRun, model_name: str, model_parameters: dict) -> dict:
+    """What shapes a run's chunk parts: task, slide, model and its parameters, µm/px, region, chunk, halo, class
+    votes (as stored in ``OUTDIR/parts/run.json``)."""
     import json
-
-    from pathseg.io.atomic import atomic_open
 
     settings = {
         "task": run.task,
@@ -138,20 +135,37 @@ def check_resume(out: Path, run: SlideRun, model_name: str, model_parameters: di
         "halo": run.halo,
         "classes": run.classes,
     }
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    return json.loads(json.dumps(settings))  # tuples -> lists, as stored
+
+
+def check_resume(out: Path, settings: dict) -> None:
+    """Stop with a message naming the differences when ``out`` holds chunk parts of a run with other
+    :func:`run_settings`, instead of mixing two runs' chunks in one output."""
+    import json
+
     path = out / "parts" / RUN_FILE
-    if path.is_file():
-        before = json.loads(path.read_text())
-        diff = [k for k in settings if before.get(k) != settings[k]]
-        if diff:
-            said = "; ".join(f"{k}: {json.dumps(before.get(k))} there, {json.dumps(settings[k])} now" for k in diff)
-            raise PathsegError(
-                f"{out} holds chunks of a run with other settings ({said}). Re-run with that run's settings to resume "
-                f"it, or write to a new output folder (or delete {out / 'parts'} to start over)."
-            )
+    if not path.is_file():
         return
-    with atomic_open(path, "w") as f:
-        json.dump(settings, f, indent=2)
+    before = json.loads(path.read_text())
+    diff = [k for k in settings if before.get(k) != settings[k]]
+    if diff:
+        said = "; ".join(f"{k}: {json.dumps(before.get(k))} there, {json.dumps(settings[k])} now" for k in diff)
+        raise PathsegError(
+            f"{out} holds chunks of a run with other settings ({said}). Re-run with that run's settings to resume "
+            f"it, or write to a new output folder (or delete {out / 'parts'} to start over)."
+        )
+
+
+def record_settings(out: Path, settings: dict) -> None:
+    """Store ``settings`` as ``out/parts/run.json`` (once the run's plan stands; kept when already there)."""
+    import json
+
+    from pathseg.io.atomic import atomic_open
+
+    path = out / "parts" / RUN_FILE
+    if not path.is_file():
+        with atomic_open(path, "w") as f:
+            json.dump(settings, f, indent=2)
 
 
 def cached_slide(path: str, mpp: float | None) -> Slide:

@@ -34,7 +34,9 @@ from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_mul
     chunk_grid,
     failures,
     plan_slide,
+    record_settings,
     run_chunks,
+    run_settings,
     sample_regions,
     write_multiscales,
     write_report,
@@ -396,9 +398,11 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
-    check_resume(out, run, model.name, _model_parameters(model))
+    settings = run_settings(run, model.name, _model_parameters(model))
+    check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
+        record_settings(out, settings)
         chunks, keep = plan.chunks, plan.keep
         if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)
             model.fit_slide(sample_regions(slide, plan.level, [c for c in chunks if c.index in keep]), plan.mpp)

@@ -33,7 +33,9 @@ from pathseg.wsi.chunks import (
     check_resume,
     failures,
     plan_slide,
+    record_settings,
     run_chunks,
+    run_settings,
     write_multiscales,
     write_report,
 )
@@ -151,9 +153,11 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
             model.config = {**model.config}
         model.tta = run.tta
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
-    check_resume(out, run, model.name, parameters)
+    settings = run_settings(run, model.name, parameters)
+    check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
+        record_settings(out, settings)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
         args = (run.slide, slide_mpp, plan.level, plan.mpp, plan.region, run.out)
