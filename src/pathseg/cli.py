@@ -64,6 +64,18 @@ def _add_inputs_and_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
 
 
+def _add_tta(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--tta``: a tissue model's test-time views, for ``pathseg tissue`` and ``pathseg wsi``."""
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help=prefix + "test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all "
+        "(time grows with the views; default: the model's config 'tta', 1 if absent)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pathseg",
@@ -148,14 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
     )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
-    p.add_argument(
-        "--tta",
-        type=int,
-        choices=[1, 2, 4, 8],
-        default=None,
-        help="test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all (cost grows "
-        "with the views; default: the model's config 'tta', 1 if absent)",
-    )
+    _add_tta(p)
     p.add_argument(
         "--no-clean",
         action="store_true",
@@ -289,14 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also classify every nucleus (a model with a class decoder): classes.zarr, QuPath "
         "classification in the GeoJSON, class columns in the tables",
     )
-    p.add_argument(
-        "--tta",
-        type=int,
-        choices=[1, 2, 4, 8],
-        default=None,
-        help="--task tissue: test-time views per patch, averaged (time grows with the views; default: the model's "
-        "config 'tta'; 1 is fastest)",
-    )
+    _add_tta(p, "--task tissue: ")
     p.set_defaults(func=cmd_wsi)
 
     p = sub.add_parser("train", help="train models on your annotated images")
