@@ -11,6 +11,7 @@ from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.tissue.features import DiffusionFeatures
+from pathseg.tissue.model import TissueModel
 from pathseg.train.diffusion import PretrainConfig, pretrain_diffusion
 
 
@@ -69,6 +70,21 @@ def test_pretrain_continues_from_a_backbone(tmp_path):
         if k.startswith(("vq.", "encoder.")):
             assert torch.equal(a[k], b[k]), k  # the autoencoder and the conditioning encoder are kept
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("unet."))
+    # a tissue model gives its backbone, which arrives frozen for feature extraction
+    tissue = TissueModel(
+        {
+            "name": "t",
+            "mpp": 1.0,
+            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
+            "features": {"timesteps": [10], "blocks": [3]},
+            "head": {"hidden": 8},
+        },
+        backbone=more,
+    )
+    assert not any(p.requires_grad for p in tissue.backbone.parameters())
+    cfg.out, cfg.init, cfg.unet_iterations = str(tmp_path / "again"), str(tissue.save_pretrained(tmp_path / "t")), 1
+    again = DiffusionBackbone.from_pretrained(pretrain_diffusion(cfg, log=lambda *a: None)).state_dict()
+    assert any(not torch.equal(b[k], again[k]) for k in b if k.startswith("unet."))
     cfg.out, cfg.mpp = str(tmp_path / "other"), 0.5  # the backbone works at 1 µm/px
     with pytest.raises(PathsegError, match="µm/px"):
         pretrain_diffusion(cfg, log=lambda *a: None)

@@ -213,6 +213,8 @@ def pretrain_diffusion(cfg: PretrainConfig, progress: ProgressCallback | None = 
         if stage == "unet" and name == "vq":
             continue
         params = list(bb.vq.parameters()) if name == "vq" else [*bb.unet.parameters(), *bb.conditioner.parameters()]
+        for p in params:  # a backbone taken from a tissue model arrives frozen
+            p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=cfg.lr_vq if name == "vq" else cfg.lr_unet, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, n=iterations: _warmup_cosine(s, n))
         if state is not None and state["stage"] == name and "optimizer" in state:
