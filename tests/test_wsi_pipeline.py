@@ -76,7 +76,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run = SlideRun(str(path), str(tmp_path / "o"), model="classical", mpp=0.5, chunk=192, use_tissue_mask=False)
     run_slide(run, log=lambda *a: None)
     stored = json.loads((tmp_path / "o" / "parts" / "run.json").read_text())
-    assert stored["chunk"] == 192 and stored["model"] == "classical"
+    assert stored["chunk"] == 192 and stored["model"] == "classical" and stored["weights"] is None  # no weights
     parts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "parts").glob("*.npz")}
     run.chunk, run.halo = 128, 32
     with pytest.raises(PathsegError, match="chunk: 192 there, 128 now; halo: 64 there, 32 now"):

@@ -119,15 +119,33 @@ _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
 RUN_FILE = "run.json"  #: in ``OUTDIR/parts``: the settings the chunk parts were computed with
 
 
-def run_settings(run: SlideRun, model_name: str, model_parameters: dict) -> dict:
-    """What shapes a run's chunk parts: task, slide, model and its parameters, µm/px, region, chunk, halo, class
-    votes (as stored in ``OUTDIR/parts/run.json``)."""
+def weights_digest(model) -> str | None:
+    """SHA-256 of a torch model's weights (names, shapes, dtypes and values), or None for a model without
+    weights (the classical one): a model folder retrained in place is a different model."""
+    import hashlib
+
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name} {tuple(value.shape)} {t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_settings(run: SlideRun, model, model_parameters: dict) -> dict:
+    """What shapes a run's chunk parts: task, slide, model (name and weights digest) and its parameters, µm/px,
+    region, chunk, halo, class votes (as stored in ``OUTDIR/parts/run.json``)."""
     import json
 
     settings = {
         "task": run.task,
         "slide": str(Path(run.slide).resolve()),
-        "model": model_name,
+        "model": model.name,
+        "weights": weights_digest(model),
         "model_parameters": model_parameters,
         "mpp": run.mpp,
         "roi": run.roi,
@@ -147,7 +165,7 @@ def check_resume(out: Path, settings: dict) -> None:
     if not path.is_file():
         return
     before = json.loads(path.read_text())
-    diff = [k for k in settings if before.get(k) != settings[k]]
+    diff = [k for k in settings if k in before and before[k] != settings[k]]  # older runs lack newer keys
     if diff:
         said = "; ".join(f"{k}: {json.dumps(before.get(k))} there, {json.dumps(settings[k])} now" for k in diff)
         raise PathsegError(

@@ -398,7 +398,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
-    settings = run_settings(run, model.name, _model_parameters(model))
+    settings = run_settings(run, model, _model_parameters(model))
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)

@@ -153,7 +153,7 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
             model.config = {**model.config}
         model.tta = run.tta
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
-    settings = run_settings(run, model.name, parameters)
+    settings = run_settings(run, model, parameters)
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
