@@ -119,21 +119,14 @@ _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}
 RUN_FILE = "run.json"  #: in ``OUTDIR/parts``: the settings the chunk parts were computed with
 
 
-def weights_digest(model) -> str | None:
-    """SHA-256 of a torch model's weights (names, shapes, dtypes and values), or None for a model without
-    weights (the classical one): a model folder retrained in place is a different model."""
-    import hashlib
-
+def model_digest(model) -> str | None:
+    """SHA-256 of a torch model's weights, or None for a model without weights (the classical one): a model
+    folder retrained in place is a different model."""
     import torch
 
-    if not isinstance(model, torch.nn.Module):
-        return None
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name} {tuple(value.shape)} {t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    from pathseg.models.diffusion.backbone import weights_digest
+
+    return weights_digest(model.state_dict()) if isinstance(model, torch.nn.Module) else None
 
 
 def run_settings(run: SlideRun, model, model_parameters: dict) -> dict:
@@ -145,7 +138,7 @@ def run_settings(run: SlideRun, model, model_parameters: dict) -> dict:
         "task": run.task,
         "slide": str(Path(run.slide).resolve()),
         "model": model.name,
-        "weights": weights_digest(model),
+        "weights": model_digest(model),
         "model_parameters": model_parameters,
         "mpp": run.mpp,
         "roi": run.roi,

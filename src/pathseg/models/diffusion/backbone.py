@@ -108,7 +108,7 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())
-        h.update(state[k].detach().float().contiguous().numpy().tobytes())
+        h.update(state[k].detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
