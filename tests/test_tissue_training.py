@@ -281,3 +281,23 @@ def _plain_logits(model: TissueModel, x: torch.Tensor) -> torch.Tensor:
         return model.logits(x)
     finally:
         model.tta = saved
+
+
+def test_tissue_model_saved_without_the_autoencoder_decoder(tmp_path):
+    """Features only encode: a model folder can leave the VQ decoder out and give the same probabilities."""
+    from safetensors import safe_open
+
+    model = _tiny_tissue_model()
+    rgb = (np.random.default_rng(1).random((70, 90, 3)) * 255).astype(np.uint8)
+    before = model.probabilities(rgb)
+    full = model.save_pretrained(tmp_path / "full")
+    model.backbone.drop_decoder()
+    slim = model.save_pretrained(tmp_path / "slim")
+    with safe_open(str(slim / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith(("backbone.vq.decoder.", "backbone.vq.post_quant_conv.")) for k in keys)
+    assert (slim / "model.safetensors").stat().st_size < (full / "model.safetensors").stat().st_size
+    again = TissueModel.from_pretrained(slim)
+    assert again.backbone.vq.decoder is None and again.config["backbone"]["vq_decoder"] is False
+    assert np.allclose(again.probabilities(rgb), before, atol=1e-5)
+    assert TissueModel.from_pretrained(full).backbone.vq.decoder is not None

@@ -3,6 +3,8 @@
 weights digest) instead of being stored twice.
 
     python tools/bundle_tissue_model.py --tissue RUN/best [--name pathseg_tissue] [--share-encoder pathseg_nuclei_cpu]
+
+The autoencoder's decoder is left out (features only encode; 4.1 MB in float16) unless ``--keep-decoder``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         default="pathseg's tissue model: head on frozen features of pathseg's own small latent diffusion model, "
         "GlaS glands",
     )
+    ap.add_argument("--keep-decoder", action="store_true", help="also ship the autoencoder's decoder (unused)")
     args = ap.parse_args(argv)
     model = TissueModel.from_pretrained(args.tissue)
+    if not args.keep_decoder:
+        model.backbone.drop_decoder()
     model.config["name"] = args.name
     model.config["description"] = args.description
     folder = model.save_pretrained(WEIGHTS / args.name, dtype=torch.float16, share_encoder=args.share_encoder or None)

@@ -187,7 +187,7 @@ class TissueModel(torch.nn.Module):
         backbone; its weights are then referenced (by name and digest) instead of stored a second time."""
         # the feature extractor holds the backbone a second time: its keys are left out
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("features.")}
-        config = {**copy.deepcopy(self.config), "task": "tissue"}
+        config = {**copy.deepcopy(self.config), "task": "tissue", "backbone": copy.deepcopy(self.backbone.config)}
         if share_encoder is not None:
             from pathseg.models.diffusion.backbone import compact_encoder_weights, weights_digest
 

@@ -132,6 +132,8 @@ class DiffusionBackbone(nn.Module):
 
         self.config = copy.deepcopy(config)
         self.vq = VQModel(**config["vq"])
+        if not config.get("vq_decoder", True):
+            self.vq.decoder = self.vq.post_quant_conv = None  # see drop_decoder
         self.unet = UNet2DConditionModel(**config["unet"])
         self.conditioner = SSLConditioner(**config["conditioner"])
         enc = config.get("encoder") or {"type": "none"}
@@ -183,6 +185,13 @@ class DiffusionBackbone(nn.Module):
         """Latent z0 (before quantisation, times the scaling factor) of (B, 3, H, W) images in [0, 1]."""
         h = self.vq.encode(x * 2 - 1).latents
         return h * self.config["vq"].get("scaling_factor", 1.0)
+
+    def drop_decoder(self) -> DiffusionBackbone:
+        """Leave out the autoencoder's decoder (in place): features only encode, so a shipped backbone need not
+        carry it. Saved folders then omit its weights; pretraining can still continue the UNet (``--init``)."""
+        self.vq.decoder = self.vq.post_quant_conv = None
+        self.config["vq_decoder"] = False
+        return self
 
     def add_noise(self, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
         """z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise."""
