@@ -13,6 +13,7 @@ from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.tissue.features import DiffusionFeatures
 from pathseg.tissue.model import TissueModel
 from pathseg.train.diffusion import PretrainConfig, pretrain_diffusion
+from tests.test_tissue_training import _tiny_tissue_config
 
 
 def tiny_config(tmp_path) -> PretrainConfig:
@@ -71,16 +72,7 @@ def test_pretrain_continues_from_a_backbone(tmp_path):
             assert torch.equal(a[k], b[k]), k  # the autoencoder and the conditioning encoder are kept
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("unet."))
     # a tissue model gives its backbone, which arrives frozen for feature extraction
-    tissue = TissueModel(
-        {
-            "name": "t",
-            "mpp": 1.0,
-            "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}],
-            "features": {"timesteps": [10], "blocks": [3]},
-            "head": {"hidden": 8},
-        },
-        backbone=more,
-    )
+    tissue = TissueModel(_tiny_tissue_config(), backbone=more)
     assert not any(p.requires_grad for p in tissue.backbone.parameters())
     cfg.out, cfg.init, cfg.unet_iterations = str(tmp_path / "again"), str(tissue.save_pretrained(tmp_path / "t")), 1
     again = DiffusionBackbone.from_pretrained(pretrain_diffusion(cfg, log=lambda *a: None)).state_dict()

@@ -126,7 +126,10 @@ def model_digest(model) -> str | None:
 
     from pathseg.models.diffusion.backbone import weights_digest
 
-    return weights_digest(model.state_dict()) if isinstance(model, torch.nn.Module) else None
+    if not isinstance(model, torch.nn.Module):
+        return None
+    # parameters and buffers by their first name: a tissue model's state_dict holds its backbone twice
+    return weights_digest({**dict(model.named_parameters()), **dict(model.named_buffers())})
 
 
 def run_settings(run: SlideRun, model, model_parameters: dict) -> dict:
