@@ -111,3 +111,79 @@ def test_tissue_run_tta_and_other_settings_refused_on_resume(tmp_path):
     with pytest.raises(PathsegError, match=r"weights: \"[0-9a-f]{64}\" there"):
         run_slide(run, log=lambda *a: None)
     assert sorted((tmp_path / "v" / "parts").glob("tissue_*.npz")) == parts
+
+
+def _blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A (H, W) map of classes 1..3 in blobs of many sizes (small holes and specks among them), 0 in one strip."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    coarse = ndi.gaussian_filter(rng.random(shape), 6)
+    fine = ndi.gaussian_filter(rng.random(shape), 1.5)
+    classes = np.where(coarse > np.median(coarse), 1, 2).astype(np.uint8)
+    classes[fine > np.quantile(fine, 0.97)] = 3
+    classes[:, 150:158] = 0  # not analysed (a failed or skipped chunk)
+    return classes
+
+
+def test_clean_blocks_equals_cleaning_the_whole_map():
+    from pathseg.tissue.postprocess import clean_classes
+    from pathseg.wsi.tissue import clean_blocks
+
+    raw = _blobs((230, 310), seed=0)
+    params = {"max_hole_um2": 30.0, "min_area_um2": 20.0}  # at 0.5 µm/px: 120 and 80 px, a 122-px halo
+    whole = clean_classes(raw, 0.5, params)
+    whole = np.where((raw == 0) | (whole == 0), raw, whole)  # not analysed stays so, nothing becomes it
+    assert (whole != raw).sum() > 200  # the cleaning has work to do
+    out = np.zeros_like(raw)
+    counts = clean_blocks(raw, out, 0.5, params, block=64)  # 4 x 5 blocks, each cleaned in its own window
+    assert np.array_equal(out, whole)
+    assert counts[:3].tolist() == [(whole == k).sum() for k in (1, 2, 3)]
+    assert np.array_equal(out == 0, raw == 0)
+
+
+def test_clean_blocks_refuses_a_halo_beyond_its_memory_bound():
+    import pytest
+
+    from pathseg.errors import PathsegError
+    from pathseg.wsi.tissue import clean_blocks
+
+    raw = np.ones((8, 8), np.uint8)
+    with pytest.raises(PathsegError, match=r"halo.*--no-clean"):
+        clean_blocks(raw, raw.copy(), 1.0, {"max_hole_um2": 1e6, "min_area_um2": 0.0})
+
+
+def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path):
+    from pathseg.tissue.postprocess import clean_classes
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    model = tiny_tissue_model(0.499)
+    model.config["clean"] = {"max_hole_um2": 20.0, "min_area_um2": 10.0}
+    out = tmp_path / "c"
+    roi = (300, 700, 230, 190)
+    run = SlideRun(str(svs), str(out), model, roi=roi, chunk=80, halo=0, use_tissue_mask=False, task="tissue")
+    run.clean = False
+    report = run_slide(run, log=lambda *a: None)
+    assert report["model_parameters"]["clean"] is None
+    raw = zarr.open_array(str(out / "classes.zarr" / "0"), mode="r")[:]
+    parts = {p: p.stat().st_mtime_ns for p in (out / "parts").glob("tissue_*.npz")}
+    run.clean = True  # the same parts, re-assembled with cleaning: resumes, computes no chunk again
+    report = run_slide(run, log=lambda *a: None)
+    assert {p: p.stat().st_mtime_ns for p in (out / "parts").glob("tissue_*.npz")} == parts
+    assert report["model_parameters"]["clean"] == model.config["clean"]
+    cleaned = zarr.open_array(str(out / "classes.zarr" / "0"), mode="r")[:]
+    expected = clean_classes(raw, 0.499, model.config["clean"])
+    expected = np.where((raw == 0) | (expected == 0), raw, expected)
+    assert not np.array_equal(cleaned, raw) and np.array_equal(cleaned, expected)
+    rows = (out / "tissue_areas.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[2]) for r in rows] == [(cleaned == k + 1).sum() for k in range(3)]
+    assert not (out / "parts" / "classes_raw.zarr").exists()
+
+
+def test_no_clean_is_refused_for_nucleus_runs(tmp_path):
+    import pytest
+
+    from pathseg.errors import PathsegError
+
+    with pytest.raises(PathsegError, match="--no-clean is for tissue runs"):
+        run_slide(SlideRun(str(tmp_path / "none.svs"), str(tmp_path / "o"), clean=False), log=lambda *a: None)

@@ -64,8 +64,9 @@ def _add_inputs_and_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
 
 
-def _add_tta(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """``--tta``: a tissue model's test-time views, for ``pathseg tissue`` and ``pathseg wsi``."""
+def _add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--tta`` and ``--no-clean``: a tissue model's test-time views and cleaning, for ``pathseg tissue`` and
+    ``pathseg wsi``."""
     p.add_argument(
         "--tta",
         type=int,
@@ -73,6 +74,12 @@ def _add_tta(p: argparse.ArgumentParser, prefix: str = "") -> None:
         default=None,
         help=prefix + "test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all "
         "(time grows with the views; default: the model's config 'tta', 1 if absent)",
+    )
+    p.add_argument(
+        "--no-clean",
+        action="store_true",
+        help=prefix + "keep the raw per-pixel argmax: skip the model's cleaning (small holes filled, small specks "
+        "absorbed; areas in its config's 'clean', µm²)",
     )
 
 
@@ -160,13 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
     )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
-    _add_tta(p)
-    p.add_argument(
-        "--no-clean",
-        action="store_true",
-        help="keep the raw per-pixel argmax: skip the model's cleaning (small holes filled, small specks absorbed; "
-        "areas in its config's 'clean', µm²)",
-    )
+    _add_tissue_inference(p)
     p.set_defaults(func=cmd_tissue)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth")
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also classify every nucleus (a model with a class decoder): classes.zarr, QuPath "
         "classification in the GeoJSON, class columns in the tables",
     )
-    _add_tta(p, "--task tissue: ")
+    _add_tissue_inference(p, "--task tissue: ")
     p.set_defaults(func=cmd_wsi)
 
     p = sub.add_parser("train", help="train models on your annotated images")
@@ -865,6 +866,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         classes=args.classes,
         task=args.task,
         tta=args.tta,
+        clean=not args.no_clean,
     )
     bar = Bar("chunks", quiet=args.quiet)
     report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))

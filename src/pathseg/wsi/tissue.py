@@ -8,12 +8,15 @@ one with a one-patch halo instead: seams are then possible but small.)
 
 Outputs: ``classes.zarr`` (multiscale OME-Zarr labels: 0 = not analysed, k + 1 = class k, with names and colours
 in the label properties), ``tissue.geojson`` (class regions as QuPath annotations, traced on a low-resolution
-level of at most 4096 px a side, in level-0 pixels), ``tissue_areas.csv`` and ``report.json``.
+level of at most 4096 px a side, in level-0 pixels), ``tissue_areas.csv`` and ``report.json``. The class map is
+cleaned as a tile's is (the model's config ``clean``: small holes filled, small specks absorbed), block by block
+(:func:`clean_blocks`), unless ``SlideRun.clean`` is False.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from pathseg.io.export import write_csv, write_geojson
 from pathseg.io.slides import open_slide
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.model import TissueModel, pad_to_grid, patch_grid
+from pathseg.tissue.postprocess import CleanParams, clean_classes
 from pathseg.wsi.chunks import (
     Chunk,
     SlideRun,
@@ -42,6 +46,8 @@ from pathseg.wsi.chunks import (
 
 #: Largest side of the class-map level traced into GeoJSON polygons (bounded memory).
 POLYGON_MAX_SIDE = 4096
+#: Largest halo (pixels) :func:`clean_blocks` takes around a block: bounds its memory to ~(block + 2 halo)² pixels.
+MAX_CLEAN_HALO = 8192
 
 
 def _needed(lo: int, hi: int, n: int, starts: list[int], p: int) -> tuple[list[int], int, int, int]:
@@ -97,10 +103,49 @@ def _part(out: Path, c: Chunk) -> Path:
     return out / "parts" / f"tissue_{c.index:06d}.npz"
 
 
+def clean_blocks(src, dst, mpp: float, params: CleanParams | dict, block: int = 4096) -> np.ndarray:
+    """Clean a class map too large for memory, block by block, from ``src`` into ``dst`` ((H, W) uint8 array-likes,
+    e.g. zarr arrays; 0 = not analysed, k + 1 = class k) at ``mpp`` µm/px with
+    :func:`~pathseg.tissue.postprocess.clean_classes`; returns the pixel count per class k (not analysed left out).
+
+    Each ``block``-pixel square is cleaned inside a window grown by a halo of one pixel more than the largest area
+    cleaned (in pixels): a region that small lies wholly in the window, and one reaching the window's edge is larger,
+    as on the whole map. (A chain of small regions, each changed only after its neighbour, could reach further;
+    such chains are rare.) Not-analysed pixels stay so and no pixel becomes one. Memory: ~(block + 2 halo)² pixels;
+    a halo over ``MAX_CLEAN_HALO`` pixels is refused."""
+    p = CleanParams(**params) if isinstance(params, dict) else params
+    halo = int(np.ceil(max(p.max_hole_um2, p.min_area_um2) / (mpp * mpp))) + 2
+    if halo > MAX_CLEAN_HALO:
+        raise PathsegError(
+            f"cleaning areas up to {max(p.max_hole_um2, p.min_area_um2):g} µm² at {mpp:g} µm/px needs a "
+            f"{halo}-pixel halo per block (at most {MAX_CLEAN_HALO}); use --no-clean or a smaller 'clean' in the "
+            "model's config"
+        )
+    h, w = src.shape
+    counts = np.zeros(256, dtype=np.int64)
+    for y in range(0, h, block):
+        for x in range(0, w, block):
+            wy0, wx0 = max(y - halo, 0), max(x - halo, 0)
+            window = np.asarray(src[wy0 : min(y + block + halo, h), wx0 : min(x + block + halo, w)])
+            cleaned = clean_classes(window, mpp, p)
+            cleaned = np.where((window == 0) | (cleaned == 0), window, cleaned)
+            inner = cleaned[y - wy0 : y - wy0 + block, x - wx0 : x - wx0 + block]
+            dst[y : y + inner.shape[0], x : x + inner.shape[1]] = inner
+            counts += np.bincount(inner.ravel(), minlength=256)
+    return counts[1:]
+
+
 def assemble_tissue(
-    out: Path, chunks: list[Chunk], size: tuple[int, int], mpp: float, downsample: float, names: list[dict]
+    out: Path,
+    chunks: list[Chunk],
+    size: tuple[int, int],
+    mpp: float,
+    downsample: float,
+    names: list[dict],
+    clean: dict | None = None,
 ) -> dict[str, Path]:
-    """classes.zarr (multiscale), tissue.geojson (from a low-resolution level) and tissue_areas.csv from the parts."""
+    """classes.zarr (multiscale), tissue.geojson (from a low-resolution level) and tissue_areas.csv from the parts;
+    ``clean`` (:class:`~pathseg.tissue.postprocess.CleanParams` fields, µm²): clean the class map first."""
     import zarr
 
     from pathseg.tissue.export import class_areas, class_region_features
@@ -110,12 +155,19 @@ def assemble_tissue(
     path = out / "classes.zarr"
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     arr = root.create_array("0", shape=(h, w), chunks=(1024, 1024), dtype="uint8", fill_value=0)
+    raw_path = out / "parts" / "classes_raw.zarr"  # the uncleaned map, while it is cleaned into arr
+    raw = arr
+    if clean:
+        raw = zarr.open_array(str(raw_path), mode="w", shape=(h, w), chunks=(1024, 1024), dtype="uint8", fill_value=0)
     counts = np.zeros(len(names), dtype=np.int64)
     for c in done:
         with np.load(_part(out, c), allow_pickle=False) as part:
             x0, y0, x1, y1 = c.inner
-            arr[y0:y1, x0:x1] = part["classes"] + 1
+            raw[y0:y1, x0:x1] = part["classes"] + 1
             counts += part["counts"][: len(names)]
+    if clean:
+        counts = clean_blocks(raw, arr, mpp, clean)[: len(names)]
+        shutil.rmtree(raw_path)
     write_multiscales(root, mpp, name="tissue classes")
     root.attrs["image-label"] = {
         "version": "0.4",
@@ -153,7 +205,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
             model.config = {**model.config}
         model.tta = run.tta
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
-    settings = run_settings(run, model, parameters)
+    settings = run_settings(run, model, parameters)  # cleaning is left out: it runs on the assembled map
+    clean = model.config.get("clean") if run.clean else None
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
@@ -165,8 +218,9 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         statuses = run_chunks(run, slide, slide_mpp, tissue_chunk, todo, model, args, progress)
         failed = failures(statuses, log)
         t_assemble = time.perf_counter()
-        paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names)
+        paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names, clean)
     end = time.perf_counter()
     timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     done = sum(_part(out, c).is_file() for c in plan.chunks)
-    return write_report(run, plan, model.name, parameters, done, failed, end - start, paths, timings)
+    reported = {**parameters, "clean": clean}
+    return write_report(run, plan, model.name, reported, done, failed, end - start, paths, timings)
