@@ -154,6 +154,9 @@ def test_clean_blocks_refuses_a_halo_beyond_its_memory_bound():
 
 
 def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path):
+    import pytest
+
+    from pathseg.errors import PathsegError
     from pathseg.tissue.postprocess import clean_classes
 
     svs = shared_data("wsi", "CMU-1-Small-Region.svs")
@@ -178,6 +181,10 @@ def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path):
     rows = (out / "tissue_areas.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[2]) for r in rows] == [(cleaned == k + 1).sum() for k in range(3)]
     assert not (out / "parts" / "classes_raw.zarr").exists()
+    model.config["clean"] = {"max_hole_um2": 1e6, "min_area_um2": 0.0}  # beyond the halo bound: refused up front
+    with pytest.raises(PathsegError, match=r"halo.*--no-clean"):
+        run_slide(SlideRun(str(svs), str(tmp_path / "d"), model, roi=roi, task="tissue"), log=lambda *a: None)
+    assert not list((tmp_path / "d" / "parts").glob("tissue_*.npz"))
 
 
 def test_no_clean_is_refused_for_nucleus_runs(tmp_path):

@@ -103,6 +103,18 @@ def _part(out: Path, c: Chunk) -> Path:
     return out / "parts" / f"tissue_{c.index:06d}.npz"
 
 
+def clean_halo(mpp: float, params: CleanParams) -> int:
+    """Halo (pixels) :func:`clean_blocks` needs at ``mpp`` µm/px; a clear error when it exceeds ``MAX_CLEAN_HALO``."""
+    largest = max(params.max_hole_um2, params.min_area_um2)
+    halo = int(np.ceil(largest / (mpp * mpp))) + 2
+    if halo > MAX_CLEAN_HALO:
+        raise PathsegError(
+            f"cleaning areas up to {largest:g} µm² at {mpp:g} µm/px needs a {halo}-pixel halo per block (at most "
+            f"{MAX_CLEAN_HALO}); use --no-clean or a smaller 'clean' in the model's config"
+        )
+    return halo
+
+
 def clean_blocks(src, dst, mpp: float, params: CleanParams | dict, block: int = 4096) -> np.ndarray:
     """Clean a class map too large for memory, block by block, from ``src`` into ``dst`` ((H, W) uint8 array-likes,
     e.g. zarr arrays; 0 = not analysed, k + 1 = class k) at ``mpp`` µm/px with
@@ -114,13 +126,7 @@ def clean_blocks(src, dst, mpp: float, params: CleanParams | dict, block: int = 
     such chains are rare.) Not-analysed pixels stay so and no pixel becomes one. Memory: ~(block + 2 halo)² pixels;
     a halo over ``MAX_CLEAN_HALO`` pixels is refused."""
     p = CleanParams(**params) if isinstance(params, dict) else params
-    halo = int(np.ceil(max(p.max_hole_um2, p.min_area_um2) / (mpp * mpp))) + 2
-    if halo > MAX_CLEAN_HALO:
-        raise PathsegError(
-            f"cleaning areas up to {max(p.max_hole_um2, p.min_area_um2):g} µm² at {mpp:g} µm/px needs a "
-            f"{halo}-pixel halo per block (at most {MAX_CLEAN_HALO}); use --no-clean or a smaller 'clean' in the "
-            "model's config"
-        )
+    halo = clean_halo(mpp, p)
     h, w = src.shape
     counts = np.zeros(256, dtype=np.int64)
     for y in range(0, h, block):
@@ -210,6 +216,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
+        if clean:  # refused now rather than after the chunks
+            clean_halo(plan.mpp, CleanParams(**clean))
         record_settings(out, settings)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
