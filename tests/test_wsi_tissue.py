@@ -136,10 +136,12 @@ def test_clean_blocks_equals_cleaning_the_whole_map():
     whole = np.where((raw == 0) | (whole == 0), raw, whole)  # not analysed stays so, nothing becomes it
     assert (whole != raw).sum() > 200  # the cleaning has work to do
     out = np.zeros_like(raw)
-    counts = clean_blocks(raw, out, 0.5, params, block=64)  # 4 x 5 blocks, each cleaned in its own window
+    calls = []
+    counts = clean_blocks(raw, out, 0.5, params, block=64, progress=lambda *a: calls.append(a))  # 4 x 5 blocks
     assert np.array_equal(out, whole)
     assert counts[:3].tolist() == [(whole == k).sum() for k in (1, 2, 3)]
     assert np.array_equal(out == 0, raw == 0)
+    assert [c[:2] for c in calls] == [(i, 20) for i in range(1, 21)]  # progress once per block
 
 
 def test_clean_blocks_refuses_a_halo_beyond_its_memory_bound():
@@ -148,15 +150,14 @@ def test_clean_blocks_refuses_a_halo_beyond_its_memory_bound():
     from pathseg.errors import PathsegError
     from pathseg.wsi.tissue import clean_blocks
 
-    raw = np.ones((8, 8), np.uint8)
-    with pytest.raises(PathsegError, match=r"halo.*--no-clean"):
-        clean_blocks(raw, raw.copy(), 1.0, {"max_hole_um2": 1e6, "min_area_um2": 0.0})
+    big = np.broadcast_to(np.uint8(1), (20_000, 20_000))  # refused from its shape, before a pixel is read
+    with pytest.raises(PathsegError, match=r"halo.*memory bound"):  # the window: (4096 + 2 halo)², clipped to the map
+        clean_blocks(big, None, 1.0, {"max_hole_um2": 1e6, "min_area_um2": 0.0})
+    small = np.ones((8, 8), np.uint8)  # the same areas on a map that fits at once
+    clean_blocks(small, small.copy(), 1.0, {"max_hole_um2": 1e6, "min_area_um2": 0.0})
 
 
-def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path):
-    import pytest
-
-    from pathseg.errors import PathsegError
+def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path, monkeypatch):
     from pathseg.tissue.postprocess import clean_classes
 
     svs = shared_data("wsi", "CMU-1-Small-Region.svs")
@@ -181,10 +182,12 @@ def test_slide_class_map_is_cleaned_as_the_model_says_unless_no_clean(tmp_path):
     rows = (out / "tissue_areas.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[2]) for r in rows] == [(cleaned == k + 1).sum() for k in range(3)]
     assert not (out / "parts" / "classes_raw.zarr").exists()
-    model.config["clean"] = {"max_hole_um2": 1e6, "min_area_um2": 0.0}  # beyond the halo bound: refused up front
-    with pytest.raises(PathsegError, match=r"halo.*--no-clean"):
-        run_slide(SlideRun(str(svs), str(tmp_path / "d"), model, roi=roi, task="tissue"), log=lambda *a: None)
-    assert not list((tmp_path / "d" / "parts").glob("tissue_*.npz"))
+    monkeypatch.setattr("pathseg.wsi.tissue.MAX_CLEAN_WINDOW", 1_000_000)  # below this slide's map: warned, uncleaned
+    logged = []
+    run.out = str(tmp_path / "d")
+    report = run_slide(run, log=logged.append)
+    assert report["model_parameters"]["clean"] is None and any("left uncleaned" in m for m in logged)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "d" / "classes.zarr" / "0"), mode="r")[:], raw)
 
 
 def test_no_clean_is_refused_for_nucleus_runs(tmp_path):

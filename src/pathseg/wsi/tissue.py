@@ -46,8 +46,9 @@ from pathseg.wsi.chunks import (
 
 #: Largest side of the class-map level traced into GeoJSON polygons (bounded memory).
 POLYGON_MAX_SIDE = 4096
-#: Largest halo (pixels) :func:`clean_blocks` takes around a block: bounds its memory to ~(block + 2 halo)² pixels.
-MAX_CLEAN_HALO = 8192
+#: Largest window (pixels: block + 2 halo a side, clipped to the map) :func:`clean_blocks` cleans at once, a memory
+#: bound (~20 bytes a pixel: ~3 GB). Slide runs needing more leave their class map uncleaned, with a warning.
+MAX_CLEAN_WINDOW = 160_000_000
 
 
 def _needed(lo: int, hi: int, n: int, starts: list[int], p: int) -> tuple[list[int], int, int, int]:
@@ -103,19 +104,16 @@ def _part(out: Path, c: Chunk) -> Path:
     return out / "parts" / f"tissue_{c.index:06d}.npz"
 
 
-def clean_halo(mpp: float, params: CleanParams) -> int:
-    """Halo (pixels) :func:`clean_blocks` needs at ``mpp`` µm/px; a clear error when it exceeds ``MAX_CLEAN_HALO``."""
-    largest = max(params.max_hole_um2, params.min_area_um2)
-    halo = int(np.ceil(largest / (mpp * mpp))) + 2
-    if halo > MAX_CLEAN_HALO:
-        raise PathsegError(
-            f"cleaning areas up to {largest:g} µm² at {mpp:g} µm/px needs a {halo}-pixel halo per block (at most "
-            f"{MAX_CLEAN_HALO}); use --no-clean or a smaller 'clean' in the model's config"
-        )
-    return halo
+def clean_window(shape: tuple[int, int], mpp: float, params: CleanParams, block: int = 4096) -> tuple[int, int]:
+    """(halo, window pixels) :func:`clean_blocks` needs on an (H, W) map at ``mpp`` µm/px: the halo is one pixel more
+    than the largest area cleaned, the window a block and its halo, clipped to the map."""
+    halo = int(np.ceil(max(params.max_hole_um2, params.min_area_um2) / (mpp * mpp))) + 2
+    return halo, min(block + 2 * halo, shape[0]) * min(block + 2 * halo, shape[1])
 
 
-def clean_blocks(src, dst, mpp: float, params: CleanParams | dict, block: int = 4096) -> np.ndarray:
+def clean_blocks(
+    src, dst, mpp: float, params: CleanParams | dict, block: int = 4096, progress: ProgressCallback | None = None
+) -> np.ndarray:
     """Clean a class map too large for memory, block by block, from ``src`` into ``dst`` ((H, W) uint8 array-likes,
     e.g. zarr arrays; 0 = not analysed, k + 1 = class k) at ``mpp`` µm/px with
     :func:`~pathseg.tissue.postprocess.clean_classes`; returns the pixel count per class k (not analysed left out).
@@ -124,20 +122,27 @@ def clean_blocks(src, dst, mpp: float, params: CleanParams | dict, block: int = 
     cleaned (in pixels): a region that small lies wholly in the window, and one reaching the window's edge is larger,
     as on the whole map. (A chain of small regions, each changed only after its neighbour, could reach further;
     such chains are rare.) Not-analysed pixels stay so and no pixel becomes one. Memory: ~(block + 2 halo)² pixels;
-    a halo over ``MAX_CLEAN_HALO`` pixels is refused."""
+    a window over ``MAX_CLEAN_WINDOW`` pixels is refused. ``progress(done, total, message)`` is called per block."""
     p = CleanParams(**params) if isinstance(params, dict) else params
-    halo = clean_halo(mpp, p)
+    halo, window = clean_window(src.shape, mpp, p, block)
+    if window > MAX_CLEAN_WINDOW:
+        raise PathsegError(
+            f"cleaning areas up to {max(p.max_hole_um2, p.min_area_um2):g} µm² at {mpp:g} µm/px needs a {halo}-pixel "
+            f"halo per block: {window / 1e6:.0f} Mpx at once (at most {MAX_CLEAN_WINDOW / 1e6:.0f}, a memory bound)"
+        )
     h, w = src.shape
     counts = np.zeros(256, dtype=np.int64)
-    for y in range(0, h, block):
-        for x in range(0, w, block):
-            wy0, wx0 = max(y - halo, 0), max(x - halo, 0)
-            window = np.asarray(src[wy0 : min(y + block + halo, h), wx0 : min(x + block + halo, w)])
-            cleaned = clean_classes(window, mpp, p)
-            cleaned = np.where((window == 0) | (cleaned == 0), window, cleaned)
-            inner = cleaned[y - wy0 : y - wy0 + block, x - wx0 : x - wx0 + block]
-            dst[y : y + inner.shape[0], x : x + inner.shape[1]] = inner
-            counts += np.bincount(inner.ravel(), minlength=256)
+    corners = [(y, x) for y in range(0, h, block) for x in range(0, w, block)]
+    for i, (y, x) in enumerate(corners):
+        wy0, wx0 = max(y - halo, 0), max(x - halo, 0)
+        window = np.asarray(src[wy0 : min(y + block + halo, h), wx0 : min(x + block + halo, w)])
+        cleaned = clean_classes(window, mpp, p)
+        cleaned = np.where((window == 0) | (cleaned == 0), window, cleaned)
+        inner = cleaned[y - wy0 : y - wy0 + block, x - wx0 : x - wx0 + block]
+        dst[y : y + inner.shape[0], x : x + inner.shape[1]] = inner
+        counts += np.bincount(inner.ravel(), minlength=256)
+        if progress:
+            progress(i + 1, len(corners), "cleaning the class map")
     return counts[1:]
 
 
@@ -149,9 +154,11 @@ def assemble_tissue(
     downsample: float,
     names: list[dict],
     clean: dict | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Path]:
     """classes.zarr (multiscale), tissue.geojson (from a low-resolution level) and tissue_areas.csv from the parts;
-    ``clean`` (:class:`~pathseg.tissue.postprocess.CleanParams` fields, µm²): clean the class map first."""
+    ``clean`` (:class:`~pathseg.tissue.postprocess.CleanParams` fields, µm²): clean the class map first (``progress``
+    per block)."""
     import zarr
 
     from pathseg.tissue.export import class_areas, class_region_features
@@ -172,7 +179,7 @@ def assemble_tissue(
             raw[y0:y1, x0:x1] = part["classes"] + 1
             counts += part["counts"][: len(names)]
     if clean:
-        counts = clean_blocks(raw, arr, mpp, clean)[: len(names)]
+        counts = clean_blocks(raw, arr, mpp, clean, progress=progress)[: len(names)]
         shutil.rmtree(raw_path)
     write_multiscales(root, mpp, name="tissue classes")
     root.attrs["image-label"] = {
@@ -216,8 +223,14 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out)
-        if clean:  # refused now rather than after the chunks
-            clean_halo(plan.mpp, CleanParams(**clean))
+        halo, window = clean_window(plan.size[::-1], plan.mpp, CleanParams(**clean)) if clean else (0, 0)
+        if window > MAX_CLEAN_WINDOW:
+            log(
+                f"the class map is left uncleaned: its areas ({clean}) at {plan.mpp:g} µm/px need a {halo}-px halo "
+                f"per block, {window / 1e6:.0f} Mpx at once (at most {MAX_CLEAN_WINDOW / 1e6:.0f}, a memory bound); "
+                f"a slide level nearer {model.mpp:g} µm/px avoids it"
+            )
+            clean = None
         record_settings(out, settings)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
@@ -226,7 +239,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         statuses = run_chunks(run, slide, slide_mpp, tissue_chunk, todo, model, args, progress)
         failed = failures(statuses, log)
         t_assemble = time.perf_counter()
-        paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, model.class_names, clean)
+        names = model.class_names
+        paths = assemble_tissue(out, plan.chunks, plan.size, plan.mpp, plan.downsample, names, clean, progress)
     end = time.perf_counter()
     timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     done = sum(_part(out, c).is_file() for c in plan.chunks)
