@@ -124,11 +124,11 @@ def clean_blocks(
     such chains are rare.) Not-analysed pixels stay so and no pixel becomes one. Memory: ~(block + 2 halo)² pixels;
     a window over ``MAX_CLEAN_WINDOW`` pixels is refused. ``progress(done, total, message)`` is called per block."""
     p = CleanParams(**params) if isinstance(params, dict) else params
-    halo, window = clean_window(src.shape, mpp, p, block)
-    if window > MAX_CLEAN_WINDOW:
+    halo, at_once = clean_window(src.shape, mpp, p, block)
+    if at_once > MAX_CLEAN_WINDOW:
         raise PathsegError(
             f"cleaning areas up to {max(p.max_hole_um2, p.min_area_um2):g} µm² at {mpp:g} µm/px needs a {halo}-pixel "
-            f"halo per block: {window / 1e6:.0f} Mpx at once (at most {MAX_CLEAN_WINDOW / 1e6:.0f}, a memory bound)"
+            f"halo per block: {at_once / 1e6:.0f} Mpx at once (at most {MAX_CLEAN_WINDOW / 1e6:.0f}, a memory bound)"
         )
     h, w = src.shape
     counts = np.zeros(256, dtype=np.int64)
