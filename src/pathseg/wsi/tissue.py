@@ -177,7 +177,8 @@ def assemble_tissue(
         with np.load(_part(out, c), allow_pickle=False) as part:
             x0, y0, x1, y1 = c.inner
             raw[y0:y1, x0:x1] = part["classes"] + 1
-            counts += part["counts"][: len(names)]
+            if not clean:  # cleaning counts the cleaned map instead
+                counts += part["counts"][: len(names)]
     if clean:
         counts = clean_blocks(raw, arr, mpp, clean, progress=progress)[: len(names)]
         shutil.rmtree(raw_path)

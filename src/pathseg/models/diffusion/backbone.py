@@ -133,7 +133,7 @@ class DiffusionBackbone(nn.Module):
         self.config = copy.deepcopy(config)
         self.vq = VQModel(**config["vq"])
         if not config.get("vq_decoder", True):
-            self.vq.decoder = self.vq.post_quant_conv = None  # see drop_decoder
+            self.drop_decoder()
         self.unet = UNet2DConditionModel(**config["unet"])
         self.conditioner = SSLConditioner(**config["conditioner"])
         enc = config.get("encoder") or {"type": "none"}
