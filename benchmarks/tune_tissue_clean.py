@@ -1,14 +1,14 @@
-"""Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) and, with ``--tta``, its
-test-time views on the validation split of its training run (never on test).
+"""Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) and, with ``--tta`` and
+``--stride``, its test-time views and patch stride on the validation split of its training run (never on test).
 
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, class map, seed and
-fraction), computes the model's class probabilities once per image and test-time view count at the images' own
-pixel size, then scores every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice
-over the classes. Writes the best into the model folder's config.json (``clean``, and ``tta`` when several were
-searched) with ``--write``, and the search into ``benchmarks/results/tune_tissue_clean_<model>.json``.
+fraction), computes the model's class probabilities once per image, test-time view count and stride at the images'
+own pixel size, then scores every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice
+over the classes. Writes the best into the model folder's config.json (``clean``, and ``tta`` / ``stride`` when
+several were searched) with ``--write``, and the search into ``benchmarks/results/tune_tissue_clean_<model>.json``.
 
     python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--tta 1 2 4 8]
-        [--tag TAG] [--write]
+        [--stride 192 128 96] [--tag TAG] [--write]
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tta", type=int, nargs="+", choices=[1, 2, 4, 8], default=None, help="test-time view counts to compare"
     )
+    ap.add_argument(
+        "--stride", type=int, nargs="+", default=None, help="patch strides to compare (px at the model's µm/px)"
+    )
     ap.add_argument("--tag", default=None, help="results file suffix (default: the model's name)")
     args = ap.parse_args(argv)
     cfg = TissueTrainConfig(**json.loads((args.run / "train_config.json").read_text()))
@@ -76,28 +79,45 @@ def main(argv: list[str] | None = None) -> int:
     model = TissueModel.from_pretrained(model_dir)
     _, val = _split(load_tissue_samples(cfg.data, load_class_map(cfg.classes)), cfg)
     print(f"validation split: {len(val)} images")
+    current = {
+        "tta": model.tta,
+        "stride": model.step,
+        **model.config.get("clean", {"max_hole_um2": 0, "min_area_um2": 0}),
+    }
     results = []
-    for tta in args.tta or [model.tta]:
-        model.tta = tta
+    for stride, tta in itertools.product(args.stride or [model.step], args.tta or [model.tta]):
+        model.step, model.tta = stride, tta
         start = time.perf_counter()
         probs = [model.probabilities(s.image, cfg.mpp_in) for s in val]
         seconds = (time.perf_counter() - start) / len(val)
-        results += [{"tta": tta, **row, "s_per_image": seconds} for row in clean_grid(probs, val, cfg.mpp_in)]
+        rows = clean_grid(probs, val, cfg.mpp_in)
+        results += [{"tta": tta, "stride": stride, **row, "s_per_image": seconds} for row in rows]
+        print(f"stride {stride}, tta {tta}: {seconds:.1f} s / image", flush=True)
     results.sort(key=lambda r: -r["mean_dice"])
     best = results[0]
-    for tta in sorted({r["tta"] for r in results}):
-        none = next(r for r in results if r["tta"] == tta and r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
-        print(f"tta {tta}, best:   {json.dumps(next(r for r in results if r['tta'] == tta))}")
-        print(f"tta {tta}, no cleaning: {json.dumps(none)}")
+    for stride, tta in sorted({(r["stride"], r["tta"]) for r in results}):
+        these = [r for r in results if r["tta"] == tta and r["stride"] == stride]
+        none = next(r for r in these if r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
+        print(f"stride {stride}, tta {tta}, best:   {json.dumps(these[0])}")
+        print(f"stride {stride}, tta {tta}, no cleaning: {json.dumps(none)}")
+    now = next((r for r in results if all(r[k] == v for k, v in current.items())), None)
+    if now:
+        print(f"current setting:    {json.dumps(now)}")
     print(f"best on validation: {json.dumps(best)}")
     out = Path("benchmarks/results") / f"tune_tissue_clean_{args.tag or model.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        json.dump({"run": str(args.run), "validation_images": len(val), "best": best, "rows": results}, f, indent=2)
+        json.dump(
+            {"run": str(args.run), "validation_images": len(val), "current": now, "best": best, "rows": results},
+            f,
+            indent=2,
+        )
     if args.write:
         entries = {"clean": {key: best[key] for key in GRID}}
         if args.tta:
             entries["tta"] = best["tta"]
+        if args.stride:
+            entries["stride"] = best["stride"]
         print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 

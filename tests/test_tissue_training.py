@@ -275,6 +275,24 @@ def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
         TissueModel({**model.config, "tta": 3})
 
 
+def test_tissue_stride_is_a_saved_setting_that_changes_the_patch_grid(tmp_path):
+    """Config ``stride`` (px) sets the patch grid: a finer one blends more patches; bad values are refused."""
+    model = _tiny_tissue_model()
+    rgb = (np.random.default_rng(2).random((100, 130, 3)) * 255).astype(np.uint8)
+    assert model.step == 48  # default: a quarter overlap of the 64-px patch
+    coarse = model.probabilities(rgb)
+    model.step = 32
+    fine = model.probabilities(rgb)
+    assert fine.shape == coarse.shape and not np.allclose(fine, coarse, atol=1e-4)
+    again = TissueModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.step == 32 and np.allclose(again.probabilities(rgb), fine, atol=1e-5)
+    for bad in (0, 65, 1.5, True):
+        with pytest.raises(PathsegError, match="stride must be"):
+            model.step = bad
+        with pytest.raises(PathsegError, match="stride must be"):
+            TissueModel({**model.config, "stride": bad}, backbone=model.backbone)
+
+
 def _plain_logits(model: TissueModel, x: torch.Tensor) -> torch.Tensor:
     saved, model.tta = model.tta, 1
     try:

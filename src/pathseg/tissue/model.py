@@ -72,6 +72,8 @@ class TissueModel(torch.nn.Module):
         self.features = DiffusionFeatures(self.backbone, f["timesteps"], f["blocks"], f.get("seed", 0))
         if self.config.get("tta", 1) not in TTA_VIEWS:
             raise PathsegError(f"tissue model config: tta must be 1, 2, 4 or 8 views, got {self.config['tta']!r}")
+        if "stride" in self.config:
+            self.step = self.config["stride"]
         head = self.config["head"]
         self.head = SegHead(
             self.features.channels, len(self.config["classes"]), head.get("hidden", 128), head.get("dilations", (1, 1))
@@ -118,8 +120,16 @@ class TissueModel(torch.nn.Module):
 
     @property
     def step(self) -> int:
-        """Patch stride (pixels): patches overlap by a quarter."""
-        return self.patch * 3 // 4
+        """Patch stride (pixels at :attr:`mpp`; config ``stride``, default 3/4 of the patch: a quarter overlap).
+        A smaller stride blends more patches per pixel (costs more patches); 1 <= stride <= patch."""
+        return int(self.config.get("stride", self.patch * 3 // 4))
+
+    @step.setter
+    def step(self, stride: int) -> None:
+        if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= self.patch:
+            msg = f"tissue model: stride must be a whole number of pixels from 1 to the patch size {self.patch}"
+            raise PathsegError(f"{msg}, got {stride!r}")
+        self.config["stride"] = stride
 
     @torch.no_grad()
     def blend(
