@@ -79,11 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     model = TissueModel.from_pretrained(model_dir)
     _, val = _split(load_tissue_samples(cfg.data, load_class_map(cfg.classes)), cfg)
     print(f"validation split: {len(val)} images")
-    current = {
-        "tta": model.tta,
-        "stride": model.step,
-        **model.config.get("clean", {"max_hole_um2": 0, "min_area_um2": 0}),
-    }
+    clean_now = model.config.get("clean") or {}
+    current = {"tta": model.tta, "stride": model.step, **{key: clean_now.get(key, 0) for key in GRID}}
     results = []
     for stride, tta in itertools.product(args.stride or [model.step], args.tta or [model.tta]):
         model.step, model.tta = stride, tta
