@@ -136,9 +136,9 @@ def clean_blocks(
     for i, (y, x) in enumerate(corners):
         wy0, wx0 = max(y - halo, 0), max(x - halo, 0)
         window = np.asarray(src[wy0 : min(y + block + halo, h), wx0 : min(x + block + halo, w)])
-        cleaned = clean_classes(window, mpp, p)
-        cleaned = np.where((window == 0) | (cleaned == 0), window, cleaned)
-        inner = cleaned[y - wy0 : y - wy0 + block, x - wx0 : x - wx0 + block]
+        inner_slices = (slice(y - wy0, y - wy0 + block), slice(x - wx0, x - wx0 + block))
+        before, cleaned = window[inner_slices], clean_classes(window, mpp, p)[inner_slices]
+        inner = np.where((before == 0) | (cleaned == 0), before, cleaned)  # only the block is kept: mask it alone
         dst[y : y + inner.shape[0], x : x + inner.shape[1]] = inner
         counts += np.bincount(inner.ravel(), minlength=256)
         if progress:
