@@ -160,6 +160,12 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
     args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(tmp_path / "tta"), "--model", str(run / "best")]
     assert main([*args, "--tta", "8", "--no-clean", "-q"]) == 0
     assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    # --stride overrides the model's patch stride; a stride the model cannot take is refused with a message
+    model.tta, model.step = 1, model.patch // 4
+    assert main([*args, "--stride", str(model.patch // 4), "--no-clean", "-q"]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    assert main([*args, "--stride", str(model.patch + 1), "-q"]) != 0
+    assert "stride must be" in capsys.readouterr().err
     capsys.readouterr()
     assert (
         main(["evaluate", "tissue", "--pred", str(out), "--gt", str(glands), "--json", str(tmp_path / "s.json")]) == 0

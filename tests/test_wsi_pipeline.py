@@ -85,7 +85,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run.tta = 4
     with pytest.raises(PathsegError, match="--tta is for tissue runs"):
         run_slide(run, log=lambda *a: None)
-    run.chunk, run.halo, run.tta = 192, 64, None  # the first run's settings: resumes (nothing left to do)
+    run.tta, run.stride = None, 96
+    with pytest.raises(PathsegError, match="--stride is for tissue runs"):
+        run_slide(run, log=lambda *a: None)
+    run.chunk, run.halo, run.stride = 192, 64, None  # the first run's settings: resumes (nothing left to do)
     assert run_slide(run, log=lambda *a: None)["chunks_done"] == len(parts)
 
 

@@ -79,7 +79,7 @@ def test_tissue_run_resumes(tmp_path):
     assert np.array_equal(ref, zarr.open_array(str(tmp_path / "r" / "classes.zarr" / "0"), mode="r")[:])
 
 
-def test_tissue_run_tta_and_other_settings_refused_on_resume(tmp_path):
+def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path):
     import pytest
 
     from pathseg.errors import PathsegError
@@ -90,14 +90,14 @@ def test_tissue_run_tta_and_other_settings_refused_on_resume(tmp_path):
     run = SlideRun(
         str(svs), str(tmp_path / "v"), model=model, roi=roi, chunk=80, halo=0, task="tissue", use_tissue_mask=False
     )
-    run.tta = 2
+    run.tta, run.stride = 2, model.patch // 2
     report = run_slide(run, log=lambda *a: None)
-    assert model.tta == 1  # the caller's model is left as it was
-    assert report["model_parameters"]["tta"] == 2
+    assert model.tta == 1 and "stride" not in model.config  # the caller's model is left as it was
+    assert report["model_parameters"]["tta"] == 2 and report["model_parameters"]["stride"] == model.patch // 2
     chunked = zarr.open_array(str(tmp_path / "v" / "classes.zarr" / "0"), mode="r")[60:180, 40:190]
     with open_slide(svs) as s:
         rgb = s.read_region(0, *roi)
-    model.tta = 2
+    model.tta, model.step = 2, model.patch // 2
     assert np.array_equal(chunked, model.segment(rgb) + 1)
     model.tta = 1
     assert not np.array_equal(chunked, model.segment(rgb) + 1)  # the views changed the map

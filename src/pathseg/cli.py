@@ -65,8 +65,8 @@ def _add_inputs_and_output(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """``--tta`` and ``--no-clean``: a tissue model's test-time views and cleaning, for ``pathseg tissue`` and
-    ``pathseg wsi``."""
+    """``--tta``, ``--stride`` and ``--no-clean``: a tissue model's test-time views, patch stride and cleaning, for
+    ``pathseg tissue`` and ``pathseg wsi``."""
     p.add_argument(
         "--tta",
         type=int,
@@ -74,6 +74,15 @@ def _add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
         default=None,
         help=prefix + "test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all "
         "(time grows with the views; default: the model's config 'tta', 1 if absent)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="PX",
+        help=prefix + "step between the model's patches, in pixels at the model's µm/px (1 to the patch size; "
+        "smaller blends more overlapping patches per pixel and costs more patches; default: the model's config "
+        "'stride', else 3/4 of the patch)",
     )
     p.add_argument(
         "--no-clean",
@@ -730,6 +739,8 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     model = get_tissue_model(args.model)
     if args.tta is not None:
         model.tta = args.tta
+    if args.stride is not None:
+        model.step = args.stride
     failures = 0
     from pathseg.progress import track
 
@@ -866,6 +877,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         classes=args.classes,
         task=args.task,
         tta=args.tta,
+        stride=args.stride,
         clean=not args.no_clean,
     )
     bar = Bar("chunks", quiet=args.quiet)

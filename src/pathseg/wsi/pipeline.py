@@ -390,6 +390,8 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         raise PathsegError(f"unknown slide task {run.task!r}; one of nuclei, tissue")
     if run.tta is not None:
         raise PathsegError("--tta is for tissue runs (--task tissue); nucleus models have no test-time views")
+    if run.stride is not None:
+        raise PathsegError("--stride is for tissue runs (--task tissue); nucleus runs tile by --chunk and --halo")
     if not run.clean:
         raise PathsegError("--no-clean is for tissue runs (--task tissue); nucleus runs have no class-map cleaning")
     from pathseg.models.zoo import get_nucleus_model

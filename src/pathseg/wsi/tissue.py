@@ -213,11 +213,14 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
-    if run.tta is not None and run.tta != model.tta:
+    if (run.tta is not None and run.tta != model.tta) or (run.stride is not None and run.stride != model.step):
         if model is run.model:  # leave the caller's model as it was
             model = copy.copy(model)
             model.config = {**model.config}
-        model.tta = run.tta
+        if run.tta is not None:
+            model.tta = run.tta
+        if run.stride is not None:
+            model.step = run.stride
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
     settings = run_settings(run, model, parameters)  # cleaning is left out: it runs on the assembled map
     clean = model.config.get("clean") if run.clean else None
