@@ -17,6 +17,12 @@ and so is which IoU estimate ranks a prompt's candidate masks (``prompt_iou``: t
 
     python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation \
         --model src/pathseg/weights/pathseg_nuclei_cpu --prompt-iou refiner decoder [--write]
+
+and whether a box prompt takes the automatic segmentation's nucleus whose bounding box matches the box
+(``box_from_ais``: the least box IoU, 0 = never):
+
+    python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation --kinds box --corrections 0 \
+        --model src/pathseg/weights/pathseg_nuclei_cpu --box-from-ais 0 0.8 0.85 0.9 [--write]
 """
 
 from __future__ import annotations
@@ -113,10 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         help="which IoU estimate ranks a prompt's candidates, to compare (default: the model's prompt_iou)",
     )
     ap.add_argument(
+        "--box-from-ais",
+        type=float,
+        nargs="+",
+        default=None,
+        help="least box IoU at which a box prompt takes the automatic segmentation's nucleus, to compare (0: never; "
+        "default: the model's box_from_ais)",
+    )
+    ap.add_argument(
         "--write",
         action="store_true",
-        help="with --validation and several --prompt-mpp / --prompt-iou: store the best (mean mSA over --kinds) as "
-        "the model folder's prompt_mpp and prompt_iou",
+        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais: store the best (mean mSA "
+        "over --kinds) as the model folder's prompt_mpp, prompt_iou and box_from_ais",
     )
     args = ap.parse_args(argv)
     if args.write and not (args.validation and Path(args.model).is_dir()):
@@ -135,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
         for prompt_iou in args.prompt_iou or [model.prompt_iou]:
-            model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou)
-            rows = score(model, images, args, kinds)
-            mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-            setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU"
-            print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
-            print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
-            runs[setting] = {"prompt_mpp": prompt_mpp, "prompt_iou": prompt_iou, "images": rows, "mean": mean}
+            for box_from_ais in args.box_from_ais or [model.box_from_ais]:
+                box_from_ais = box_from_ais or None  # 0: never
+                model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais)
+                rows = score(model, images, args, kinds)
+                mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
+                setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}"
+                print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
+                print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
+                runs[setting] = {
+                    "prompt_mpp": prompt_mpp,
+                    "prompt_iou": prompt_iou,
+                    "box_from_ais": box_from_ais,
+                    "images": rows,
+                    "mean": mean,
+                }
     best = max(runs, key=lambda m: np.mean([runs[m]["mean"][f"msa_{k}"] for k in kinds]))
     if len(runs) > 1:
         print("mean mSA over " + ", ".join(kinds) + ":")
@@ -160,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou")}
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais")}
         print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 

@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 import pytest
+from scipy.ndimage import find_objects
 
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.nuclei.interactive import Predictor
@@ -145,3 +146,43 @@ def test_prompts_run_at_the_models_prompt_pixel_size(tmp_path):
     assert r.masks.shape == (3, 100, 120)
     model.config["prompt_mpp"] = 0.5
     assert p.signature(rgb, 0.5)["network_mpp"] == "0.5"  # a cache made at 0.25 µm/px is not reused
+
+
+def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
+    from pathseg.errors import PathsegError
+    from pathseg.nuclei.box_match import matching_nucleus
+
+    rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
+    calls = []
+
+    def automatic(image, mpp, *args, **kwargs):  # the automatic segmentation, here the ground truth
+        calls.append(mpp)
+        return gt.astype(np.uint32)
+
+    monkeypatch.setattr(model, "segment", automatic)
+    monkeypatch.setitem(model.config, "box_from_ais", 0.8)
+    assert model.ais is not None and model.box_from_ais == 0.8
+    lab = int(gt[tuple(np.argwhere(gt > 0)[0])])
+    ys, xs = np.nonzero(gt == lab)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
+    p, off = Predictor(model), Predictor(model)
+    off.box_from_ais = None
+    p.set_image(rgb, mpp=0.5)
+    off.set_image(rgb, mpp=0.5)
+    assert np.array_equal(p.predict(box=box, multimask=False).masks[0], gt == lab)
+    assert not np.array_equal(off.predict(box=box, multimask=False).masks[0], gt == lab)  # the random decoder's
+    # a box no nucleus matches well enough, several candidates, or points: the decoder's masks
+    whole = np.array([0, 0, 200, 200], dtype=float)
+    assert np.array_equal(p.predict(box=whole, multimask=False).masks, off.predict(box=whole, multimask=False).masks)
+    assert np.array_equal(p.predict(box=box).masks, off.predict(box=box).masks)
+    pts = dict(points=np.array([[xs.mean(), ys.mean()]]), labels=np.array([1]), box=box, multimask=False)
+    assert np.array_equal(p.predict(**pts).masks, off.predict(**pts).masks)
+    assert calls == [0.5]  # once per image, at the image's pixel size
+    # the match itself: best bounding-box IoU among the nuclei in the box; none in an empty box
+    found, iou, _ = matching_nucleus(gt, find_objects(gt), box + [1, 0, 1, 0])
+    assert found == lab and 0.8 < iou < 1
+    empty = np.zeros_like(gt)
+    assert matching_nucleus(empty, [], box)[:2] == (0, 0.0)
+    monkeypatch.setitem(model.config, "box_from_ais", 1.5)
+    with pytest.raises(PathsegError, match="box_from_ais must be"):
+        Predictor(model)

@@ -196,6 +196,18 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: prompt_iou must be 'refiner' or 'decoder', got {source!r}")
         return source
 
+    @property
+    def box_from_ais(self) -> float | None:
+        """Box prompts take the automatic segmentation's nucleus when its bounding box overlaps the box with at
+        least this IoU (config ``box_from_ais``, 0 < value <= 1; default None: always the mask decoder), picked on the
+        validation split by ``benchmarks/interactive.py --validation --box-from-ais``. Needs an AIS decoder."""
+        value = self.config.get("box_from_ais")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise PathsegError(f"model {self.name!r}: box_from_ais must be a number in (0, 1] or null, got {value!r}")
+        return float(value) if self.ais is not None else None
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""

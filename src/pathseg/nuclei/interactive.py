@@ -85,7 +85,10 @@ class Predictor:
 
     The network runs at the model's :attr:`~SamNucleusModel.prompt_mpp`. A box is a bound: mask pixels whose
     centres lie more than ``box_margin`` image pixels outside it are dropped (default 0: the box holds the object;
-    ``None`` keeps SAM's unbounded masks).
+    ``None`` keeps SAM's unbounded masks). With ``box_from_ais`` (default: the model's
+    :attr:`~SamNucleusModel.box_from_ais`), a single-mask box prompt takes the automatic segmentation's nucleus,
+    clipped to the box, when that nucleus's bounding box overlaps the box with at least this IoU; the automatic
+    segmentation runs once per image, at the first such prompt.
     """
 
     def __init__(self, model: SamNucleusModel, halo: int | None = None, box_margin: float | None = 0.0) -> None:
@@ -101,6 +104,9 @@ class Predictor:
         self.guides: list[torch.Tensor | None] = []
         self._extra: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._weights: str | None = None
+        self.box_from_ais = model.box_from_ais
+        self.mpp: float | None = None
+        self._automatic: tuple[np.ndarray, list] | None = None
 
     # -- embeddings ----------------------------------------------------------------------------------------
     def _weights_digest(self) -> str:
@@ -133,7 +139,7 @@ class Predictor:
     def set_image(self, rgb: np.ndarray, mpp: float | None = None, cache: str | os.PathLike | None = None) -> None:
         """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
         mpp = self.model.mpp if mpp is None else mpp
-        self.image = rgb
+        self.image, self.mpp, self._automatic = rgb, mpp, None
         self.factor = mpp / self.model.prompt_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(self.factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), self.factor))
@@ -219,7 +225,25 @@ class Predictor:
         out = self._to_image(*pred)
         if box is not None and self.box_margin is not None:
             out.bound(np.asarray(box, dtype=np.float64).reshape(4), self.box_margin)
+        if box is not None and points is None and mask_input is None and not multimask and self.box_from_ais:
+            self._take_automatic(out, np.asarray(box, dtype=np.float64).reshape(4))
         return out
+
+    def _take_automatic(self, out: Prediction, box: np.ndarray) -> None:
+        """Replace ``out``'s mask by the automatic segmentation's nucleus matching ``box`` (if one matches well
+        enough); its IoU estimate and mask prompt stay the decoder's."""
+        from scipy import ndimage as ndi
+
+        from pathseg.nuclei.box_match import matching_nucleus
+
+        if self._automatic is None:
+            labels = self.model.segment(self.image, self.mpp)
+            self._automatic = labels, ndi.find_objects(labels)
+        labels, objects = self._automatic
+        lab, iou, (y0, x0, y1, x1) = matching_nucleus(labels, objects, box)
+        if lab and iou >= self.box_from_ais:
+            out.window_masks = (labels[y0:y1, x0:x1] == lab)[None]
+            out.window = (y0, x0, y1, x1)
 
     @staticmethod
     def _centre(pts, lbl, bx) -> np.ndarray:
