@@ -165,8 +165,10 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
     lab = int(gt[tuple(np.argwhere(gt > 0)[0])])
     ys, xs = np.nonzero(gt == lab)
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
-    p, off = Predictor(model), Predictor(model)
-    off.box_from_ais = None
+    p, off = Predictor(model), Predictor(model, box_from_ais=None)
+    assert p.box_from_ais == 0.8 and Predictor(model, box_from_ais=0.5).box_from_ais == 0.5
+    with pytest.raises(PathsegError, match="box_from_ais must be"):
+        Predictor(model, box_from_ais=2)
     p.set_image(rgb, mpp=0.5)
     off.set_image(rgb, mpp=0.5)
     assert np.array_equal(p.predict(box=box, multimask=False).masks[0], gt == lab)

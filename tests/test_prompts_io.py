@@ -125,3 +125,25 @@ def test_cli_modes(tmp_path, capsys):
         == 1
     )
     assert "needs a SAM-family model" in capsys.readouterr().err
+
+
+def test_cli_box_prompts_take_the_automatic_nucleus_unless_told_not_to(tmp_path, monkeypatch):
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    cfg["box_from_ais"] = 0.8
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    rgb, gt = synthetic_nuclei((160, 200), n=6, radius=12, seed=1)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    monkeypatch.setattr(SamNucleusModel, "segment", lambda self, image, mpp, *a, **k: gt.astype(np.uint32))
+    ys, xs = np.nonzero(gt == 1)
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {}}
+    (tmp_path / "b.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    base = ["nuclei", str(tmp_path / "t.png"), "--model", str(tmp_path / "model"), "--mpp", "0.25", "-q"]
+    base += ["--prompts", str(tmp_path / "b.geojson")]
+    assert main([*base, "-o", str(tmp_path / "ais")]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "ais" / "t_instances.tif") == 1, gt == 1)  # the AIS nucleus
+    assert main([*base, "-o", str(tmp_path / "dec"), "--box-from-ais", "0"]) == 0
+    assert not np.array_equal(tifffile.imread(tmp_path / "dec" / "t_instances.tif") == 1, gt == 1)  # the decoder's
+    assert main([*base, "-o", str(tmp_path / "bad"), "--box-from-ais", "1.5"]) == 1

@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         "dropped (default 0; negative: unbounded masks, as SAM gives them)",
     )
     p.add_argument(
+        "--box-from-ais",
+        type=float,
+        default=None,
+        metavar="IOU",
+        help="with --prompts: a box takes the automatic segmentation's nucleus whose bounding box overlaps it with at "
+        "least this IoU, else the mask decoder's mask (0: always the decoder's; default: the model's config "
+        "'box_from_ais', 0.8 for pathseg_nuclei_cpu)",
+    )
+    p.add_argument(
         "--mode",
         choices=["ais", "apg", "amg"],
         default="ais",
@@ -568,6 +577,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                     max_pixels=args.max_pixels,
                     progress=bar,
                     box_margin=None if args.box_margin < 0 else args.box_margin,
+                    box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
                 )
             else:
                 result = segment_nuclei(

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import pathseg
+from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.resize import resize_rgb, scaled_size
 from pathseg.tiling import Tile, tile_grid
@@ -85,13 +86,19 @@ class Predictor:
 
     The network runs at the model's :attr:`~SamNucleusModel.prompt_mpp`. A box is a bound: mask pixels whose
     centres lie more than ``box_margin`` image pixels outside it are dropped (default 0: the box holds the object;
-    ``None`` keeps SAM's unbounded masks). With ``box_from_ais`` (default: the model's
-    :attr:`~SamNucleusModel.box_from_ais`), a single-mask box prompt takes the automatic segmentation's nucleus,
-    clipped to the box, when that nucleus's bounding box overlaps the box with at least this IoU; the automatic
-    segmentation runs once per image, at the first such prompt.
+    ``None`` keeps SAM's unbounded masks). With ``box_from_ais`` (default ``"model"``: the model's
+    :attr:`~SamNucleusModel.box_from_ais`; ``None``: never), a single-mask box prompt takes the automatic
+    segmentation's nucleus, clipped to the box, when that nucleus's bounding box overlaps the box with at least this
+    IoU; the automatic segmentation runs once per image, at the first such prompt.
     """
 
-    def __init__(self, model: SamNucleusModel, halo: int | None = None, box_margin: float | None = 0.0) -> None:
+    def __init__(
+        self,
+        model: SamNucleusModel,
+        halo: int | None = None,
+        box_margin: float | None = 0.0,
+        box_from_ais: float | str | None = "model",
+    ) -> None:
         self.model = model.eval()
         self.box_margin = box_margin
         self.window = int(model.sam.img_size) if model.is_compact else int(model.config.get("tile", 512))
@@ -104,7 +111,9 @@ class Predictor:
         self.guides: list[torch.Tensor | None] = []
         self._extra: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._weights: str | None = None
-        self.box_from_ais = model.box_from_ais
+        if box_from_ais not in (None, "model") and (isinstance(box_from_ais, str) or not 0 < box_from_ais <= 1):
+            raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
+        self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
         self.mpp: float | None = None
         self._automatic: tuple[np.ndarray, list] | None = None
 
