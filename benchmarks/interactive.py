@@ -23,11 +23,15 @@ and whether a box prompt takes the automatic segmentation's nucleus whose boundi
 
     python benchmarks/interactive.py --data ../shared/data/monuseg/train --validation --kinds box --corrections 0 \
         --model src/pathseg/weights/pathseg_nuclei_cpu --box-from-ais 0 0.8 0.85 0.9 [--write]
+
+and whether a box takes the candidate (the decoder's 3, the AIS nucleus) whose bounding box fits it best
+(``box_fit``): ``--box-fit 0 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -127,10 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         "default: the model's box_from_ais)",
     )
     ap.add_argument(
+        "--box-fit",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=None,
+        help="1: a box takes the candidate whose bounding box fits it best; values to compare (default: the model's "
+        "box_fit)",
+    )
+    ap.add_argument(
         "--write",
         action="store_true",
-        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais: store the best (mean mSA "
-        "over --kinds) as the model folder's prompt_mpp, prompt_iou and box_from_ais",
+        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit: store the best "
+        "(mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais and box_fit",
     )
     args = ap.parse_args(argv)
     if args.write and not (args.validation and Path(args.model).is_dir()):
@@ -149,18 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
         for prompt_iou in args.prompt_iou or [model.prompt_iou]:
-            for box_from_ais in args.box_from_ais or [model.box_from_ais]:
-                box_from_ais = box_from_ais or None  # 0: never
-                model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais)
+            for box_from_ais, box_fit in itertools.product(
+                args.box_from_ais or [model.box_from_ais], args.box_fit or [model.box_fit]
+            ):
+                box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
+                model.config.update(
+                    prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit
+                )
                 rows = score(model, images, args, kinds)
                 mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-                setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}"
+                setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
+                    ", best-fitting box candidate" if box_fit else ""
+                )
                 print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
                 print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
                 runs[setting] = {
                     "prompt_mpp": prompt_mpp,
                     "prompt_iou": prompt_iou,
                     "box_from_ais": box_from_ais,
+                    "box_fit": box_fit,
                     "images": rows,
                     "mean": mean,
                 }
@@ -182,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais")}
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit")}
         print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 

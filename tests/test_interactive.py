@@ -188,3 +188,30 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
     monkeypatch.setitem(model.config, "box_from_ais", 1.5)
     with pytest.raises(PathsegError, match="box_from_ais must be"):
         Predictor(model)
+
+
+def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
+    from pathseg.nuclei.box_match import box_iou, mask_box
+
+    rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
+    monkeypatch.setattr(model, "segment", lambda image, mpp, *a, **k: gt.astype(np.uint32))
+    lab = int(gt[tuple(np.argwhere(gt > 0)[0])])
+    ys, xs = np.nonzero(gt == lab)
+    b = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    box = np.array([b[1], b[0], b[3], b[2]], dtype=float)
+    three = Predictor(model, box_from_ais=None, box_fit=False)
+    three.set_image(rgb, mpp=0.5)
+    cands = three.predict(box=box)  # the decoder's 3 candidates
+    fits = [box_iou(b, mask_box(m, cands.window)) for m in cands.window_masks]
+    fit = Predictor(model, box_from_ais=None, box_fit=True)
+    fit.set_image(rgb, mpp=0.5)
+    r = fit.predict(box=box, multimask=False)
+    k = int(np.argmax(fits))
+    assert r.window_masks.shape[0] == 1 and r.iou.tolist() == cands.iou[k : k + 1].tolist()
+    assert np.array_equal(r.masks[0], cands.masks[k])
+    # with the automatic segmentation among the candidates, its nucleus fits the box exactly and wins (a tie with
+    # a decoder mask filling the box goes to the nucleus)
+    both = Predictor(model, box_from_ais=0.01, box_fit=True)
+    both.set_image(rgb, mpp=0.5)
+    assert np.array_equal(both.predict(box=box, multimask=False).masks[0], gt == lab)
+    assert both.predict(box=box).masks.shape[0] == 3  # several candidates asked for: the decoder's, untouched

@@ -208,6 +208,12 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: box_from_ais must be a number in (0, 1] or null, got {value!r}")
         return float(value) if self.ais is not None else None
 
+    @property
+    def box_fit(self) -> bool:
+        """Box prompts take, among the mask decoder's 3 candidates (and the :attr:`box_from_ais` nucleus), the mask
+        whose bounding box best fits the box (config ``box_fit``, default False: the decoder's single mask)."""
+        return bool(self.config.get("box_fit", False))
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""

@@ -14,6 +14,14 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / union if union > 0 else 0.0
 
 
+def mask_box(mask: np.ndarray, window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Bounding box (y0, x0, y1, x1, image pixels) of ``mask`` (h, w) held at ``window``'s corner; empty: (0,)*4."""
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if len(ys) == 0:
+        return (0, 0, 0, 0)
+    return (window[0] + ys[0], window[1] + xs[0], window[0] + ys[-1] + 1, window[1] + xs[-1] + 1)
+
+
 def matching_nucleus(
     labels: np.ndarray, objects: list[tuple[slice, slice] | None], box: np.ndarray
 ) -> tuple[int, float, tuple[int, int, int, int]]:

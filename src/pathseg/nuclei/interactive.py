@@ -89,7 +89,9 @@ class Predictor:
     ``None`` keeps SAM's unbounded masks). With ``box_from_ais`` (default ``"model"``: the model's
     :attr:`~SamNucleusModel.box_from_ais`; ``None``: never), a single-mask box prompt takes the automatic
     segmentation's nucleus, clipped to the box, when that nucleus's bounding box overlaps the box with at least this
-    IoU; the automatic segmentation runs once per image, at the first such prompt.
+    IoU; the automatic segmentation runs once per image, at the first such prompt. With ``box_fit`` (default
+    ``"model"``: the model's :attr:`~SamNucleusModel.box_fit`), a single-mask box prompt takes, among the decoder's
+    3 candidates and that nucleus, the mask whose bounding box best fits the box.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Predictor:
         halo: int | None = None,
         box_margin: float | None = 0.0,
         box_from_ais: float | str | None = "model",
+        box_fit: bool | str = "model",
     ) -> None:
         self.model = model.eval()
         self.box_margin = box_margin
@@ -114,6 +117,7 @@ class Predictor:
         if box_from_ais not in (None, "model") and (isinstance(box_from_ais, str) or not 0 < box_from_ais <= 1):
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
         self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
+        self.box_fit = model.box_fit if box_fit == "model" else bool(box_fit)
         self.mpp: float | None = None
         self._automatic: tuple[np.ndarray, list] | None = None
 
@@ -220,6 +224,8 @@ class Predictor:
         pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2) * self.factor
         lbl = None if points is None else np.asarray(labels if labels is not None else np.ones(len(pts)), int)
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
+        box_alone = box is not None and points is None and mask_input is None and not multimask
+        multimask = multimask or (box_alone and self.box_fit)  # candidates to fit to the box
         if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
             window, logits = mask_input.window, mask_input.logits
             pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, logits, multimask)
@@ -234,13 +240,32 @@ class Predictor:
         out = self._to_image(*pred)
         if box is not None and self.box_margin is not None:
             out.bound(np.asarray(box, dtype=np.float64).reshape(4), self.box_margin)
-        if box is not None and points is None and mask_input is None and not multimask and self.box_from_ais:
-            self._take_automatic(out, np.asarray(box, dtype=np.float64).reshape(4))
+        if box_alone:
+            self._choose_for_box(out, np.asarray(box, dtype=np.float64).reshape(4))
         return out
 
-    def _take_automatic(self, out: Prediction, box: np.ndarray) -> None:
-        """Replace ``out``'s mask by the automatic segmentation's nucleus matching ``box`` (if one matches well
-        enough); its IoU estimate and mask prompt stay the decoder's."""
+    def _choose_for_box(self, out: Prediction, box: np.ndarray) -> None:
+        """Leave one mask in ``out`` for a box alone: with ``box_fit`` the candidate (decoder's or AIS nucleus)
+        whose bounding box best fits the box, else the AIS nucleus if it matches, else the decoder's. The IoU
+        estimate and mask prompt stay the decoder's (of the chosen candidate, or its most confident one)."""
+        from pathseg.nuclei.box_match import box_iou, mask_box
+
+        auto = self._automatic_match(box) if self.box_from_ais else None
+        if not self.box_fit:
+            if auto is not None:
+                out.window_masks, out.window = auto[0][None], auto[1]
+            return
+        b = (int(np.floor(box[1])), int(np.floor(box[0])), int(np.ceil(box[3])), int(np.ceil(box[2])))
+        cands = ([auto] if auto is not None else []) + [(m, out.window) for m in out.window_masks]
+        fits = [box_iou(b, mask_box(m, w)) for m, w in cands]
+        best = int(np.argmax(fits))  # ties: the AIS nucleus, then the decoder's order
+        k = best - (auto is not None) if best >= (auto is not None) else int(np.argmax(out.iou))
+        out.window_masks, out.window = cands[best][0][None], cands[best][1]
+        out.iou, out.low_res_logits = out.iou[k : k + 1], out.low_res_logits[k : k + 1]
+
+    def _automatic_match(self, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The automatic segmentation's nucleus matching ``box`` with bounding-box IoU >= ``box_from_ais``, clipped
+        to the box, as (mask, window); None if none matches. The segmentation runs once per image."""
         from scipy import ndimage as ndi
 
         from pathseg.nuclei.box_match import matching_nucleus
@@ -251,8 +276,8 @@ class Predictor:
         labels, objects = self._automatic
         lab, iou, (y0, x0, y1, x1) = matching_nucleus(labels, objects, box)
         if lab and iou >= self.box_from_ais:
-            out.window_masks = (labels[y0:y1, x0:x1] == lab)[None]
-            out.window = (y0, x0, y1, x1)
+            return labels[y0:y1, x0:x1] == lab, (y0, x0, y1, x1)
+        return None
 
     @staticmethod
     def _centre(pts, lbl, bx) -> np.ndarray:
