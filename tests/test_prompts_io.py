@@ -144,6 +144,8 @@ def test_cli_box_prompts_take_the_automatic_nucleus_unless_told_not_to(tmp_path,
     base += ["--prompts", str(tmp_path / "b.geojson")]
     assert main([*base, "-o", str(tmp_path / "ais")]) == 0
     assert np.array_equal(tifffile.imread(tmp_path / "ais" / "t_instances.tif") == 1, gt == 1)  # the AIS nucleus
-    assert main([*base, "-o", str(tmp_path / "dec"), "--box-from-ais", "0"]) == 0
+    assert main([*base, "-o", str(tmp_path / "dec"), "--box-from-ais", "0", "--box-fit", "off"]) == 0
     assert not np.array_equal(tifffile.imread(tmp_path / "dec" / "t_instances.tif") == 1, gt == 1)  # the decoder's
+    assert main([*base, "-o", str(tmp_path / "fit"), "--box-fit", "on"]) == 0  # the nucleus fits the box exactly
+    assert np.array_equal(tifffile.imread(tmp_path / "fit" / "t_instances.tif") == 1, gt == 1)
     assert main([*base, "-o", str(tmp_path / "bad"), "--box-from-ais", "1.5"]) == 1

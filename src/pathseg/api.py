@@ -123,13 +123,16 @@ def segment_nuclei_prompted(
     progress: ProgressCallback | None = None,
     box_margin: float | None = 0.0,
     box_from_ais: float | str | None = "model",
+    box_fit: bool | str = "model",
 ) -> NucleiResult:
     """One nucleus per prompt (:class:`pathseg.io.prompts.Prompt`), with a SAM-family model.
 
     Each prompt's most confident mask is painted in prompt order; a pixel claimed by an earlier object stays
     with it. A box bounds its mask: pixels more than ``box_margin`` image pixels outside it are dropped (``None``:
     unbounded, as SAM). A box alone takes the automatic segmentation's nucleus whose bounding box overlaps it with
-    IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask decoder's mask).
+    IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask decoder's mask);
+    with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3, that nucleus) whose
+    bounding box best fits the box.
     """
     from pathseg.nuclei.interactive import Predictor
 
@@ -138,7 +141,7 @@ def segment_nuclei_prompted(
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
     rgb, file_mpp, source = _load(image, max_pixels)
     used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
-    predictor = Predictor(net, box_margin=box_margin, box_from_ais=box_from_ais)
+    predictor = Predictor(net, box_margin=box_margin, box_from_ais=box_from_ais, box_fit=box_fit)
     predictor.set_image(rgb, used_mpp)
     labels = np.zeros(rgb.shape[:2], dtype=np.uint32)
     for i, p in enumerate(prompts, start=1):

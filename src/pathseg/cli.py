@@ -151,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IOU",
         help="with --prompts: a box takes the automatic segmentation's nucleus whose bounding box overlaps it with at "
         "least this IoU, else the mask decoder's mask (0: always the decoder's; default: the model's config "
-        "'box_from_ais', 0.8 for pathseg_nuclei_cpu)",
+        "'box_from_ais')",
+    )
+    p.add_argument(
+        "--box-fit",
+        choices=["on", "off"],
+        default=None,
+        help="with --prompts: on = a box takes the candidate mask (the decoder's 3, the --box-from-ais nucleus) whose "
+        "bounding box best fits it; off = the decoder's single mask or that nucleus (default: the model's config "
+        "'box_fit'; on for pathseg_nuclei_cpu)",
     )
     p.add_argument(
         "--mode",
@@ -578,6 +586,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                     progress=bar,
                     box_margin=None if args.box_margin < 0 else args.box_margin,
                     box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
+                    box_fit="model" if args.box_fit is None else args.box_fit == "on",
                 )
             else:
                 result = segment_nuclei(
