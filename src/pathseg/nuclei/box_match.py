@@ -14,6 +14,14 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / union if union > 0 else 0.0
 
 
+def box_pixels(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1, image pixels) as whole pixels (y0, x0, y1, x1), grown to whole pixels and clipped
+    to an image of ``shape`` (H, W)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = shape
+    return (max(int(np.floor(y0)), 0), max(int(np.floor(x0)), 0), min(int(np.ceil(y1)), h), min(int(np.ceil(x1)), w))
+
+
 def mask_box(mask: np.ndarray, window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """Bounding box (y0, x0, y1, x1, image pixels) of ``mask`` (h, w) held at ``window``'s corner; empty: (0,)*4."""
     ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
@@ -28,9 +36,7 @@ def matching_nucleus(
     """The label in ``labels`` (H, W) whose bounding box (``objects``, from ``scipy.ndimage.find_objects``) has
     the highest IoU with ``box`` (x0, y0, x1, y1, image pixels), among the labels inside the box; with that IoU and
     the box as integer (y0, x0, y1, x1) clipped to the image. (0, 0.0, box) when no nucleus lies in the box."""
-    h, w = labels.shape
-    x0, y0, x1, y1 = (float(v) for v in box)
-    b = (max(int(np.floor(y0)), 0), max(int(np.floor(x0)), 0), min(int(np.ceil(y1)), h), min(int(np.ceil(x1)), w))
+    b = box_pixels(box, labels.shape)
     if b[2] <= b[0] or b[3] <= b[1]:
         return 0, 0.0, b
     best, best_iou = 0, 0.0

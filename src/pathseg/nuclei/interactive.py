@@ -248,14 +248,14 @@ class Predictor:
         """Leave one mask in ``out`` for a box alone: with ``box_fit`` the candidate (decoder's or AIS nucleus)
         whose bounding box best fits the box, else the AIS nucleus if it matches, else the decoder's. The IoU
         estimate and mask prompt stay the decoder's (of the chosen candidate, or its most confident one)."""
-        from pathseg.nuclei.box_match import box_iou, mask_box
+        from pathseg.nuclei.box_match import box_iou, box_pixels, mask_box
 
         auto = self._automatic_match(box) if self.box_from_ais else None
         if not self.box_fit:
             if auto is not None:
                 out.window_masks, out.window = auto[0][None], auto[1]
             return
-        b = (int(np.floor(box[1])), int(np.floor(box[0])), int(np.ceil(box[3])), int(np.ceil(box[2])))
+        b = box_pixels(box, out.shape)
         cands = ([auto] if auto is not None else []) + [(m, out.window) for m in out.window_masks]
         fits = [box_iou(b, mask_box(m, w)) for m, w in cands]
         best = int(np.argmax(fits))  # ties: the AIS nucleus, then the decoder's order
