@@ -150,7 +150,7 @@ def test_prompts_run_at_the_models_prompt_pixel_size(tmp_path):
 
 def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
     from pathseg.errors import PathsegError
-    from pathseg.nuclei.box_match import matching_nucleus
+    from pathseg.nuclei.boxes import matching_nucleus
 
     rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
     calls = []
@@ -191,7 +191,7 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
 
 
 def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
-    from pathseg.nuclei.box_match import box_iou, mask_box
+    from pathseg.nuclei.boxes import box_iou, mask_box
 
     rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
     monkeypatch.setattr(model, "segment", lambda image, mpp, *a, **k: gt.astype(np.uint32))
@@ -202,7 +202,7 @@ def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
     three = Predictor(model, box_from_ais=None, box_fit=False)
     three.set_image(rgb, mpp=0.5)
     cands = three.predict(box=box)  # the decoder's 3 candidates
-    fits = [box_iou(b, mask_box(m, cands.window)) for m in cands.window_masks]
+    fits = box_iou(np.array([b]), np.array([mask_box(m, cands.window) for m in cands.window_masks]))[0]
     fit = Predictor(model, box_from_ais=None, box_fit=True)
     fit.set_image(rgb, mpp=0.5)
     r = fit.predict(box=box, multimask=False)

@@ -4,13 +4,12 @@ import numpy as np
 import torch
 
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+from pathseg.nuclei.boxes import box_iou, box_nms
 from pathseg.nuclei.interactive import Predictor
 from pathseg.nuclei.prompted import (
     AutomaticMaskGenerator,
     AutomaticPromptGenerator,
     Candidate,
-    box_iou,
-    box_nms,
     paint,
     stability_score,
 )

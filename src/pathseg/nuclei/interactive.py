@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import pathseg
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel
+from pathseg.nuclei.boxes import box_iou, box_pixels, mask_box, matching_nucleus
 from pathseg.resize import resize_rgb, scaled_size
 from pathseg.tiling import Tile, tile_grid
 
@@ -248,8 +249,6 @@ class Predictor:
         """Leave one mask in ``out`` for a box alone: with ``box_fit`` the candidate (decoder's or AIS nucleus)
         whose bounding box best fits the box, else the AIS nucleus if it matches, else the decoder's. The IoU
         estimate and mask prompt stay the decoder's (of the chosen candidate, or its most confident one)."""
-        from pathseg.nuclei.box_match import box_iou, box_pixels, mask_box
-
         auto = self._automatic_match(box) if self.box_from_ais else None
         if not self.box_fit:
             if auto is not None:
@@ -257,7 +256,7 @@ class Predictor:
             return
         b = box_pixels(box, out.shape)
         cands = ([auto] if auto is not None else []) + [(m, out.window) for m in out.window_masks]
-        fits = [box_iou(b, mask_box(m, w)) for m, w in cands]
+        fits = box_iou(np.array([b]), np.array([mask_box(m, w) for m, w in cands]))[0]
         best = int(np.argmax(fits))  # ties: the AIS nucleus, then the decoder's order
         k = best - (auto is not None) if best >= (auto is not None) else int(np.argmax(out.iou))
         out.window_masks, out.window = cands[best][0][None], cands[best][1]
@@ -267,8 +266,6 @@ class Predictor:
         """The automatic segmentation's nucleus matching ``box`` with bounding-box IoU >= ``box_from_ais``, clipped
         to the box, as (mask, window); None if none matches. The segmentation runs once per image."""
         from scipy import ndimage as ndi
-
-        from pathseg.nuclei.box_match import matching_nucleus
 
         if self._automatic is None:
             labels = self.model.segment(self.image, self.mpp)

@@ -13,33 +13,9 @@ import torch
 from scipy import ndimage as ndi
 
 from pathseg.nuclei.automatic import AISParams
+from pathseg.nuclei.boxes import box_nms
 from pathseg.nuclei.interactive import Predictor
 from pathseg.progress import ProgressCallback
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of boxes (N, 4) and (M, 4) given as x0, y0, x1, y1 (exclusive ends)."""
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, highest score first."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        suppressed |= box_iou(boxes[i : i + 1], boxes)[0] > iou_threshold
-    return np.array(keep, dtype=np.int64)
 
 
 def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
