@@ -190,6 +190,43 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
         Predictor(model)
 
 
+def test_box_prompts_segment_only_the_regions_they_fall_in(model, monkeypatch):
+    from pathseg.errors import PathsegError
+
+    _, gt = synthetic_nuclei((200, 200), n=12, radius=10, seed=3)
+    rgb = np.repeat(gt.astype(np.uint8)[..., None], 3, axis=2)  # red = the nucleus id, so that ...
+    crops = []
+
+    def automatic(image, mpp, *args, **kwargs):  # ... a stand-in segmentation of any crop equals the truth in it
+        crops.append(image.shape[:2])
+        return image[..., 0].astype(np.uint32)
+
+    monkeypatch.setattr(model, "segment", automatic)
+    p = Predictor(model, box_from_ais=0.8, box_fit=False, ais_region=96, ais_halo=16)
+    p.set_image(rgb, mpp=0.5)
+    boxes = []
+    for lab in np.unique(gt)[1:]:
+        ys, xs = np.nonzero(gt == lab)
+        boxes.append(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float))
+        assert np.array_equal(p.predict(box=boxes[-1], multimask=False).masks[0], gt == lab)
+    assert len(boxes) == 12 and max(max(c) for c in crops) <= 96  # regions of the image, never all of it
+    n = len(crops)
+    for box in boxes:
+        p.predict(box=box, multimask=False)
+    assert len(crops) == n == len(p._automatic) < 16  # each region at most once, only those boxes fall in
+    # a box larger than the halo, across region borders: answered from a region around it
+    big = np.array([40, 40, 160, 160], dtype=float)
+    whole = Predictor(model, box_from_ais=0.01, box_fit=False)
+    whole.set_image(rgb, mpp=0.5)
+    near = Predictor(model, box_from_ais=0.01, box_fit=False, ais_region=96, ais_halo=16)
+    near.set_image(rgb, mpp=0.5)
+    got = near.predict(box=big, multimask=False).masks
+    assert got[0].any() and np.array_equal(got, whole.predict(box=big, multimask=False).masks)
+    assert crops[-2] == (152, 152) and crops[-1] == (200, 200)  # the region around the box; the whole image
+    with pytest.raises(PathsegError, match="ais_halo must be"):
+        Predictor(model, ais_region=100, ais_halo=50)
+
+
 def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
     from pathseg.nuclei.boxes import box_iou, mask_box
 

@@ -90,9 +90,11 @@ class Predictor:
     ``None`` keeps SAM's unbounded masks). With ``box_from_ais`` (default ``"model"``: the model's
     :attr:`~SamNucleusModel.box_from_ais`; ``None``: never), a single-mask box prompt takes the automatic
     segmentation's nucleus, clipped to the box, when that nucleus's bounding box overlaps the box with at least this
-    IoU; the automatic segmentation runs once per image, at the first such prompt. With ``box_fit`` (default
-    ``"model"``: the model's :attr:`~SamNucleusModel.box_fit`), a single-mask box prompt takes, among the decoder's
-    3 candidates and that nucleus, the mask whose bounding box best fits the box.
+    IoU. The automatic segmentation runs lazily, once per region of at most ``ais_region`` image pixels a side
+    (the outer ``ais_halo`` px on each side are context only; defaults 2048 and 128), at the first box in that
+    region: an image that fits in one region is segmented whole, a large one only where boxes are. With ``box_fit``
+    (default ``"model"``: the model's :attr:`~SamNucleusModel.box_fit`), a single-mask box prompt takes, among the
+    decoder's 3 candidates and that nucleus, the mask whose bounding box best fits the box.
     """
 
     def __init__(
@@ -102,6 +104,8 @@ class Predictor:
         box_margin: float | None = 0.0,
         box_from_ais: float | str | None = "model",
         box_fit: bool | str = "model",
+        ais_region: int = 2048,
+        ais_halo: int = 128,
     ) -> None:
         self.model = model.eval()
         self.box_margin = box_margin
@@ -119,8 +123,13 @@ class Predictor:
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
         self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
         self.box_fit = model.box_fit if box_fit == "model" else bool(box_fit)
+        if not 0 <= ais_halo < ais_region / 2:
+            raise PathsegError(f"ais_halo must be >= 0 and under half of ais_region, got {ais_halo} and {ais_region}")
+        self.ais_region, self.ais_halo = int(ais_region), int(ais_halo)
         self.mpp: float | None = None
-        self._automatic: tuple[np.ndarray, list] | None = None
+        #: automatic segmentations (labels, objects) by region (y0, x0, y1, x1)
+        self._automatic: dict[tuple[int, int, int, int], tuple[np.ndarray, list]] = {}
+        self._regions: list[Tile] = []
 
     # -- embeddings ----------------------------------------------------------------------------------------
     def _weights_digest(self) -> str:
@@ -153,7 +162,9 @@ class Predictor:
     def set_image(self, rgb: np.ndarray, mpp: float | None = None, cache: str | os.PathLike | None = None) -> None:
         """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
         mpp = self.model.mpp if mpp is None else mpp
-        self.image, self.mpp, self._automatic = rgb, mpp, None
+        self.image, self.mpp = rgb, mpp
+        self._automatic.clear()
+        self._regions = tile_grid(rgb.shape[:2], self.ais_region, self.ais_halo)
         self.factor = mpp / self.model.prompt_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
         work = rgb if abs(self.factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), self.factor))
@@ -264,17 +275,37 @@ class Predictor:
 
     def _automatic_match(self, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         """The automatic segmentation's nucleus matching ``box`` with bounding-box IoU >= ``box_from_ais``, clipped
-        to the box, as (mask, window); None if none matches. The segmentation runs once per image."""
+        to the box, as (mask, window); None if none matches. Each region is segmented once and kept."""
         from scipy import ndimage as ndi
 
-        if self._automatic is None:
-            labels = self.model.segment(self.image, self.mpp)
-            self._automatic = labels, ndi.find_objects(labels)
-        labels, objects = self._automatic
-        lab, iou, (y0, x0, y1, x1) = matching_nucleus(labels, objects, box)
+        region = self._ais_region_for(box)
+        got = self._automatic.get(region)
+        if got is None:
+            y0, x0, y1, x1 = region
+            labels = self.model.segment(self.image[y0:y1, x0:x1], self.mpp)
+            got = self._automatic[region] = labels, ndi.find_objects(labels)
+        labels, objects = got
+        oy, ox = region[:2]
+        lab, iou, (y0, x0, y1, x1) = matching_nucleus(labels, objects, box - np.array([ox, oy, ox, oy]))
         if lab and iou >= self.box_from_ais:
-            return labels[y0:y1, x0:x1] == lab, (y0, x0, y1, x1)
+            return labels[y0:y1, x0:x1] == lab, (y0 + oy, x0 + ox, y1 + oy, x1 + ox)
         return None
+
+    def _ais_region_for(self, box: np.ndarray) -> tuple[int, int, int, int]:
+        """The region (y0, x0, y1, x1, image pixels) whose automatic segmentation answers ``box``: the region
+        whose inner part holds the box centre, if the box and half the halo around it lie inside the region; else
+        the box grown by the halo (a box larger than the halo near a region border)."""
+        h, w = self.image.shape[:2]
+        y0, x0, y1, x1 = box_pixels(box, (h, w))
+        m, g = self.ais_halo // 2, self.ais_halo
+        need = (max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w))
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        for t in self._regions:
+            (iy0, ix0, iy1, ix1), (oy0, ox0, oy1, ox1) = t.inner, t.outer
+            holds_centre = iy0 <= cy < iy1 and ix0 <= cx < ix1
+            if holds_centre and oy0 <= need[0] and ox0 <= need[1] and need[2] <= oy1 and need[3] <= ox1:
+                return t.outer
+        return (max(y0 - g, 0), max(x0 - g, 0), min(y1 + g, h), min(x1 + g, w))
 
     @staticmethod
     def _centre(pts, lbl, bx) -> np.ndarray:
