@@ -281,6 +281,50 @@ def test_tissue_tta_averages_dihedral_views_and_is_saved(tmp_path):
         TissueModel({**model.config, "tta": 3})
 
 
+def test_tissue_views_of_the_latent_encode_each_patch_once(tmp_path, monkeypatch):
+    """tta_space "latent": one encoder pass per patch, its latent turned per view; a saved setting."""
+    from pathseg.tissue.model import unview_dihedral, view_dihedral
+
+    model = _tiny_tissue_model()
+    x = torch.rand(2, 3, 64, 64)
+    image_views = _plain_logits(model, x)
+    model.tta_space = "latent"
+    assert torch.allclose(_plain_logits(model, x), image_views, atol=1e-5)  # one view: the same either way
+    model.tta = 4
+    encoded = []
+    latent = model.features.latent
+    monkeypatch.setattr(model.features, "latent", lambda v, *a: encoded.append(v.shape) or latent(v, *a))
+    lg = model.logits(x)
+    assert encoded == [x.shape]  # once, not per view
+    z0, ctx = latent(x)
+    views = [unview_dihedral(model.head(model.features.from_latent(view_dihedral(z0, k), ctx)), k) for k in range(4)]
+    mean = torch.nn.functional.interpolate(sum(views) / 4, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(lg, mean, atol=1e-5)
+    model.tta_space = "image"
+    assert not torch.allclose(model.logits(x), lg, atol=1e-4)  # turning the image is another thing
+    model.tta_space = "latent"
+    assert TissueModel.from_pretrained(model.save_pretrained(tmp_path / "m")).tta_space == "latent"
+    with pytest.raises(ValueError, match="tta_space must be"):
+        model.tta_space = "pixels"
+    with pytest.raises(PathsegError, match="tta_space must be"):
+        TissueModel({**model.config, "tta_space": "pixels"})
+
+
+def test_tissue_backbone_memory_layout_changes_speed_not_numbers(tmp_path):
+    model = _tiny_tissue_model()
+    x = torch.rand(2, 3, 64, 64)
+    fast = model.logits(x)  # channels-last by default
+    assert model.backbone.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    model.channels_last = False
+    plain = model.logits(x)
+    assert model.backbone.unet.conv_in.weight.is_contiguous()
+    assert torch.allclose(fast, plain, atol=1e-5)
+    model.channels_last = True
+    assert torch.allclose(model.logits(x), fast, atol=1e-6)
+    again = TissueModel.from_pretrained(model.save_pretrained(tmp_path / "m"))  # saved from channels-last weights
+    assert torch.allclose(again.logits(x), fast, atol=1e-5)
+
+
 def test_tissue_stride_is_a_saved_setting_that_changes_the_patch_grid(tmp_path):
     """Config ``stride`` (px) sets the patch grid: a finer one blends more patches; bad values are refused."""
     model = _tiny_tissue_model()

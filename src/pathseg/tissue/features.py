@@ -63,9 +63,17 @@ class DiffusionFeatures(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Features of (B, 3, H, W) images in [0, 1] (H, W multiples of 8 x the VQ downsampling)."""
+        return self.from_latent(*self.latent(x, embedding))
+
+    @torch.no_grad()
+    def latent(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent z0 (B, c, H/f, W/f) and the cross-attention context of (B, 3, H, W) images in [0, 1]."""
+        return self.backbone.encode(x), self.backbone.context(x, embedding)
+
+    @torch.no_grad()
+    def from_latent(self, z0: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Features (B, C, h, w) of latents ``z0`` (B, c, h, w): noised to each t, one UNet pass with ``context``."""
         bb = self.backbone
-        z0 = bb.encode(x)
-        context = bb.context(x, embedding)
         size = z0.shape[-2:]
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         # the same noise for every patch position, whatever the batch: drawn per sample from the seed
