@@ -160,6 +160,10 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
     args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(tmp_path / "tta"), "--model", str(run / "best")]
     assert main([*args, "--tta", "8", "--no-clean", "-q"]) == 0
     assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    model.tta_space = "latent"  # --tta-space: the views of the latent
+    assert main([*args, "--tta", "8", "--tta-space", "latent", "--no-clean", "-q"]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    model.tta_space = "image"
     # --stride overrides the model's patch stride; a stride the model cannot take is refused with a message
     model.tta, model.step = 1, model.patch // 4
     assert main([*args, "--stride", str(model.patch // 4), "--no-clean", "-q"]) == 0

@@ -83,9 +83,12 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         run_slide(run, log=lambda *a: None)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o" / "parts").glob("*.npz")} == parts
     run.tta = 4
-    with pytest.raises(PathsegError, match="--tta is for tissue runs"):
+    with pytest.raises(PathsegError, match="--tta / --tta-space are for tissue runs"):
         run_slide(run, log=lambda *a: None)
-    run.tta, run.stride = None, 96
+    run.tta, run.tta_space = None, "latent"
+    with pytest.raises(PathsegError, match="--tta / --tta-space are for tissue runs"):
+        run_slide(run, log=lambda *a: None)
+    run.tta_space, run.stride = None, 96
     with pytest.raises(PathsegError, match="--stride is for tissue runs"):
         run_slide(run, log=lambda *a: None)
     run.chunk, run.halo, run.stride = 192, 64, None  # the first run's settings: resumes (nothing left to do)

@@ -105,7 +105,11 @@ def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path):
     run.tta = 4  # a resumed run with other views would mix two runs' chunks: refused, nothing touched
     with pytest.raises(PathsegError, match=r"tta.*2.*there.*4.*now"):
         run_slide(run, log=lambda *a: None)
-    run.tta = 2
+    run.tta, run.tta_space = 2, "latent"  # views of the latent: also another map
+    with pytest.raises(PathsegError, match=r"model_parameters: .* there, .*\"tta_space\": \"latent\".* now"):
+        run_slide(run, log=lambda *a: None)
+    assert model.tta_space == "image"  # the caller's model is left as it was
+    run.tta_space = None
     with torch.no_grad():  # same name and parameters, other weights (a model folder retrained in place)
         model.head.classify.bias.add_(0.1)
     with pytest.raises(PathsegError, match=r"weights: \"[0-9a-f]{64}\" there"):

@@ -65,8 +65,8 @@ def _add_inputs_and_output(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """``--tta``, ``--stride`` and ``--no-clean``: a tissue model's test-time views, patch stride and cleaning, for
-    ``pathseg tissue`` and ``pathseg wsi``."""
+    """``--tta``, ``--tta-space``, ``--stride`` and ``--no-clean``: a tissue model's test-time views, patch stride
+    and cleaning, for ``pathseg tissue`` and ``pathseg wsi``."""
     p.add_argument(
         "--tta",
         type=int,
@@ -74,6 +74,15 @@ def _add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
         default=None,
         help=prefix + "test-time views per patch, averaged: 1 = none, 2 = + mirror, 4 = quarter turns, 8 = all "
         "(time grows with the views; default: the model's config 'tta', 1 if absent)",
+    )
+    p.add_argument(
+        "--tta-space",
+        choices=["image", "latent"],
+        default=None,
+        help=prefix + "where the test-time views are taken: 'image' encodes every turned patch; 'latent' encodes "
+        "each patch once and turns its latent, about 2x faster at 4 views, a little less accurate (bundled "
+        "model, GlaS validation: mIoU 0.799 vs 0.802; 1 view: 0.787); default: the model's config 'tta_space', "
+        "else image",
     )
     p.add_argument(
         "--stride",
@@ -758,6 +767,8 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     model = get_tissue_model(args.model)
     if args.tta is not None:
         model.tta = args.tta
+    if args.tta_space is not None:
+        model.tta_space = args.tta_space
     if args.stride is not None:
         model.step = args.stride
     failures = 0
@@ -896,6 +907,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         classes=args.classes,
         task=args.task,
         tta=args.tta,
+        tta_space=args.tta_space,
         stride=args.stride,
         clean=not args.no_clean,
     )

@@ -388,8 +388,9 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         return run_slide_tissue(run, progress, log)
     if run.task != "nuclei":
         raise PathsegError(f"unknown slide task {run.task!r}; one of nuclei, tissue")
-    if run.tta is not None:
-        raise PathsegError("--tta is for tissue runs (--task tissue); nucleus models have no test-time views")
+    if run.tta is not None or run.tta_space is not None:
+        msg = "--tta / --tta-space are for tissue runs (--task tissue); nucleus models have no test-time views"
+        raise PathsegError(msg)
     if run.stride is not None:
         raise PathsegError("--stride is for tissue runs (--task tissue); nucleus runs tile by --chunk and --halo")
     if not run.clean:

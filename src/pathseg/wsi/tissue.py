@@ -213,15 +213,20 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
-    if (run.tta is not None and run.tta != model.tta) or (run.stride is not None and run.stride != model.step):
+    overrides = {"tta": run.tta, "tta_space": run.tta_space, "stride": run.stride}
+    if any(v is not None and v != model.config.get(k) for k, v in overrides.items()):
         if model is run.model:  # leave the caller's model as it was
             model = copy.copy(model)
             model.config = {**model.config}
         if run.tta is not None:
             model.tta = run.tta
+        if run.tta_space is not None:
+            model.tta_space = run.tta_space
         if run.stride is not None:
             model.step = run.stride
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
+    if model.tta_space != "image":  # (absent for image views: runs begun before the setting existed still resume)
+        parameters["tta_space"] = model.tta_space
     settings = run_settings(run, model, parameters)  # cleaning is left out: it runs on the assembled map
     clean = model.config.get("clean") if run.clean else None
     check_resume(out, settings)
