@@ -278,6 +278,9 @@ class Predictor:
         to the box, as (mask, window); None if none matches. Each region is segmented once and kept."""
         from scipy import ndimage as ndi
 
+        y0, x0, y1, x1 = box_pixels(box, self.image.shape[:2])
+        if y1 <= y0 or x1 <= x0:  # the box holds no pixel of the image
+            return None
         region = self._ais_region_for(box)
         got = self._automatic.get(region)
         if got is None:
