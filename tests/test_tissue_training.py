@@ -10,7 +10,7 @@ from PIL import Image
 
 from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
-from pathseg.tissue.model import TissueModel
+from pathseg.tissue.model import TissueModel, patch_grid
 from pathseg.train.tissue import TissueTrainConfig, train_tissue
 from tests.test_diffusion_backbone import tiny_config
 
@@ -312,6 +312,18 @@ def test_tissue_views_of_the_latent_encode_each_patch_once(tmp_path, monkeypatch
         model.tta_space = "pixels"
     with pytest.raises(PathsegError, match="tta_space must be"):
         TissueModel({**model.config, "tta_space": "pixels"})
+
+
+def test_tissue_probabilities_report_progress_over_the_patches():
+    model = _tiny_tissue_model()
+    rgb = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    calls = []
+    probs = model.probabilities(rgb, batch=2, progress=lambda done, total, what: calls.append((done, total, what)))
+    n = model.patch  # the tiny model's patch is 64 px: a 2 x 3 grid at its stride
+    ys, xs = patch_grid(100, n, model.step), patch_grid(150, n, model.step)
+    assert calls[-1] == (len(ys) * len(xs), len(ys) * len(xs), "patches") and len(calls) == -(-calls[-1][0] // 2)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert np.allclose(probs, model.probabilities(rgb))
 
 
 def test_tissue_backbone_memory_layout_changes_speed_not_numbers(tmp_path):

@@ -210,16 +210,18 @@ def segment_tissue(
     mpp: float | None = None,
     max_pixels: int | None = None,
     clean: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> TissueResult:
     """Tissue / gland classes of ``image`` (a path or an RGB uint8 array) with ``model`` (a tissue model, a zoo
     name or a model folder; default: the bundled tissue model). ``clean``: apply the model's hole / speck
-    cleaning (:func:`pathseg.tissue.postprocess.clean_classes`), if its config has one."""
+    cleaning (:func:`pathseg.tissue.postprocess.clean_classes`), if its config has one. ``progress(done, total,
+    "patches")`` follows the model's patches."""
     from pathseg.models.zoo import get_tissue_model
 
     net = model if hasattr(model, "probabilities") else get_tissue_model(model)
     rgb, file_mpp, path = _load(image, max_pixels)
     used, source = resolve_mpp(mpp, file_mpp, net.mpp)
-    probs = net.probabilities(rgb, used)
+    probs = net.probabilities(rgb, used, progress=progress)
     return TissueResult(net.classes(probs, used, clean), probs, net.class_names, used, source, net.name, path)
 
 

@@ -18,6 +18,7 @@ from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
 from pathseg.models.sam.checkpoint import load_into
+from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
 from pathseg.tissue.features import DiffusionFeatures
 from pathseg.tissue.head import SegHead
@@ -171,11 +172,13 @@ class TissueModel(torch.nn.Module):
         xs: list[int],
         box: tuple[int, int, int, int],
         batch: int = 4,
+        progress: ProgressCallback | None = None,
     ) -> torch.Tensor:
         """Window-blended logits (K, y1 - y0, x1 - x0) over ``box`` = (y0, y1, x0, x1), from the patches at
         ``ys`` x ``xs`` (patch corners), all in one coordinate frame; ``pixels`` (RGB uint8) holds that frame from
         ``origin`` = (y, x) and contains every listed patch. Each output pixel is the weighted mean of the
-        patches covering it, so any partition of an image into boxes gives the same result as one pass."""
+        patches covering it, so any partition of an image into boxes gives the same result as one pass.
+        ``progress(done, total, "patches")`` is called after each batch."""
         self.eval()
         p, (oy, ox) = self.patch, origin
         y0, y1, x0, x1 = box
@@ -193,11 +196,16 @@ class TissueModel(torch.nn.Module):
                 w = win[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
                 acc[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += lg[:, sy0 - y : sy1 - y, sx0 - x : sx1 - x] * w
                 wsum[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += w
+            if progress:
+                progress(min(i + batch, len(coords)), len(coords), "patches")
         return acc / wsum
 
     @torch.no_grad()
-    def probabilities(self, rgb: np.ndarray, mpp: float | None = None, batch: int = 4) -> np.ndarray:
-        """(K, H, W) float32 class probabilities of an RGB uint8 image at ``mpp`` µm/px (default: the model's)."""
+    def probabilities(
+        self, rgb: np.ndarray, mpp: float | None = None, batch: int = 4, progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """(K, H, W) float32 class probabilities of an RGB uint8 image at ``mpp`` µm/px (default: the model's);
+        ``progress(done, total, "patches")`` follows the patches."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.shape} {rgb.dtype}")
         h0, w0 = rgb.shape[:2]
@@ -205,7 +213,7 @@ class TissueModel(torch.nn.Module):
         H, W = img.shape[:2]
         ys, xs = patch_grid(H, self.patch, self.step), patch_grid(W, self.patch, self.step)
         pad = pad_to_grid(img, ys[-1] + self.patch, xs[-1] + self.patch)
-        logits = self.blend(pad, (0, 0), ys, xs, (0, H, 0, W), batch)
+        logits = self.blend(pad, (0, 0), ys, xs, (0, H, 0, W), batch, progress)
         probs = torch.softmax(logits, dim=0).numpy()
         return resize_maps(probs, (h0, w0)) if (H, W) != (h0, w0) else probs
 
