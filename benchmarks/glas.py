@@ -253,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"], help="which models to train and score"
     )
     ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if "c" in args.models and "a" not in args.models:
         ap.error("--models c needs a: the U-Net's CPU budget is (a)'s training time")
     if not (args.data / "train").is_dir():
@@ -360,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_s",
         "s_per_image",
     ]
+    print(f"GlaS, torch threads {torch.get_num_threads()}")
     print(format_table(table, cols))
     with atomic_open(results / f"glas{suffix}.json", "w") as f:
         json.dump(

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
@@ -145,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit: store the best "
         "(mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais and box_fit",
     )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.write and not (args.validation and Path(args.model).is_dir()):
         ap.error("--write needs --validation and a model folder as --model")
     model = get_nucleus_model(args.model)
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
                     ", best-fitting box candidate" if box_fit else ""
                 )
-                print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}")
+                threads = torch.get_num_threads()
+                print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}, {threads} threads")
                 print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
                 runs[setting] = {
                     "prompt_mpp": prompt_mpp,

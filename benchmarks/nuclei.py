@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     ap.add_argument("--mode", default="ais", choices=["ais", "apg", "amg"], help="automatic mode (SAM-family models)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     images = sorted((args.data / "images").glob("*.png"))
     if not images:
