@@ -359,6 +359,17 @@ def test_tissue_stride_is_a_saved_setting_that_changes_the_patch_grid(tmp_path):
             TissueModel({**model.config, "stride": bad}, backbone=model.backbone)
 
 
+def test_tissue_settings_for_one_run_leave_the_model_alone():
+    model = _tiny_tissue_model()
+    assert model.with_settings() is model and model.with_settings(tta=model.tta, stride=model.step) is model
+    other = model.with_settings(tta=2, tta_space="latent", stride=model.patch // 2)
+    assert (other.tta, other.tta_space, other.step) == (2, "latent", model.patch // 2)
+    assert (model.tta, model.tta_space, "stride" in model.config) == (1, "image", False)
+    assert other.backbone is model.backbone and other.head is model.head  # the weights are shared
+    with pytest.raises(PathsegError, match="stride must be"):
+        model.with_settings(stride=model.patch + 1)
+
+
 def _plain_logits(model: TissueModel, x: torch.Tensor) -> torch.Tensor:
     saved, model.tta = model.tta, 1
     try:

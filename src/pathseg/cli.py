@@ -764,13 +764,7 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     from pathseg.models.zoo import get_tissue_model
 
     inputs = expand_inputs(args.inputs)
-    model = get_tissue_model(args.model)
-    if args.tta is not None:
-        model.tta = args.tta
-    if args.tta_space is not None:
-        model.tta_space = args.tta_space
-    if args.stride is not None:
-        model.step = args.stride
+    model = get_tissue_model(args.model).with_settings(args.tta, args.tta_space, args.stride)
     failures = 0
     from pathseg.progress import track
 

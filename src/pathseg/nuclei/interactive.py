@@ -278,10 +278,10 @@ class Predictor:
         to the box, as (mask, window); None if none matches. Each region is segmented once and kept."""
         from scipy import ndimage as ndi
 
-        y0, x0, y1, x1 = box_pixels(box, self.image.shape[:2])
-        if y1 <= y0 or x1 <= x0:  # the box holds no pixel of the image
+        b = box_pixels(box, self.image.shape[:2])
+        if b[2] <= b[0] or b[3] <= b[1]:  # the box holds no pixel of the image
             return None
-        region = self._ais_region_for(box)
+        region = self._ais_region_for(b)
         got = self._automatic.get(region)
         if got is None:
             y0, x0, y1, x1 = region
@@ -294,12 +294,13 @@ class Predictor:
             return labels[y0:y1, x0:x1] == lab, (y0 + oy, x0 + ox, y1 + oy, x1 + ox)
         return None
 
-    def _ais_region_for(self, box: np.ndarray) -> tuple[int, int, int, int]:
-        """The region (y0, x0, y1, x1, image pixels) whose automatic segmentation answers ``box``: the region
-        whose inner part holds the box centre, if the box and half the halo around it lie inside the region; else
-        the box grown by the halo (a box larger than the halo near a region border)."""
+    def _ais_region_for(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """The region (y0, x0, y1, x1, image pixels) whose automatic segmentation answers ``box`` (whole pixels
+        y0, x0, y1, x1 in the image): the region whose inner part holds the box centre, if the box and half the halo
+        around it lie inside the region; else the box grown by the halo (a box larger than the halo near a region
+        border)."""
         h, w = self.image.shape[:2]
-        y0, x0, y1, x1 = box_pixels(box, (h, w))
+        y0, x0, y1, x1 = box
         m, g = self.ais_halo // 2, self.ais_halo
         need = (max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w))
         cy, cx = (y0 + y1) / 2, (x0 + x1) / 2

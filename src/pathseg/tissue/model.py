@@ -163,6 +163,21 @@ class TissueModel(torch.nn.Module):
             raise PathsegError(f"{msg}, got {stride!r}")
         self.config["stride"] = stride
 
+    def with_settings(
+        self, tta: int | None = None, tta_space: str | None = None, stride: int | None = None
+    ) -> TissueModel:
+        """This model with other test-time views, view space or patch stride (None: as it is): itself when nothing
+        changes, else a copy that shares the weights and leaves this model's settings alone."""
+        wanted = {"tta": tta, "tta_space": tta_space, "step": stride}
+        if all(v is None or v == getattr(self, k) for k, v in wanted.items()):
+            return self
+        model = copy.copy(self)
+        model.config = {**self.config}
+        for key, value in wanted.items():
+            if value is not None:
+                setattr(model, key, value)
+        return model
+
     @torch.no_grad()
     def blend(
         self,

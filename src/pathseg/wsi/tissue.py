@@ -15,7 +15,6 @@ cleaned as a tile's is (the model's config ``clean``: small holes filled, small 
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from pathlib import Path
@@ -213,17 +212,7 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
-    overrides = {"tta": run.tta, "tta_space": run.tta_space, "stride": run.stride}
-    if any(v is not None and v != model.config.get(k) for k, v in overrides.items()):
-        if model is run.model:  # leave the caller's model as it was
-            model = copy.copy(model)
-            model.config = {**model.config}
-        if run.tta is not None:
-            model.tta = run.tta
-        if run.tta_space is not None:
-            model.tta_space = run.tta_space
-        if run.stride is not None:
-            model.step = run.stride
+    model = model.with_settings(run.tta, run.tta_space, run.stride)  # the caller's model is left as it was
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
     if model.tta_space != "image":  # (absent for image views: runs begun before the setting existed still resume)
         parameters["tta_space"] = model.tta_space
