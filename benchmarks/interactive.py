@@ -164,31 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), "seconds"]
     split = "validation split" if args.validation else str(args.data)
     runs = {}
-    for prompt_mpp in args.prompt_mpp or [model.prompt_mpp]:
-        for prompt_iou in args.prompt_iou or [model.prompt_iou]:
-            for box_from_ais, box_fit in itertools.product(
-                args.box_from_ais or [model.box_from_ais], args.box_fit or [model.box_fit]
-            ):
-                box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
-                model.config.update(
-                    prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit
-                )
-                rows = score(model, images, args, kinds)
-                mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-                setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
-                    ", best-fitting box candidate" if box_fit else ""
-                )
-                threads = torch.get_num_threads()
-                print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}, {threads} threads")
-                print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
-                runs[setting] = {
-                    "prompt_mpp": prompt_mpp,
-                    "prompt_iou": prompt_iou,
-                    "box_from_ais": box_from_ais,
-                    "box_fit": box_fit,
-                    "images": rows,
-                    "mean": mean,
-                }
+    settings = itertools.product(
+        args.prompt_mpp or [model.prompt_mpp],
+        args.prompt_iou or [model.prompt_iou],
+        args.box_from_ais or [model.box_from_ais],
+        args.box_fit or [model.box_fit],
+    )
+    for prompt_mpp, prompt_iou, box_from_ais, box_fit in settings:
+        box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
+        model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit)
+        rows = score(model, images, args, kinds)
+        mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
+        setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
+            ", best-fitting box candidate" if box_fit else ""
+        )
+        threads = torch.get_num_threads()
+        print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}, {threads} threads")
+        print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
+        runs[setting] = {
+            "prompt_mpp": prompt_mpp,
+            "prompt_iou": prompt_iou,
+            "box_from_ais": box_from_ais,
+            "box_fit": box_fit,
+            "images": rows,
+            "mean": mean,
+        }
     best = max(runs, key=lambda m: np.mean([runs[m]["mean"][f"msa_{k}"] for k in kinds]))
     if len(runs) > 1:
         print("mean mSA over " + ", ".join(kinds) + ":")
