@@ -175,7 +175,7 @@ def ablation(
             rng = np.random.default_rng(0)
             for _ in range(iterations):
                 head.train()
-                f, y = bank.batch(8, rng, chans)
+                f, y, _ = bank.batch(8, rng, chans)
                 loss = head_loss(head, f, y, weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-dilations", type=int, nargs="+", default=[1, 1], help="the head's 3x3 blocks")
     ap.add_argument("--ablation-dilations", nargs="+", default=None, help="head dilation sets, e.g. 1,1 1,2,4,8")
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
+    ap.add_argument("--refine", type=int, default=0, help="width of the heads' pixel refiner (0: none)")
     ap.add_argument(
         "--cache-gb", type=float, default=4.0, help="largest feature cache allowed (GB; 8 views of GlaS take ~5.3)"
     )
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 label_fraction=fraction,
                 head_dilations=args.head_dilations,
                 views=args.views,
+                refine=args.refine,
                 **{**base, "backbone": backbone},
             )
             start = time.perf_counter()
@@ -374,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 "iterations": args.iterations,
                 "head_dilations": args.head_dilations,
                 "views": args.views,
+                "refine": args.refine,
                 "tta": args.tta,
                 "models": args.models,
                 "clean": clean.as_dict() if clean else None,

@@ -8,7 +8,9 @@ compare backbones (same recipe) or head recipes (same backbone) before a test ru
     python benchmarks/glas_heads.py --backbone BACKBONE --recipes '[{"iterations": 800}, {"iterations": 2000}]'
 
 Recipe keys: ``iterations`` (800), ``hidden`` (128), ``dilations`` ([1, 2, 4]), ``lr`` (1e-3), ``batch`` (8),
-``seed`` (0: initial weights and batch order). ``--ensemble`` also scores the mean of all the recipes' heads.
+``seed`` (0: initial weights and batch order), ``refine`` (0: the width of a pixel refiner, none by default).
+``--fraction`` trains on that share of the training images (as ``--label-fraction``). ``--ensemble`` also
+scores the mean of all the recipes' heads.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def train_head(bank: FeatureBank, vbank: FeatureBank, weights: torch.Tensor, rec
     """Train one head on ``bank``; validation scores every 400 iterations and at the end. Returns the record and
     the head."""
     torch.manual_seed(recipe.get("seed", 0))
-    head = SegHead(bank.feats.shape[1], 2, recipe.get("hidden", 128), recipe.get("dilations", [1, 2, 4]))
+    head = SegHead(
+        bank.feats.shape[1], 2, recipe.get("hidden", 128), recipe.get("dilations", [1, 2, 4]), recipe.get("refine", 0)
+    )
     its, lr = recipe.get("iterations", 800), recipe.get("lr", 1e-3)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, its, eta_min=lr * 0.02)
@@ -56,8 +60,8 @@ def train_head(bank: FeatureBank, vbank: FeatureBank, weights: torch.Tensor, rec
     curve = []
     for it in range(its):
         head.train()
-        f, y = bank.batch(recipe.get("batch", 8), rng)
-        loss = head_loss(head, f, y, weights)
+        f, y, x = bank.batch(recipe.get("batch", 8), rng)
+        loss = head_loss(head, f, y, weights, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timesteps", type=int, nargs="+", default=[25])
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the cache")
+    ap.add_argument("--fraction", type=float, default=1.0, help="share of the training images used (e.g. 0.1)")
     ap.add_argument("--recipes", default='[{"iterations": 800}]', help="JSON list of recipes (see above)")
     ap.add_argument(
         "--ensemble", action="store_true", help="also score the mean of all recipes' heads' logits (one row more)"
@@ -89,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     recipes = json.loads(args.recipes)
     bb = get_backbone(args.backbone)
     samples = load_tissue_samples([args.data / "train"], GLAS, args.mpp, bb.mpp)
-    train, val = _split(samples, TissueTrainConfig(data=[], out="", backbone=""))  # glas.py's split
+    train, val = _split(samples, TissueTrainConfig(data=[], out="", backbone="", label_fraction=args.fraction))
+    keep = any(r.get("refine", 0) > 0 for r in recipes)
     feats = DiffusionFeatures(bb, args.timesteps, args.blocks)
     start = time.perf_counter()
-    bank, vbank = FeatureBank(feats, train, 256, args.views, max_gb=12), FeatureBank(feats, val, 256, max_gb=12)
+    bank = FeatureBank(feats, train, 256, args.views, max_gb=12, images=keep)
+    vbank = FeatureBank(feats, val, 256, max_gb=12, images=keep)
     print(f"cached {len(bank)} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s", flush=True)
     weights = class_weights(train, 2)
     trained = [train_head(bank, vbank, weights, r) for r in recipes]
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 "timesteps": args.timesteps,
                 "blocks": args.blocks,
                 "views": args.views,
+                "fraction": args.fraction,
+                "training_images": len(train),
                 "validation_images": len(val),
                 "rows": rows,
             },

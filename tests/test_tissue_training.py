@@ -396,3 +396,57 @@ def test_tissue_model_saved_without_the_autoencoder_decoder(tmp_path):
     assert again.backbone.vq.decoder is None and again.config["backbone"]["vq_decoder"] is False
     assert np.allclose(again.probabilities(rgb), before, atol=1e-5)
     assert TissueModel.from_pretrained(full).backbone.vq.decoder is not None
+
+
+def test_pixel_refiner_starts_as_the_identity_and_trains_on_the_cached_images(glands, backbone, tmp_path):
+    """A head with a pixel refiner: unchanged logits before training; trained from the bank's image patches, saved,
+    reloaded, and its refined logits depend on the image's pixels."""
+    import torch.nn.functional as F
+
+    from pathseg.tissue.cache import FeatureBank, _view
+    from pathseg.tissue.classes import GLAS
+    from pathseg.tissue.data import load_tissue_samples
+    from pathseg.tissue.features import DiffusionFeatures
+    from pathseg.tissue.head import SegHead
+    from pathseg.train.tissue import head_loss
+
+    head = SegHead(12, 2, 8, (1,), refine=4)
+    f, img = torch.randn(2, 12, 16, 16), torch.rand(2, 3, 64, 64)
+    coarse = F.interpolate(head(f), size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.equal(head.to_pixels(head(f), img), coarse)
+    with pytest.raises(ValueError, match="needs the images"):
+        head_loss(head, f, torch.zeros(2, 64, 64, dtype=torch.long), torch.ones(2))
+
+    samples = load_tissue_samples([glands], GLAS)[:1]
+    bank = FeatureBank(
+        DiffusionFeatures(DiffusionBackbone.from_pretrained(backbone), [10], [3]), samples, 64, 2, images=True
+    )
+    assert torch.equal(bank.images[4], torch.from_numpy(_view(samples[0].image, 1)[:64, :64].copy()))
+    feats, y, x = bank.batch(3, np.random.default_rng(0))
+    assert x.shape == (3, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
+
+    cfg = TissueTrainConfig(
+        data=[str(glands)],
+        out=str(tmp_path / "run"),
+        backbone=str(backbone),
+        crop=64,
+        batch=2,
+        iterations=3,
+        val_every=3,
+        timesteps=[10],
+        blocks=[3],
+        hidden=8,
+        refine=4,
+    )
+    train_tissue(cfg, log=lambda *a: None)
+    model = TissueModel.from_pretrained(tmp_path / "run" / "best")
+    assert model.config["head"]["refine"] == 4 and float(model.head.refiner.out.weight.detach().abs().sum()) > 0
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        coarse = F.interpolate(model.head(model.features(x)), size=(64, 64), mode="bilinear", align_corners=False)
+    assert not torch.allclose(model.logits(x), coarse, atol=1e-6)
+    rgb = np.asarray(Image.open(glands / "images" / "g0.png"))
+    assert model.segment(rgb).shape == rgb.shape[:2]
+    cfg.refine, cfg.out = -1, str(tmp_path / "bad")
+    with pytest.raises(PathsegError, match="pixel refiner's width"):
+        train_tissue(cfg, log=lambda *a: None)

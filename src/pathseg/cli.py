@@ -468,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 1],
         help="dilation of each 3x3 block of the head (default 1 1; 1 2 4 8 gives it 31x31 feature pixels of context)",
     )
+    tt.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="WIDTH",
+        help="add a pixel refiner of this width to the head: it sharpens the upsampled logits with the image's own "
+        "pixels (the features lie on a grid of 4 pixels; default 0: none; 16 is a small one)",
+    )
     tt.add_argument("--batch", type=int, default=4)
     tt.add_argument("--iterations", type=int, default=2000)
     tt.add_argument("--lr", type=float, default=1e-3)
@@ -833,6 +841,7 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
         mpp_in=args.mpp,
         crop=args.crop,
         head_dilations=args.head_dilations,
+        refine=args.refine,
         batch=args.batch,
         iterations=args.iterations,
         lr=args.lr,

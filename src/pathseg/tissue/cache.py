@@ -23,7 +23,8 @@ def _view(a: np.ndarray, k: int) -> np.ndarray:
 
 
 class FeatureBank:
-    """Features (N, C, p/f, p/f) float16 and targets (N, p, p) uint8 of the patches of ``samples``.
+    """Features (N, C, p/f, p/f) float16 and targets (N, p, p) uint8 of the patches of ``samples``; with
+    ``images`` also the patches themselves (N, p, p, 3) uint8 (for a head with a pixel refiner).
 
     ``views``: dihedral views per image (1 = as is, up to 8). ``max_gb``: refuse to build a cache larger than this
     (it would not fit in memory), with a message saying how to shrink it.
@@ -38,6 +39,7 @@ class FeatureBank:
         batch: int = 4,
         max_gb: float = 4.0,
         progress: ProgressCallback | None = None,
+        images: bool = False,
     ) -> None:
         if not 1 <= views <= 8:
             raise ValueError(f"views must lie in 1..8, got {views}")
@@ -48,7 +50,7 @@ class FeatureBank:
                 h, w = _view(s.target, k).shape
                 jobs += [(i, k, y, x) for y in patch_grid(h, patch, step) for x in patch_grid(w, patch, step)]
         f = 2 ** (len(features.backbone.vq.config.block_out_channels) - 1)
-        need = len(jobs) * features.channels * (patch // f) ** 2 * 2 / 1e9
+        need = len(jobs) * (features.channels * (patch // f) ** 2 * 2 + images * patch**2 * 3) / 1e9
         if need > max_gb:
             raise PathsegError(
                 f"the feature cache would take {need:.1f} GB (> {max_gb:g} GB): use fewer views, fewer timesteps or "
@@ -56,6 +58,7 @@ class FeatureBank:
             )
         self.feats = torch.empty((len(jobs), features.channels, patch // f, patch // f), dtype=torch.float16)
         self.targets = torch.empty((len(jobs), patch, patch), dtype=torch.uint8)
+        self.images = torch.empty((len(jobs), patch, patch, 3), dtype=torch.uint8) if images else None
         views_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         for start in range(0, len(jobs), batch):
             part = jobs[start : start + batch]
@@ -71,6 +74,8 @@ class FeatureBank:
                 img, tgt = views_cache[(i, k)]
                 imgs.append(img[y : y + patch, x : x + patch])
                 self.targets[j] = torch.from_numpy(tgt[y : y + patch, x : x + patch])
+            if self.images is not None:
+                self.images[start : start + len(part)] = torch.from_numpy(np.stack(imgs))
             xb = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
             self.feats[start : start + len(part)] = features(xb).half()
             if progress:
@@ -80,9 +85,15 @@ class FeatureBank:
         return len(self.targets)
 
     def batch(self, n: int, rng: np.random.Generator, channels: torch.Tensor | None = None):
-        """(features float32, int64 targets) of ``n`` random cached patches; ``channels`` selects feature channels."""
-        idx = torch.from_numpy(rng.integers(0, len(self), n))
+        """(features float32, int64 targets, images) of ``n`` random cached patches; ``channels`` selects feature
+        channels. See :meth:`rows`."""
+        return self.rows(torch.from_numpy(rng.integers(0, len(self), n)), channels)
+
+    def rows(self, idx: torch.Tensor | slice, channels: torch.Tensor | None = None):
+        """(features float32, int64 targets, images (B, 3, p, p) float in [0, 1] or None without ``images``) of
+        the cached patches ``idx``."""
         f = self.feats[idx]
         if channels is not None:
             f = f[:, channels]
-        return f.float(), self.targets[idx].long()
+        x = None if self.images is None else self.images[idx].permute(0, 3, 1, 2).float() / 255
+        return f.float(), self.targets[idx].long(), x

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
@@ -64,7 +63,7 @@ def pad_to_grid(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 class TissueModel(torch.nn.Module):
     """``config``: ``name``, ``mpp``, ``classes`` ([{"name", "color"}]), ``features`` ({timesteps, blocks,
-    seed}), ``head`` ({hidden, dilations}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
+    seed}), ``head`` ({hidden, dilations, refine}), ``backbone`` (a :class:`DiffusionBackbone` config)."""
 
     def __init__(self, config: dict, backbone: DiffusionBackbone | None = None) -> None:
         super().__init__()
@@ -85,7 +84,11 @@ class TissueModel(torch.nn.Module):
             self.step = self.config["stride"]
         head = self.config["head"]
         self.head = SegHead(
-            self.features.channels, len(self.config["classes"]), head.get("hidden", 128), head.get("dilations", (1, 1))
+            self.features.channels,
+            len(self.config["classes"]),
+            head.get("hidden", 128),
+            head.get("dilations", (1, 1)),
+            head.get("refine", 0),
         )
 
     @property
@@ -131,7 +134,7 @@ class TissueModel(torch.nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) logits of (B, 3, H, W) square patches in [0, 1], averaged over :attr:`tta` dihedral
-        views (the head runs at the latent resolution)."""
+        views (the head runs at the latent resolution; its pixel refiner, if any, once on the averaged logits)."""
         views = self.tta
         total = None
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -148,7 +151,7 @@ class TissueModel(torch.nn.Module):
                     feats = self.features.from_latent(view_dihedral(latent[0], k), latent[1])
                 lg = unview_dihedral(self.head(feats), k)
                 total = lg if total is None else total + lg
-        return F.interpolate(total / views, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return self.head.to_pixels(total / views, x)
 
     @property
     def step(self) -> int:

@@ -22,6 +22,7 @@ from pathseg.models.folder import read_config
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.classes import IGNORE, load_class_map
 from pathseg.tissue.data import TissueCrops, TissueSample, load_tissue_samples
+from pathseg.tissue.head import SegHead
 from pathseg.tissue.model import TissueModel
 
 
@@ -43,6 +44,7 @@ class TissueTrainConfig:
     weight_decay: float = 1e-4
     hidden: int = 128
     head_dilations: list[int] = field(default_factory=lambda: [1, 1])  #: the head's 3x3 blocks (see SegHead)
+    refine: int = 0  #: width of the head's pixel refiner (0: none; see SegHead)
     val_fraction: float = 0.15
     val_every: int = 200
     checkpoint_every: int = 50
@@ -76,9 +78,21 @@ def class_weights(samples: list[TissueSample], n_classes: int) -> torch.Tensor:
     return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
 
 
-def head_loss(head: torch.nn.Module, feats: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Class-weighted cross-entropy of the head's logits, upsampled from the feature grid to the targets."""
-    logits = F.interpolate(head(feats), size=y.shape[-2:], mode="bilinear", align_corners=False)
+def pixel_logits(head: SegHead, feats: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None):
+    """The head's logits at the targets' ``size``: through its refiner when it has one (which needs ``image``)."""
+    if head.refiner is not None:
+        if image is None:
+            raise ValueError("a head with a pixel refiner needs the images (build the feature bank with images=True)")
+        return head.to_pixels(head(feats), image)
+    return F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
+
+
+def head_loss(
+    head: SegHead, feats: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, image: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Class-weighted cross-entropy of the head's logits, upsampled from the feature grid to the targets (and
+    refined with ``image`` (B, 3, H, W) in [0, 1] when the head has a pixel refiner)."""
+    logits = pixel_logits(head, feats, y.shape[-2:], image)
     return F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE)
 
 
@@ -92,11 +106,9 @@ def evaluate_bank(head: torch.nn.Module, bank, channels: torch.Tensor | None = N
     k = head.classify.out_channels
     cm = np.zeros((k, k))
     for i in range(0, len(bank), 16):
-        f = bank.feats[i : i + 16]
-        f = (f[:, channels] if channels is not None else f).float()
-        y = bank.targets[i : i + 16]
-        pred = F.interpolate(head(f), size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
-        cm += confusion_matrix(y.numpy(), pred.numpy().astype(np.uint8), k, IGNORE)
+        f, y, x = bank.rows(slice(i, i + 16), channels)
+        pred = pixel_logits(head, f, y.shape[-2:], x).argmax(1)
+        cm += confusion_matrix(y.numpy().astype(np.uint8), pred.numpy().astype(np.uint8), k, IGNORE)
     scores = confusion_scores(cm)
     return {key: scores[key] for key in ("accuracy", "mean_dice", "mean_iou")}
 
@@ -126,6 +138,8 @@ def _backbone(spec: str) -> DiffusionBackbone:
 
 def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = None, log=print) -> dict:
     """Run (or resume) training; returns the best validation scores."""
+    if cfg.refine < 0:
+        raise PathsegError(f"refine is the pixel refiner's width (0: none), got {cfg.refine}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     class_map = load_class_map(cfg.classes)
@@ -139,7 +153,7 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
             "mpp": backbone.mpp,
             "classes": [{"name": n, "color": list(c)} for n, c in zip(class_map.names, class_map.colors, strict=True)],
             "features": {"timesteps": list(cfg.timesteps), "blocks": list(cfg.blocks), "seed": cfg.seed},
-            "head": {"hidden": cfg.hidden, "dilations": list(cfg.head_dilations)},
+            "head": {"hidden": cfg.hidden, "dilations": list(cfg.head_dilations), "refine": cfg.refine},
             "patch_size": cfg.crop,
         },
         backbone=backbone,
@@ -162,8 +176,9 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
         from pathseg.tissue.cache import FeatureBank
 
         t0 = time.perf_counter()
-        bank = FeatureBank(model.features, train, cfg.crop, cfg.views, max_gb=cfg.cache_gb)
-        val_bank = FeatureBank(model.features, val, cfg.crop, 1, max_gb=cfg.cache_gb) if val else None
+        keep = cfg.refine > 0
+        bank = FeatureBank(model.features, train, cfg.crop, cfg.views, max_gb=cfg.cache_gb, images=keep)
+        val_bank = FeatureBank(model.features, val, cfg.crop, 1, max_gb=cfg.cache_gb, images=keep) if val else None
         log(f"cached features of {len(bank)} training patches in {time.perf_counter() - t0:.0f} s")
     crops = TissueCrops(train, cfg.crop, seed=cfg.seed + start)
     rng = np.random.default_rng(cfg.seed + start)
@@ -171,12 +186,12 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
     for it in range(start, cfg.iterations):
         model.head.train()
         if bank is not None:
-            feats, y = bank.batch(cfg.batch, rng)
+            feats, y, x = bank.batch(cfg.batch, rng)
         else:
             x, y = crops.batch(cfg.batch)
             with torch.no_grad():
                 feats = model.features(x)
-        loss = head_loss(model.head, feats, y, weights)
+        loss = head_loss(model.head, feats, y, weights, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
