@@ -41,6 +41,7 @@ class MeanHead(torch.nn.Module):
         super().__init__()
         self.heads = torch.nn.ModuleList(heads)
         self.classify = heads[0].classify
+        self.to_pixels = heads[0].to_pixels  # upsampling; an ensemble of heads without pixel refiners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([h(x) for h in self.heads]).mean(0)

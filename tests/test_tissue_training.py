@@ -65,18 +65,19 @@ def test_train_tissue_resumes_and_saves_a_working_model(glands, backbone, tmp_pa
     assert [c["name"] for c in model.class_names] == ["background", "gland"]
 
 
+def _tiny_train_config(glands, out, backbone: str, **kw) -> TissueTrainConfig:
+    """Head training on the synthetic glands over the tiny backbone's block 3 (64-px crops, hidden 8)."""
+    base = dict(crop=64, batch=2, timesteps=[10], blocks=[3], hidden=8)
+    return TissueTrainConfig(data=[str(glands)], out=str(out), backbone=backbone, **{**base, **kw})
+
+
 def test_random_backbone_and_label_fraction(glands, backbone, tmp_path):
-    cfg = TissueTrainConfig(
-        data=[str(glands)],
-        out=str(tmp_path / "r"),
-        backbone=f"random:{backbone}",
-        crop=64,
-        batch=2,
+    cfg = _tiny_train_config(
+        glands,
+        tmp_path / "r",
+        f"random:{backbone}",
         iterations=1,
         val_every=1,
-        timesteps=[10],
-        blocks=[3],
-        hidden=8,
         head_dilations=[1, 2, 4],
         label_fraction=0.25,
     )
@@ -413,7 +414,7 @@ def test_pixel_refiner_starts_as_the_identity_and_trains_on_the_cached_images(gl
     head = SegHead(12, 2, 8, (1,), refine=4)
     f, img = torch.randn(2, 12, 16, 16), torch.rand(2, 3, 64, 64)
     coarse = F.interpolate(head(f), size=(64, 64), mode="bilinear", align_corners=False)
-    assert torch.equal(head.to_pixels(head(f), img), coarse)
+    assert torch.equal(head.to_pixels(head(f), (64, 64), img), coarse)
     with pytest.raises(ValueError, match="needs the images"):
         head_loss(head, f, torch.zeros(2, 64, 64, dtype=torch.long), torch.ones(2))
 
@@ -425,19 +426,7 @@ def test_pixel_refiner_starts_as_the_identity_and_trains_on_the_cached_images(gl
     feats, y, x = bank.batch(3, np.random.default_rng(0))
     assert x.shape == (3, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
 
-    cfg = TissueTrainConfig(
-        data=[str(glands)],
-        out=str(tmp_path / "run"),
-        backbone=str(backbone),
-        crop=64,
-        batch=2,
-        iterations=3,
-        val_every=3,
-        timesteps=[10],
-        blocks=[3],
-        hidden=8,
-        refine=4,
-    )
+    cfg = _tiny_train_config(glands, tmp_path / "run", str(backbone), iterations=3, val_every=3, refine=4)
     train_tissue(cfg, log=lambda *a: None)
     model = TissueModel.from_pretrained(tmp_path / "run" / "best")
     assert model.config["head"]["refine"] == 4 and float(model.head.refiner.out.weight.detach().abs().sum()) > 0

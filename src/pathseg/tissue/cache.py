@@ -74,9 +74,10 @@ class FeatureBank:
                 img, tgt = views_cache[(i, k)]
                 imgs.append(img[y : y + patch, x : x + patch])
                 self.targets[j] = torch.from_numpy(tgt[y : y + patch, x : x + patch])
+            batch_u8 = torch.from_numpy(np.stack(imgs))
             if self.images is not None:
-                self.images[start : start + len(part)] = torch.from_numpy(np.stack(imgs))
-            xb = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+                self.images[start : start + len(part)] = batch_u8
+            xb = batch_u8.permute(0, 3, 1, 2).float() / 255
             self.feats[start : start + len(part)] = features(xb).half()
             if progress:
                 progress(start + len(part), len(jobs), "caching features")

@@ -68,7 +68,12 @@ class SegHead(nn.Module):
         x = self.reduce(x)
         return self.classify(x + self.body(x))
 
-    def to_pixels(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, h, w) bilinearly upsampled to the image (B, 3, H, W) in [0, 1], then refined (if any)."""
-        up = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return up if self.refiner is None else self.refiner(up, image)
+    def to_pixels(self, logits: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K, h, w) bilinearly upsampled to ``size`` (H, W), then refined (if the head has a refiner,
+        which needs the ``image`` (B, 3, H, W) in [0, 1])."""
+        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.refiner is None:
+            return up
+        if image is None:
+            raise ValueError("a head with a pixel refiner needs the images (build the feature bank with images=True)")
+        return self.refiner(up, image)

@@ -151,7 +151,7 @@ class TissueModel(torch.nn.Module):
                     feats = self.features.from_latent(view_dihedral(latent[0], k), latent[1])
                 lg = unview_dihedral(self.head(feats), k)
                 total = lg if total is None else total + lg
-            return self.head.to_pixels(total / views, x)
+            return self.head.to_pixels(total / views, x.shape[-2:], x)
 
     @property
     def step(self) -> int:

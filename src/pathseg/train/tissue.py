@@ -78,21 +78,12 @@ def class_weights(samples: list[TissueSample], n_classes: int) -> torch.Tensor:
     return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
 
 
-def pixel_logits(head: SegHead, feats: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None):
-    """The head's logits at the targets' ``size``: through its refiner when it has one (which needs ``image``)."""
-    if head.refiner is not None:
-        if image is None:
-            raise ValueError("a head with a pixel refiner needs the images (build the feature bank with images=True)")
-        return head.to_pixels(head(feats), image)
-    return F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
-
-
 def head_loss(
     head: SegHead, feats: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, image: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Class-weighted cross-entropy of the head's logits, upsampled from the feature grid to the targets (and
     refined with ``image`` (B, 3, H, W) in [0, 1] when the head has a pixel refiner)."""
-    logits = pixel_logits(head, feats, y.shape[-2:], image)
+    logits = head.to_pixels(head(feats), y.shape[-2:], image)
     return F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE)
 
 
@@ -107,7 +98,7 @@ def evaluate_bank(head: torch.nn.Module, bank, channels: torch.Tensor | None = N
     cm = np.zeros((k, k))
     for i in range(0, len(bank), 16):
         f, y, x = bank.rows(slice(i, i + 16), channels)
-        pred = pixel_logits(head, f, y.shape[-2:], x).argmax(1)
+        pred = head.to_pixels(head(f), y.shape[-2:], x).argmax(1)
         cm += confusion_matrix(y.numpy().astype(np.uint8), pred.numpy().astype(np.uint8), k, IGNORE)
     scores = confusion_scores(cm)
     return {key: scores[key] for key in ("accuracy", "mean_dice", "mean_iou")}
