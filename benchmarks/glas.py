@@ -255,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tag", default="", help="suffix of the results files (glas<_TAG>.json, glas_ablation<_TAG>.json)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws the validation split, the label fraction's images, the feature noise and the U-Net's start",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -277,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         val_every=250,
         mpp_in=args.mpp,
         cache_gb=args.cache_gb,
+        seed=args.seed,
     )
     timesteps, blocks = args.timesteps, args.blocks
     if args.ablation:
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 TissueTrainConfig(out="", label_fraction=fraction, **base),
             )
             budget = runs["a: diffusion features"][1]
-            unet = train_unet(train, budget, 256, 4, 0)
+            unet = train_unet(train, budget, 256, 4, args.seed)
             segment_unet = functools.partial(unet.segment, tta=args.tta)
             runs["c: U-Net from scratch"] = (at_mpp(segment_unet, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
@@ -378,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 "views": args.views,
                 "refine": args.refine,
                 "tta": args.tta,
+                "seed": args.seed,
                 "models": args.models,
                 "clean": clean.as_dict() if clean else None,
                 "rows": table,
