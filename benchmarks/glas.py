@@ -78,12 +78,12 @@ class SmallUNet(torch.nn.Module):
         return logits[0, :, :h, :w].argmax(0).numpy().astype(np.uint8)
 
 
-def train_unet(train, seconds: float, crop: int, batch: int, seed: int) -> SmallUNet:
+def train_unet(train, seconds: float, crop: int, batch: int, seed: int, stain: float = 0.0) -> SmallUNet:
     """Baseline (c) for a fixed wall-clock budget (the head's training time)."""
     torch.manual_seed(seed)
     net = SmallUNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    crops = TissueCrops(train, crop, seed=seed)
+    crops = TissueCrops(train, crop, seed=seed, stain=stain)
     weights = class_weights(train, 2)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=2, help="dihedral views per training image in the feature cache")
     ap.add_argument("--refine", type=int, default=0, help="width of the heads' pixel refiner (0: none)")
     ap.add_argument(
+        "--stain", type=float, default=0.0, help="stain augmentation of every model's training images (0: none)"
+    )
+    ap.add_argument(
         "--cache-gb", type=float, default=4.0, help="largest feature cache allowed (GB; 8 views of GlaS take ~5.3)"
     )
     ap.add_argument("--ablation-only", action="store_true", help="stop after the ablation (validation split only)")
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 head_dilations=args.head_dilations,
                 views=args.views,
                 refine=args.refine,
+                stain=args.stain,
                 **{**base, "backbone": backbone},
             )
             start = time.perf_counter()
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 TissueTrainConfig(out="", label_fraction=fraction, **base),
             )
             budget = runs["a: diffusion features"][1]
-            unet = train_unet(train, budget, 256, 4, args.seed)
+            unet = train_unet(train, budget, 256, 4, args.seed, args.stain)
             segment_unet = functools.partial(unet.segment, tta=args.tta)
             runs["c: U-Net from scratch"] = (at_mpp(segment_unet, mpp_model, args.mpp), budget)
         for kind, (segment, seconds) in runs.items():
@@ -386,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 "refine": args.refine,
                 "tta": args.tta,
                 "seed": args.seed,
+                "stain": args.stain,
                 "models": args.models,
                 "clean": clean.as_dict() if clean else None,
                 "rows": table,

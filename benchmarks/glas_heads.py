@@ -8,7 +8,9 @@ compare backbones (same recipe) or head recipes (same backbone) before a test ru
     python benchmarks/glas_heads.py --backbone BACKBONE --recipes '[{"iterations": 800}, {"iterations": 2000}]'
 
 Recipe keys: ``iterations`` (800), ``hidden`` (128), ``dilations`` ([1, 2, 4]), ``lr`` (1e-3), ``batch`` (8),
-``seed`` (0: initial weights and batch order), ``refine`` (0: the width of a pixel refiner, none by default).
+``seed`` (0: initial weights and batch order), ``refine`` (0: the width of a pixel refiner, none by default),
+``stain`` (0: the HED jitter strength of the cached training views but the first, as ``--stain``; one cache per
+value).
 ``--fraction`` trains on that share of the training images (as ``--label-fraction``). ``--ensemble`` also
 scores the mean of all the recipes' heads.
 """
@@ -99,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     keep = any(r.get("refine", 0) > 0 for r in recipes)
     feats = DiffusionFeatures(bb, args.timesteps, args.blocks)
     start = time.perf_counter()
-    bank = FeatureBank(feats, train, 256, args.views, max_gb=12, images=keep)
+    banks = {
+        stain: FeatureBank(feats, train, 256, args.views, max_gb=12, images=keep, stain=stain)
+        for stain in sorted({r.get("stain", 0.0) for r in recipes})
+    }
     vbank = FeatureBank(feats, val, 256, max_gb=12, images=keep)
-    print(f"cached {len(bank)} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s", flush=True)
+    sizes = " + ".join(str(len(b)) for b in banks.values())
+    print(f"cached {sizes} + {len(vbank)} patches in {time.perf_counter() - start:.0f} s", flush=True)
     weights = class_weights(train, 2)
-    trained = [train_head(bank, vbank, weights, r) for r in recipes]
+    trained = [train_head(banks[r.get("stain", 0.0)], vbank, weights, r) for r in recipes]
     rows = [row for row, _ in trained]
     if args.ensemble and len(trained) > 1:
         s = evaluate_bank(MeanHead([head for _, head in trained]), vbank)

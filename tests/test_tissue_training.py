@@ -399,6 +399,35 @@ def test_tissue_model_saved_without_the_autoencoder_decoder(tmp_path):
     assert TissueModel.from_pretrained(full).backbone.vq.decoder is not None
 
 
+def test_feature_bank_stain_jitters_every_view_but_the_first(glands, backbone, tmp_path):
+    """``stain``: the first view of each image as it is, the others recoloured (one draw each, from the seed), the
+    targets untouched; training takes it and refuses a strength outside [0, 1)."""
+    from pathseg.tissue.cache import FeatureBank, _view
+    from pathseg.tissue.classes import GLAS
+    from pathseg.tissue.data import load_tissue_samples
+    from pathseg.tissue.features import DiffusionFeatures
+
+    samples = load_tissue_samples([glands], GLAS)[:1]
+    feats = DiffusionFeatures(DiffusionBackbone.from_pretrained(backbone), [10], [3])
+    plain = FeatureBank(feats, samples, 64, 2, images=True)
+    banks = [FeatureBank(feats, samples, 64, 2, images=True, stain=0.2, seed=s) for s in (0, 0, 1)]
+    assert torch.equal(banks[0].images[:4], plain.images[:4]) and torch.equal(banks[0].feats[:4], plain.feats[:4])
+    assert torch.equal(banks[0].targets, plain.targets) and torch.equal(banks[0].images, banks[1].images)
+    turned = torch.from_numpy(_view(samples[0].image, 1)[:64, :64].copy()).float()
+    for bank in (banks[0], banks[2]):  # recoloured, not replaced: a tinted copy of the turned patch
+        jittered = bank.images[4].float()
+        assert (jittered - turned).abs().mean() > 1 and np.corrcoef(jittered.ravel(), turned.ravel())[0, 1] > 0.8
+    assert not torch.equal(banks[0].images[4:], banks[2].images[4:])
+    with pytest.raises(ValueError, match="stain must lie"):
+        FeatureBank(feats, samples, 64, 2, stain=1.5)
+    cfg = _tiny_train_config(glands, tmp_path / "run", str(backbone), iterations=2, val_every=2, stain=0.05)
+    train_tissue(cfg, log=lambda *a: None)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["stain"] == 0.05
+    cfg.stain, cfg.out = -0.1, str(tmp_path / "bad")
+    with pytest.raises(PathsegError, match="jitter strength"):
+        train_tissue(cfg, log=lambda *a: None)
+
+
 def test_pixel_refiner_starts_as_the_identity_and_trains_on_the_cached_images(glands, backbone, tmp_path):
     """A head with a pixel refiner: unchanged logits before training; trained from the bank's image patches, saved,
     reloaded, and its refined logits depend on the image's pixels."""

@@ -449,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
         "training patches once (slower; no memory for the cache)",
     )
     tt.add_argument("--views", type=int, default=2, help="dihedral views per image in the cache (1-8, default 2)")
+    tt.add_argument(
+        "--stain",
+        type=float,
+        default=0.0,
+        help="stain augmentation: haematoxylin / eosin densities scaled by up to ±STAIN (cached: every view but "
+        "the first gets one draw; default 0: none; 0.05 is mild)",
+    )
     tt.add_argument("--cache-gb", type=_positive_float, default=4.0, help="largest feature cache (GB, default 4)")
     tt.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoint, best model, log)")
     tt.add_argument(
@@ -852,6 +859,7 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
         name=args.name,
         cache=not args.no_cache,
         views=args.views,
+        stain=args.stain,
         cache_gb=args.cache_gb,
     )
     bar = Bar("training", quiet=args.quiet)

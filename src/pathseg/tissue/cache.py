@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.classes import IGNORE
@@ -26,8 +27,10 @@ class FeatureBank:
     """Features (N, C, p/f, p/f) float16 and targets (N, p, p) uint8 of the patches of ``samples``; with
     ``images`` also the patches themselves (N, p, p, 3) uint8 (for a head with a pixel refiner).
 
-    ``views``: dihedral views per image (1 = as is, up to 8). ``max_gb``: refuse to build a cache larger than this
-    (it would not fit in memory), with a message saying how to shrink it.
+    ``views``: dihedral views per image (1 = as is, up to 8). ``stain``: HED jitter strength (see
+    :func:`~pathseg.augment.stain_jitter`) of every view but the first, one draw per view from ``seed`` (0: none).
+    ``max_gb``: refuse to build a cache larger than this (it would not fit in memory), with a message saying how to
+    shrink it.
     """
 
     def __init__(
@@ -40,9 +43,14 @@ class FeatureBank:
         max_gb: float = 4.0,
         progress: ProgressCallback | None = None,
         images: bool = False,
+        stain: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if not 1 <= views <= 8:
             raise ValueError(f"views must lie in 1..8, got {views}")
+        if not 0 <= stain < 1:
+            raise ValueError(f"stain must lie in [0, 1), got {stain}")
+        rng = np.random.default_rng(seed)
         step = patch * 3 // 4
         jobs = []
         for i, s in enumerate(samples):
@@ -67,6 +75,8 @@ class FeatureBank:
                 if (i, k) not in views_cache:
                     views_cache.clear()
                     img, tgt = _view(samples[i].image, k), _view(samples[i].target, k)
+                    if stain > 0 and k > 0:
+                        img = stain_jitter(img, rng, stain)
                     ys, xs = patch_grid(img.shape[0], patch, step), patch_grid(img.shape[1], patch, step)
                     ph, pw = ys[-1] + patch, xs[-1] + patch
                     tgt = np.pad(tgt, ((0, ph - tgt.shape[0]), (0, pw - tgt.shape[1])), constant_values=IGNORE)

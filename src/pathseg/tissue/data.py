@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
 from pathseg.io.images import read_image, read_labels
 from pathseg.resize import resize_labels, resize_rgb, scaled_size
@@ -57,11 +58,13 @@ def load_tissue_samples(
 
 
 class TissueCrops:
-    """Random square crops (flips, 90° rotations), reflect-padded when an image is smaller than the crop."""
+    """Random square crops (flips, 90° rotations; with ``stain`` > 0 a HED jitter of that strength, see
+    :func:`~pathseg.augment.stain_jitter`), reflect-padded when an image is smaller than the crop."""
 
-    def __init__(self, samples: list[TissueSample], crop: int, seed: int = 0) -> None:
+    def __init__(self, samples: list[TissueSample], crop: int, seed: int = 0, stain: float = 0.0) -> None:
         self.samples = samples
         self.crop = crop
+        self.stain = stain
         self.rng = np.random.default_rng(seed)
 
     def _one(self, s: TissueSample) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +81,10 @@ class TissueCrops:
         img, tgt = np.rot90(img, k), np.rot90(tgt, k)
         if self.rng.random() < 0.5:
             img, tgt = img[:, ::-1], tgt[:, ::-1]
-        return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
+        img = np.ascontiguousarray(img)
+        if self.stain > 0:
+            img = stain_jitter(img, self.rng, self.stain)
+        return img, np.ascontiguousarray(tgt)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 3, crop, crop) float in [0, 1] and (n, crop, crop) int64 targets."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
 from pathseg.io.images import read_image, read_labels
 from pathseg.nuclei.targets import distance_targets
@@ -82,17 +83,6 @@ def load_samples(
     return samples
 
 
-def _stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Perturb haematoxylin / eosin / residual optical densities (scale and shift), as in HED augmentation."""
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(rgb)
-    alpha = rng.uniform(1 - strength, 1 + strength, 3)
-    beta = rng.uniform(-strength / 10, strength / 10, 3)
-    out = hed2rgb(hed * alpha + beta)
-    return np.clip(out * 255, 0, 255).astype(np.uint8)
-
-
 class CropSampler:
     """Random augmented crops: flips, 90° rotations, scale jitter, stain and brightness jitter.
 
@@ -137,7 +127,7 @@ class CropSampler:
             img, lab = img[:, ::-1], lab[:, ::-1]
         img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
         if self.stain > 0:
-            img = _stain_jitter(img, rng, self.stain)
+            img = stain_jitter(img, rng, self.stain)
         img, lab = resample(img, lab, self.size / max(src_h, src_w))
         img, lab = _pad_to(img, lab, self.size)
         types = np.zeros_like(lab)

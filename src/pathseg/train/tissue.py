@@ -50,6 +50,7 @@ class TissueTrainConfig:
     checkpoint_every: int = 50
     cache: bool = True  #: compute features of the training patches once (bounded in-memory cache)
     views: int = 2  #: dihedral views per image in the cache (the image is turned before the backbone sees it)
+    stain: float = 0.0  #: HED jitter strength of the training images (cache: every view but the first; 0: none)
     cache_gb: float = 4.0  #: the largest cache allowed
     label_fraction: float = 1.0  #: share of the training images (after the validation split) used for training
     seed: int = 0
@@ -131,6 +132,8 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
     """Run (or resume) training; returns the best validation scores."""
     if cfg.refine < 0:
         raise PathsegError(f"refine is the pixel refiner's width (0: none), got {cfg.refine}")
+    if not 0 <= cfg.stain < 1:
+        raise PathsegError(f"stain is a jitter strength in [0, 1) (0: none), got {cfg.stain}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     class_map = load_class_map(cfg.classes)
@@ -168,10 +171,12 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
 
         t0 = time.perf_counter()
         keep = cfg.refine > 0
-        bank = FeatureBank(model.features, train, cfg.crop, cfg.views, max_gb=cfg.cache_gb, images=keep)
+        bank = FeatureBank(
+            model.features, train, cfg.crop, cfg.views, max_gb=cfg.cache_gb, images=keep, stain=cfg.stain, seed=cfg.seed
+        )
         val_bank = FeatureBank(model.features, val, cfg.crop, 1, max_gb=cfg.cache_gb, images=keep) if val else None
         log(f"cached features of {len(bank)} training patches in {time.perf_counter() - t0:.0f} s")
-    crops = TissueCrops(train, cfg.crop, seed=cfg.seed + start)
+    crops = TissueCrops(train, cfg.crop, seed=cfg.seed + start, stain=cfg.stain)
     rng = np.random.default_rng(cfg.seed + start)
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
