@@ -214,6 +214,12 @@ def test_box_prompts_segment_only_the_regions_they_fall_in(model, monkeypatch):
     for box in boxes:
         p.predict(box=box, multimask=False)
     assert len(crops) == n == len(p._automatic) < 16  # each region at most once, only those boxes fall in
+    p._automatic.clear()
+    p._automatic.keep = 2  # a bounded cache: only the most recent regions stay, the answers do not change
+    for lab, box in zip(np.unique(gt)[1:], boxes, strict=True):
+        assert np.array_equal(p.predict(box=box, multimask=False).masks[0], gt == lab)
+        assert len(p._automatic) <= 2
+    assert len(crops) >= 2 * n  # evicted regions were segmented again
     # a box larger than the halo, across region borders: answered from a region around it
     big = np.array([40, 40, 160, 160], dtype=float)
     whole = Predictor(model, box_from_ais=0.01, box_fit=False)

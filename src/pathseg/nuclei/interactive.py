@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,28 @@ class Prediction:
         region[m] = value
 
 
+class _Recent(OrderedDict):
+    """A cache that keeps its ``keep`` most recently used entries, so prompting all over a large image holds a
+    bounded number of extra embeddings and automatic segmentations (default 16)."""
+
+    def __init__(self, keep: int = 16) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.keep:
+            self.popitem(last=False)
+        return value
+
+
 class Predictor:
     """Prompts on one image with a SAM-family model (``SamNucleusModel``).
 
@@ -117,7 +140,8 @@ class Predictor:
         self.embeddings: list[torch.Tensor] = []
         #: per tile, the mask refiner's guide image (6, h, w) float16, or None (models without a refiner)
         self.guides: list[torch.Tensor | None] = []
-        self._extra: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        #: embeddings (and guides) of windows that are no tile, most recently used last (a bounded number)
+        self._extra: _Recent = _Recent()
         self._weights: str | None = None
         if box_from_ais not in (None, "model") and (isinstance(box_from_ais, str) or not 0 < box_from_ais <= 1):
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
@@ -127,8 +151,8 @@ class Predictor:
             raise PathsegError(f"ais_halo must be >= 0 and under half of ais_region, got {ais_halo} and {ais_region}")
         self.ais_region, self.ais_halo = int(ais_region), int(ais_halo)
         self.mpp: float | None = None
-        #: automatic segmentations (labels, objects) by region (y0, x0, y1, x1)
-        self._automatic: dict[tuple[int, int, int, int], tuple[np.ndarray, list]] = {}
+        #: automatic segmentations (labels, objects) by region (y0, x0, y1, x1), most recently used last
+        self._automatic: _Recent = _Recent()
         self._regions: list[Tile] = []
 
     # -- embeddings ----------------------------------------------------------------------------------------
@@ -174,7 +198,7 @@ class Predictor:
             else [Tile((0, 0, *work.shape[:2]), (0, 0, *work.shape[:2]))]
         )
         self._work = work
-        self._extra = {}
+        self._extra.clear()
         if cache is not None:
             sig = self.signature(rgb, mpp)
             if self._load(Path(cache), sig):
@@ -275,7 +299,7 @@ class Predictor:
 
     def _automatic_match(self, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         """The automatic segmentation's nucleus matching ``box`` with bounding-box IoU >= ``box_from_ais``, clipped
-        to the box, as (mask, window); None if none matches. Each region is segmented once and kept."""
+        to the box, as (mask, window); None if none matches. Each region is segmented once while it stays recent."""
         from scipy import ndimage as ndi
 
         b = box_pixels(box, self.image.shape[:2])
@@ -286,7 +310,7 @@ class Predictor:
         if got is None:
             y0, x0, y1, x1 = region
             labels = self.model.segment(self.image[y0:y1, x0:x1], self.mpp)
-            got = self._automatic[region] = labels, ndi.find_objects(labels)
+            got = self._automatic.put(region, (labels, ndi.find_objects(labels)))
         labels, objects = got
         oy, ox = region[:2]
         lab, iou, (y0, x0, y1, x1) = matching_nucleus(labels, objects, box - np.array([ox, oy, ox, oy]))
@@ -333,7 +357,7 @@ class Predictor:
                 return part, g
         ctx = self._extra.get(window)
         if ctx is None:
-            ctx = self._extra[window] = self._embed(self._work[window[0] : window[2], window[1] : window[3]])
+            ctx = self._extra.put(window, self._embed(self._work[window[0] : window[2], window[1] : window[3]]))
         return ctx
 
     def _tile_for(self, centre: np.ndarray) -> Tile:
