@@ -4,11 +4,13 @@ Reconstructs the run's validation images from ``<run>/train_config.json`` (same 
 computes the decoder maps once per image exactly as ``segment`` does (network at the model's pixel size, maps
 resampled to the images' own), then grid-searches the watershed thresholds with the cheap ``generate`` and scores
 at the images' own pixel size, as ``benchmarks/nuclei.py`` does. ``--ais-mpp`` also searches the pixel size the
-network runs at (µm/px; default: the model's own). Writes the best parameters into the model folder's config.json
-(``ais_params``, and ``ais_mpp`` when searched) with ``--write``, and the search into
+network runs at (µm/px; default: the model's own), ``--ais-tta`` the number of mirrored views the maps are averaged
+over (1, 2 or 4; default: the model's own). Writes the best parameters into the model folder's config.json
+(``ais_params``, and ``ais_mpp`` / ``ais_tta`` when searched) with ``--write``, and the search into
 ``benchmarks/results/tune_ais_<model>.json``.
 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--ais-mpp 0.5 0.42] [--write]
+    python benchmarks/tune_ais.py --run RUN --model pathseg_nuclei_cpu_folder --ais-tta 1 2 4
 
 ``--grid KEY=V1,V2 ...`` replaces the values searched for a parameter (e.g. to move past a grid edge), and
 ``--tag`` names the results file ``tune_ais_<model>_<tag>.json`` so that an earlier search is kept.
@@ -57,22 +59,25 @@ def parse_grid(specs: list[str]) -> dict[str, list[float]]:
     return grid
 
 
-def search(model: SamNucleusModel, val: list, mpp: float, ais_mpp: float, space: dict | None = None) -> list[dict]:
-    """Score every point of ``space`` (default GRID) on the validation samples with the network at ``ais_mpp``."""
+def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = None) -> list[dict]:
+    """Score every point of ``space`` (default GRID) on the validation samples with the network at the model's
+    ``ais_mpp`` and ``ais_tta``."""
     space = space or GRID
+    setting = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta}
+    name = f"ais_mpp {model.ais_mpp:g}, ais_tta {model.ais_tta}"
     segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in val]
     keys = list(space)
     grid = list(itertools.product(*(space[k] for k in keys)))
     results = []
     for i, values in enumerate(grid):
         if i % 100 == 0:
-            print(f"ais_mpp {ais_mpp:g}: {i}/{len(grid)} parameter sets", flush=True)
+            print(f"{name}: {i}/{len(grid)} parameter sets", flush=True)
         params = dict(zip(keys, values, strict=True))
         rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
         mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
-        results.append({"params": {"ais_mpp": ais_mpp, **params}, **mean, "score": sum(mean.values())})
+        results.append({"params": {**setting, **params}, **mean, "score": sum(mean.values())})
     best = max(results, key=lambda r: r["score"])
-    print(f"ais_mpp {ais_mpp:g}: best {json.dumps(best)}", flush=True)
+    print(f"{name}: best {json.dumps(best)}", flush=True)
     return results
 
 
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
+    ap.add_argument("--ais-tta", type=int, nargs="+", default=None, help="views to average the maps over (1, 2, 4)")
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="values to search for a parameter")
     ap.add_argument("--tag", default="", help="suffix of the results file (tune_ais_<model>_<tag>.json)")
     args = ap.parse_args(argv)
@@ -92,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
     _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
-    current = {"ais_mpp": model.ais_mpp, **{k: model.config["ais_params"].get(k) for k in GRID}}
+    current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta}
+    current.update({k: model.config["ais_params"].get(k) for k in GRID})
+    settings = list(itertools.product(args.ais_mpp or [model.ais_mpp], args.ais_tta or [model.ais_tta]))
     results = []
-    for ais_mpp in args.ais_mpp or [model.ais_mpp]:
-        model.config["ais_mpp"] = ais_mpp
-        results += search(model, val, cfg["mpp_in"], ais_mpp, space)
+    for ais_mpp, ais_tta in settings:
+        model.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta)
+        results += search(model, val, cfg["mpp_in"], space)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
     default = next((r for r in results if r["params"] == current), None)
@@ -106,16 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path("benchmarks/results") / f"tune_ais_{model.name}{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        per_mpp = {
-            str(m): max((r for r in results if r["params"]["ais_mpp"] == m), key=lambda r: r["score"])
-            for m in args.ais_mpp or [model.ais_mpp]
+        per_setting = {
+            f"ais_mpp {m:g}, ais_tta {v}": max(
+                (r for r in results if (r["params"]["ais_mpp"], r["params"]["ais_tta"]) == (m, v)),
+                key=lambda r: r["score"],
+            )
+            for m, v in settings
         }
         json.dump(
             {
                 "validation": [s.name for s in val],
                 "grid": space,
                 "best": best,
-                "best_per_ais_mpp": per_mpp,
+                "best_per_setting": per_setting,
                 "top10": results[:10],
             },
             f,
@@ -123,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.write:
         params = dict(best["params"])
-        ais_mpp = params.pop("ais_mpp")
+        ais_mpp, ais_tta = params.pop("ais_mpp"), params.pop("ais_tta")
         entries = {"ais_params": {**model.config.get("ais_params", {}), **params}}
         if args.ais_mpp:
             entries["ais_mpp"] = ais_mpp
+        if args.ais_tta:
+            entries["ais_tta"] = ais_tta
         print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 

@@ -75,3 +75,30 @@ def test_ais_mpp_sets_the_network_pixel_size_and_keeps_lengths_in_model_pixels()
     assert seen[-1] == (62, 75)  # 100 * 0.25 / 0.4 = 62.5 -> 62, 120 * 0.25 / 0.4 = 75
     assert seg.maps.shape == (3, 100, 120) and seg.scale == 2.0  # σ and min_size still in 0.5 µm/px pixels
     assert model.segment(rgb, 0.25).shape == (100, 120)
+
+
+def test_ais_tta_averages_mirrored_views_into_mirror_equivariant_maps():
+    import pytest
+    import torch
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    torch.manual_seed(0)
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 48, 3), dtype=np.uint8)  # multiples of 16: no padding
+    single = model.predict_maps(rgb)
+    assert model.ais_tta == 1 and not np.allclose(single[:, :, ::-1], model.predict_maps(rgb[:, ::-1]), atol=1e-4)
+    model.config["ais_tta"] = 2
+    two = model.predict_maps(rgb)
+    assert two.dtype == np.float32 and two.shape == (3, 64, 48)
+    np.testing.assert_allclose(two, (single + model._maps_once(rgb[:, ::-1])[:, :, ::-1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(two[:, :, ::-1], model.predict_maps(rgb[:, ::-1]), atol=1e-5)  # left-right
+    model.config["ais_tta"] = 4
+    four = model.predict_maps(rgb)
+    for axes in [(1,), (0,), (0, 1)]:  # every mirror of the image gives the mirrored maps
+        got = model.predict_maps(np.flip(rgb, axes))
+        np.testing.assert_allclose(np.flip(four, tuple(a + 1 for a in axes)), got, atol=1e-5)
+    model.config["ais_tta"] = 3
+    with pytest.raises(PathsegError, match="ais_tta must be 1, 2 or 4"):
+        model.predict_maps(rgb)

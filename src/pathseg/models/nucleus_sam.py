@@ -42,6 +42,9 @@ CONSEP_CLASSES = [
     {"name": "epithelial", "color": [255, 0, 0]},
     {"name": "spindle-shaped", "color": [0, 0, 255]},
 ]
+#: the image axes (y = 0, x = 1) mirrored in each view of :attr:`SamNucleusModel.ais_tta`, by view count
+_FLIPS: dict[int, list[tuple[int, ...]]] = {1: [()], 2: [(), (1,)], 4: [(), (1,), (0,), (0, 1)]}
+
 #: Named nucleus class sets for ``pathseg train nuclei-classes --preset``.
 CLASS_PRESETS = {"pannuke": PANNUKE_CLASSES, "consep": CONSEP_CLASSES}
 
@@ -214,11 +217,27 @@ class SamNucleusModel(nn.Module):
         whose bounding box best fits the box (config ``box_fit``, default False: the decoder's single mask)."""
         return bool(self.config.get("box_fit", False))
 
+    @property
+    def ais_tta(self) -> int:
+        """Views the AIS maps are averaged over (config ``ais_tta``): 1 (default: none), 2 (+ the left-right
+        mirror) or 4 (+ the upside-down and both mirrors); each view costs one network pass. Picked with its
+        thresholds on the validation split by ``benchmarks/tune_ais.py --ais-tta``."""
+        views = self.config.get("ais_tta", 1)
+        if views not in _FLIPS:
+            raise PathsegError(f"model {self.name!r}: ais_tta must be 1, 2 or 4, got {views!r}")
+        return views
+
     @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
-        """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size."""
+        """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size, the mean over
+        :attr:`ais_tta` mirrored views (the maps are scalar fields, so a mirrored view's maps mirror back)."""
         if self.ais is None:
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
+        views = [np.flip(self._maps_once(np.flip(rgb, ax)), tuple(a + 1 for a in ax)) for ax in _FLIPS[self.ais_tta]]
+        return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
+
+    @torch.inference_mode()
+    def _maps_once(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
