@@ -227,7 +227,6 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: ais_tta must be 1, 2 or 4, got {views!r}")
         return views
 
-    @torch.inference_mode()
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size, the mean over
         :attr:`ais_tta` mirrored views (the maps are scalar fields, so a mirrored view's maps mirror back)."""
