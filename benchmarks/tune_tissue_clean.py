@@ -1,15 +1,16 @@
 """Pick a tissue model's class-map cleaning (hole filling, speck absorption; areas in µm²) and, with ``--tta``,
-``--stride`` and ``--tta-space``, its test-time views, patch stride and where the views are taken (image or latent),
-on the validation split of its training run (never on test).
+``--stride``, ``--tta-space`` and ``--precision``, its test-time views, patch stride, where the views are taken
+(image or latent) and its arithmetic, on the validation split of its training run (never on test).
 
 Reconstructs the run's validation images from ``<run>/train_config.json`` (same folders, class map, seed and
 fraction), computes the model's class probabilities once per image and setting at the images' own pixel size, then
 scores every grid point of :class:`pathseg.tissue.postprocess.CleanParams` by pooled mean Dice over the classes.
-Writes the best into the model folder's config.json (``clean``, and ``tta`` / ``stride`` / ``tta_space`` when
-several were searched) with ``--write``, and the search into ``benchmarks/results/tune_tissue_clean_<model>.json``.
+Writes the best into the model folder's config.json (``clean``, and ``tta`` / ``stride`` / ``tta_space`` /
+``precision`` when searched) with ``--write``, and the search into
+``benchmarks/results/tune_tissue_clean_<model>.json``.
 
     python benchmarks/tune_tissue_clean.py --run /tmp/pathseg-glas/a_100 [--model MODEL_FOLDER] [--tta 1 2 4 8]
-        [--stride 192 128 96] [--tta-space image latent] [--tag TAG] [--write]
+        [--stride 192 128 96] [--tta-space image latent] [--precision float32 bfloat16] [--tag TAG] [--write]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathseg.io.atomic import atomic_open
 from pathseg.metrics.glas import glas_scores
 from pathseg.metrics.semantic import confusion_matrix, confusion_scores
 from pathseg.models.folder import update_config
+from pathseg.models.precision import PRECISIONS
 from pathseg.tissue.classes import IGNORE, load_class_map
 from pathseg.tissue.data import load_tissue_samples
 from pathseg.tissue.model import TTA_SPACES, TissueModel
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tta-space", nargs="+", choices=list(TTA_SPACES), default=None, help="where test-time views are taken"
     )
+    ap.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=None, help="arithmetic to compare")
     ap.add_argument("--tag", default=None, help="results file suffix (default: the model's name)")
     args = ap.parse_args(argv)
     cfg = TissueTrainConfig(**json.loads((args.run / "train_config.json").read_text()))
@@ -88,26 +91,30 @@ def main(argv: list[str] | None = None) -> int:
         "tta": model.tta,
         "stride": model.step,
         "tta_space": model.tta_space,
+        "precision": model.precision,
         **{key: clean_now.get(key, 0) for key in GRID},
     }
     results = []
-    spaces = args.tta_space or [model.tta_space]
-    settings = itertools.product(args.stride or [model.step], args.tta or [model.tta], spaces)
-    for stride, tta, space in settings:
-        model.step, model.tta, model.tta_space = stride, tta, space
+    spaces, precisions = args.tta_space or [model.tta_space], args.precision or [model.precision]
+    settings = itertools.product(args.stride or [model.step], args.tta or [model.tta], spaces, precisions)
+    for stride, tta, space, precision in settings:
+        model.step, model.tta, model.tta_space, model.precision = stride, tta, space, precision
         start = time.perf_counter()
         probs = [model.probabilities(s.image, cfg.mpp_in) for s in val]
         seconds = (time.perf_counter() - start) / len(val)
         rows = clean_grid(probs, val, cfg.mpp_in)
-        results += [{"tta": tta, "stride": stride, "tta_space": space, **row, "s_per_image": seconds} for row in rows]
-        print(f"stride {stride}, tta {tta} ({space}): {seconds:.1f} s / image", flush=True)
+        setting = {"tta": tta, "stride": stride, "tta_space": space, "precision": precision}
+        results += [{**setting, **row, "s_per_image": seconds} for row in rows]
+        print(f"stride {stride}, tta {tta} ({space}, {precision}): {seconds:.1f} s / image", flush=True)
     results.sort(key=lambda r: -r["mean_dice"])
     best = results[0]
-    for stride, tta, space in sorted({(r["stride"], r["tta"], r["tta_space"]) for r in results}):
-        these = [r for r in results if (r["stride"], r["tta"], r["tta_space"]) == (stride, tta, space)]
+    keys = ("stride", "tta", "tta_space", "precision")
+    for setting in sorted({tuple(r[k] for k in keys) for r in results}):
+        these = [r for r in results if tuple(r[k] for k in keys) == setting]
         none = next(r for r in these if r["max_hole_um2"] == 0 and r["min_area_um2"] == 0)
-        print(f"stride {stride}, tta {tta} ({space}), best:   {json.dumps(these[0])}")
-        print(f"stride {stride}, tta {tta} ({space}), no cleaning: {json.dumps(none)}")
+        name = "stride {}, tta {} ({}, {})".format(*setting)
+        print(f"{name}, best:   {json.dumps(these[0])}")
+        print(f"{name}, no cleaning: {json.dumps(none)}")
     now = next((r for r in results if all(r[k] == v for k, v in current.items())), None)
     if now:
         print(f"current setting:    {json.dumps(now)}")
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             entries["stride"] = best["stride"]
         if args.tta_space:
             entries["tta_space"] = best["tta_space"]
+        if args.precision:
+            entries["precision"] = best["precision"]
         print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 

@@ -91,6 +91,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run.tta_space, run.stride = None, 96
     with pytest.raises(PathsegError, match="--stride is for tissue runs"):
         run_slide(run, log=lambda *a: None)
+    run.stride, run.precision = None, "bfloat16"
+    with pytest.raises(PathsegError, match="--precision is for tissue runs"):
+        run_slide(run, log=lambda *a: None)
+    run.precision = None
     run.chunk, run.halo, run.stride = 192, 64, None  # the first run's settings: resumes (nothing left to do)
     assert run_slide(run, log=lambda *a: None)["chunks_done"] == len(parts)
 

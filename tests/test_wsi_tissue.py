@@ -109,7 +109,10 @@ def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path):
     with pytest.raises(PathsegError, match=r"model_parameters: .* there, .*\"tta_space\": \"latent\".* now"):
         run_slide(run, log=lambda *a: None)
     assert model.tta_space == "image"  # the caller's model is left as it was
-    run.tta_space = None
+    run.tta_space, run.precision = None, "bfloat16"  # other arithmetic: another map too
+    with pytest.raises(PathsegError, match=r"model_parameters: .* there, .*\"precision\": \"bfloat16\".* now"):
+        run_slide(run, log=lambda *a: None)
+    run.precision = None
     with torch.no_grad():  # same name and parameters, other weights (a model folder retrained in place)
         model.head.classify.bias.add_(0.1)
     with pytest.raises(PathsegError, match=r"weights: \"[0-9a-f]{64}\" there"):

@@ -393,6 +393,8 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         raise PathsegError(msg)
     if run.stride is not None:
         raise PathsegError("--stride is for tissue runs (--task tissue); nucleus runs tile by --chunk and --halo")
+    if run.precision is not None:
+        raise PathsegError("--precision is for tissue runs (--task tissue); nucleus models run in float32")
     if not run.clean:
         raise PathsegError("--no-clean is for tissue runs (--task tissue); nucleus runs have no class-map cleaning")
     from pathseg.models.zoo import get_nucleus_model

@@ -212,10 +212,13 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
-    model = model.with_settings(run.tta, run.tta_space, run.stride)  # the caller's model is left as it was
+    model = model.with_settings(run.tta, run.tta_space, run.stride, run.precision)  # the caller's is left alone
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
-    if model.tta_space != "image":  # (absent for image views: runs begun before the setting existed still resume)
+    # (absent at their old defaults: runs begun before these settings existed still resume)
+    if model.tta_space != "image":
         parameters["tta_space"] = model.tta_space
+    if model.precision != "float32":
+        parameters["precision"] = model.precision
     settings = run_settings(run, model, parameters)  # cleaning is left out: it runs on the assembled map
     clean = model.config.get("clean") if run.clean else None
     check_resume(out, settings)
