@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = [(*v, pr, lay) for v in views for pr in args.precision for lay in args.layout]
     seconds: dict[tuple, list[float]] = {s: [] for s in settings}
     differ = dict.fromkeys(settings, 0)  # class pixels that differ from the views' first precision and layout
+
+    def reference(key: tuple) -> tuple:
+        """The setting ``key``'s views at the first precision and layout given: what it is compared with."""
+        return (*key[:2], args.precision[0], args.layout[0])
+
     for i, img in enumerate([images[0], *images]):
         maps = {}
         for tta, space, precision, layout in settings:
@@ -66,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             if i > 0:  # the first pass warms up
                 seconds[(tta, space, precision, layout)].append(time.perf_counter() - t)
         for key in settings if i else ():
-            differ[key] += int((maps[key] != maps[(*key[:2], args.precision[0], args.layout[0])]).sum())
+            differ[key] += int((maps[key] != maps[reference(key)]).sum())
     first = (max(args.tta), args.tta_space[0], args.precision[0], args.layout[0])
     base = float(np.mean(seconds[first])) if first in seconds else None
     rows = []
     for key in settings:
         s = float(np.mean(seconds[key]))
-        ref = float(np.mean(seconds[(*key[:2], args.precision[0], args.layout[0])]))
+        ref = float(np.mean(seconds[reference(key)]))
         rows.append(
             {
                 **dict(zip(("tta", "tta_space", "precision", "layout"), key, strict=True)),
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "class_px_differing": differ[key],
             }
         )
-    pixels = sum(int(np.prod(m.shape)) for m in maps.values()) // len(maps) * len(images)
+    pixels = sum(img.shape[0] * img.shape[1] for img in images)
     print(f"{args.model}: {len(images)} images of {args.data} ({pixels} px), {torch.get_num_threads()} threads")
     print(
         f"vs_first: speed-up over the same views at {args.precision[0]}, {args.layout[0]} (class_px_differing: "

@@ -16,7 +16,7 @@ import torch
 from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
-from pathseg.models.precision import autocast, check_precision
+from pathseg.models.precision import PRECISIONS, autocast, check_precision
 from pathseg.models.sam.checkpoint import load_into
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size
@@ -81,10 +81,9 @@ class TissueModel(torch.nn.Module):
         if self.config.get("tta_space", "image") not in TTA_SPACES:
             msg = f"tissue model config: tta_space must be one of {', '.join(TTA_SPACES)}"
             raise PathsegError(f"{msg}, got {self.config['tta_space']!r}")
-        try:
-            check_precision(self.precision)
-        except ValueError as exc:
-            raise PathsegError(f"tissue model config: {exc}") from None
+        if self.precision not in PRECISIONS:
+            msg = f"tissue model config: precision must be one of {', '.join(PRECISIONS)}"
+            raise PathsegError(f"{msg}, got {self.config['precision']!r}")
         if "stride" in self.config:
             self.step = self.config["stride"]
         head = self.config["head"]
