@@ -7,6 +7,7 @@ import torch
 import zarr
 
 from pathseg.io.slides import open_slide
+from pathseg.models import precision as prec
 from pathseg.tissue.model import TissueModel
 from pathseg.wsi.pipeline import SlideRun, run_slide
 from tests.conftest import shared_data
@@ -79,7 +80,7 @@ def test_tissue_run_resumes(tmp_path):
     assert np.array_equal(ref, zarr.open_array(str(tmp_path / "r" / "classes.zarr" / "0"), mode="r")[:])
 
 
-def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path):
+def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path, monkeypatch):
     import pytest
 
     from pathseg.errors import PathsegError
@@ -112,6 +113,14 @@ def test_tissue_run_tta_stride_and_other_settings_refused_on_resume(tmp_path):
     run.tta_space, run.precision = None, "bfloat16"  # other arithmetic: another map too
     with pytest.raises(PathsegError, match=r"model_parameters: .* there, .*\"precision\": \"bfloat16\".* now"):
         run_slide(run, log=lambda *a: None)
+    # "auto" is resolved once where the run is planned and recorded as what it meant there, so a resume on a
+    # machine where it means other arithmetic is refused (and Dask workers all get the planner's choice)
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
+    run.precision = "auto"
+    with pytest.raises(PathsegError, match=r"model_parameters: .* there, .*\"precision\": \"bfloat16\".* now"):
+        run_slide(run, log=lambda *a: None)
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    assert run_slide(run, log=lambda *a: None)["chunks_done"] == report["chunks_done"]  # float32 here: resumes
     run.precision = None
     with torch.no_grad():  # same name and parameters, other weights (a model folder retrained in place)
         model.head.classify.bias.add_(0.1)

@@ -26,6 +26,7 @@ from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_path
 from pathseg.io.export import write_csv, write_geojson
 from pathseg.io.slides import open_slide
+from pathseg.models.precision import resolve_precision
 from pathseg.progress import ProgressCallback
 from pathseg.tissue.model import TissueModel, pad_to_grid, patch_grid
 from pathseg.tissue.postprocess import CleanParams, clean_classes
@@ -213,6 +214,9 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
     model = model.with_settings(run.tta, run.tta_space, run.stride, run.precision)  # the caller's is left alone
+    # "auto" is decided once, here, on the machine that plans the run: every chunk (on any Dask worker) computes
+    # at the same arithmetic, and the run records which one, so a resume elsewhere cannot silently change it
+    model = model.with_settings(precision=resolve_precision(model.precision))
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
     # (absent at their old defaults: runs begun before these settings existed still resume)
     if model.tta_space != "image":
