@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
-    ap.add_argument("--ais-tta", type=int, nargs="+", default=None, help="views to average the maps over (1, 2, 4)")
+    ap.add_argument(
+        "--ais-tta", type=int, nargs="+", default=None, choices=(1, 2, 4), help="views to average the maps over"
+    )
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="values to search for a parameter")
     ap.add_argument("--tag", default="", help="suffix of the results file (tune_ais_<model>_<tag>.json)")
     args = ap.parse_args(argv)
