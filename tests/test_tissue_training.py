@@ -1,6 +1,8 @@
 """Tissue head training on frozen diffusion features (tiny backbone, synthetic gland images)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +237,15 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
     again = TissueModel.from_pretrained(folder)
     rgb = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
     assert np.allclose(again.probabilities(rgb), model.probabilities(rgb), atol=1e-5)
+    # tools/bundle_tissue_model.py --own-encoder: the referenced encoder stored beside the main file, outputs equal
+    own = tmp_path / "own"
+    shutil.copytree(folder, own)
+    assert _bundle_tool().own_encoder(own) == 0
+    assert (own / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert "weights_from" not in json.loads((own / "config.json").read_text())["backbone"]["encoder"]
+    assert np.array_equal(TissueModel.from_pretrained(own).probabilities(rgb), again.probabilities(rgb))
+    with pytest.raises(SystemExit, match="already"):
+        _bundle_tool().own_encoder(own)
     config = json.loads((folder / "config.json").read_text())
     config["backbone"]["encoder"]["weights_from"]["sha256"] = "0" * 64  # the nucleus model changed since
     (folder / "config.json").write_text(json.dumps(config))
@@ -244,6 +255,17 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
         next(bb.encoder.parameters()).add_(1.0)
     with pytest.raises(PathsegError, match="cannot be shared"):
         model.save_pretrained(tmp_path / "m2", share_encoder="pathseg_nuclei_cpu")
+
+
+def _bundle_tool():
+    """tools/bundle_tissue_model.py as a module (tools/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bundle_tissue_model.py"
+    spec = importlib.util.spec_from_file_location("bundle_tissue_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tiny_tissue_config(**head) -> dict:
