@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.classes is not None:
         cls = SamNucleusModel.from_pretrained(args.classes)
         ours, theirs = model.state_dict(), cls.state_dict()
-        shared = [k for k in ours if not k.startswith("semantic.")]
+        shared = [k for k in ours if not k.startswith(("semantic.", "refiner."))]  # neither feeds the other
         if any(not torch.equal(ours[k], theirs[k]) for k in shared):
             raise SystemExit("the class model's encoder / nuclei decoders differ: train it with --decoder-only --init")
         model.semantic = cls.semantic
