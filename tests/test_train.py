@@ -121,10 +121,13 @@ def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp
     train_nuclei(small_config(data, tmp_path / "base", prompt_weight=0.0, iterations=1), log=lambda *a: None)
     _add_types(data)
     out = tmp_path / "cls"
-    cfg = small_config(data, out, task="classes", decoder_only=True, init=str(tmp_path / "base" / "best"))
+    init = str(tmp_path / "base" / "best")
+    cfg = small_config(data, out, task="classes", decoder_only=True, model_mpp=0.4, init=init)
     train_nuclei(cfg, log=lambda *a: None)
-    base = SamNucleusModel.from_pretrained(tmp_path / "base" / "best").state_dict()
-    trained = SamNucleusModel.from_pretrained(out / "best").state_dict()
+    base_model, trained_model = (SamNucleusModel.from_pretrained(f / "best") for f in (tmp_path / "base", out))
+    # the class path works at the run's pixel size; automatic and prompt paths keep theirs
+    assert trained_model.class_mpp == 0.4 and trained_model.mpp == base_model.mpp == base_model.class_mpp == 0.5
+    base, trained = base_model.state_dict(), trained_model.state_dict()
     assert set(trained) - set(base) and all(k.startswith("semantic.") for k in set(trained) - set(base))
     for k, v in base.items():  # weights and BatchNorm statistics alike
         assert np.array_equal(v.numpy(), trained[k].numpy()), k

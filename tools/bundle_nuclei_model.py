@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         model.semantic = cls.semantic
         model.config["semantic_decoder"] = cls.config["semantic_decoder"]
         model.config["semantic_classes"] = cls.config["semantic_classes"]
+        model.config["class_mpp"] = cls.class_mpp  # the pixel size the class decoder was trained at
         args.description += " + nucleus classes (CoNSeP)"
     model.config["name"] = args.name
     model.config["task"] = "nuclei"

@@ -190,6 +190,12 @@ class SamNucleusModel(nn.Module):
         return float(self.config.get("prompt_mpp") or self.mpp)
 
     @property
+    def class_mpp(self) -> float:
+        """Pixel size (µm/px) the network runs at for nucleus classes (config ``class_mpp``, default :attr:`mpp`):
+        the pixel size the class decoder was trained at."""
+        return float(self.config.get("class_mpp") or self.mpp)
+
+    @property
     def prompt_iou(self) -> str:
         """Which IoU estimate ranks a prompt's candidate masks when the model has a mask refiner: ``"refiner"``
         (its own head, the default) or ``"decoder"`` (the mask decoder's); config ``prompt_iou``, picked on the
@@ -288,7 +294,7 @@ class SamNucleusModel(nn.Module):
         """(C, H, W) class probabilities of ``rgb`` at ``mpp`` µm/px (tiled like the AIS maps)."""
         from pathseg.nuclei.automatic import stitch_tiles
 
-        factor = mpp / self.mpp
+        factor = mpp / self.class_mpp
         h, w = rgb.shape[:2]
         work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
         probs = stitch_tiles(

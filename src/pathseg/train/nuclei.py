@@ -57,7 +57,7 @@ class TrainConfig:
     #: train one decoder alone on ``init``'s frozen encoder. Task "classes": the class decoder (the nuclei outputs
     #: stay exactly as in ``init``, so the class decoder is a small add-on). Task "nuclei": the AIS decoder at
     #: ``model_mpp``, which becomes the model's ``ais_mpp`` (the prompt path and the class decoder keep the pixel size
-    #: they were trained at and stay exactly as in ``init``)
+    #: they were trained at and stay exactly as in ``init``). Any "classes" run: ``model_mpp`` becomes ``class_mpp``
     decoder_only: bool = False
     #: task "classes" only: a named class set (``pannuke``, ``consep``) fixing the number, names and colours of the
     #: classes (type masks hold its ids); default: as many classes as the data holds, names from a classes.csv
@@ -291,9 +291,13 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         model = get_nucleus_model(cfg.init)
         if not isinstance(model, SamNucleusModel):
             raise PathsegError(f"--init {cfg.init!r} is not a SAM-family model")
+        if cfg.task == "classes":  # the class path works at model_mpp; otherwise it keeps its trained pixel size
+            model.config["class_mpp"] = cfg.model_mpp
+        elif model.semantic is not None:
+            model.config["class_mpp"] = model.class_mpp
         if cfg.decoder_only and cfg.task == "nuclei":
             model.config["ais_mpp"] = cfg.model_mpp  # only the automatic path moves to the new pixel size
-        else:
+        elif not cfg.decoder_only:
             model.config["mpp"] = cfg.model_mpp
     else:
         model = SamNucleusModel(compact_config(mpp=cfg.model_mpp, name=cfg.name))
