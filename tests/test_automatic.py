@@ -102,3 +102,20 @@ def test_ais_tta_averages_mirrored_views_into_mirror_equivariant_maps():
     model.config["ais_tta"] = 3
     with pytest.raises(PathsegError, match="ais_tta must be 1, 2 or 4"):
         model.predict_maps(rgb)
+
+
+def test_a_compact_model_still_trains_after_inference():
+    """Inference moves the weights to channels-last once; they stay ordinary tensors, so training (e.g. a refiner
+    fine-tuned after validating the model it starts from) can still backpropagate through them."""
+    import torch
+
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    torch.manual_seed(0)
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
+    model.segment(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8), 0.5)
+    conv = model.sam.image_encoder.stages[0][0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dim() == 4
+    assert not any(p.is_inference() for p in model.parameters())
+    model.sam.image_encoder(torch.rand(1, 3, 32, 32)).sum().backward()
+    assert conv.grad is not None

@@ -247,7 +247,8 @@ class SamNucleusModel(nn.Module):
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
             if not self._channels_last:  # ~1.5x faster convolutions on CPU, same numbers
-                self.to(memory_format=torch.channels_last)
+                with torch.inference_mode(False):  # the weights stay ordinary tensors: the model may train later
+                    self.to(memory_format=torch.channels_last)
                 self._channels_last = True
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
