@@ -240,12 +240,13 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
     # tools/bundle_tissue_model.py --own-encoder: the referenced encoder stored beside the main file, outputs equal
     own = tmp_path / "own"
     shutil.copytree(folder, own)
-    assert _bundle_tool().own_encoder(own) == 0
+    tool = _bundle_tool()
+    assert tool.own_encoder(own) == 0
     assert (own / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert "weights_from" not in json.loads((own / "config.json").read_text())["backbone"]["encoder"]
     assert np.array_equal(TissueModel.from_pretrained(own).probabilities(rgb), again.probabilities(rgb))
     with pytest.raises(SystemExit, match="already"):
-        _bundle_tool().own_encoder(own)
+        tool.own_encoder(own)
     config = json.loads((folder / "config.json").read_text())
     config["backbone"]["encoder"]["weights_from"]["sha256"] = "0" * 64  # the nucleus model changed since
     (folder / "config.json").write_text(json.dumps(config))

@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch.dtype | None) -> SamNucleusModel:
     """Write the ``prefix`` tensors of ``run``'s model to ``folder/filename``; every other tensor must equal the
     bundled model's (the part was trained on it). Returns the run's model."""
-    from safetensors.torch import save_file
-
-    from pathseg.io.atomic import atomic_path
+    from pathseg.models.folder import write_weights
 
     bundled, trained = SamNucleusModel.from_pretrained(folder), SamNucleusModel.from_pretrained(run)
     ours, theirs = bundled.state_dict(), trained.state_dict()
@@ -88,8 +86,7 @@ def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch
         for k, v in theirs.items()
         if k.startswith(prefix) and not k.endswith("num_batches_tracked")
     }
-    with atomic_path(folder / filename) as tmp:
-        save_file(tensors, str(tmp))
+    write_weights(folder / filename, tensors)
     print(f"{folder / filename}: {(folder / filename).stat().st_size / 2**10:.0f} kB")
     return trained
 
@@ -117,10 +114,10 @@ def replace_ais(run: Path, folder: Path) -> int:
 def fold(folder: Path) -> int:
     """Write the ``replace_weights`` files of ``folder`` into its main file and delete them; the loaded model is
     unchanged (the same tensors, same dtype)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from pathseg.io.atomic import atomic_open, atomic_path
-    from pathseg.models.folder import CONFIG_NAME, WEIGHTS_NAME, read_config
+    from pathseg.io.atomic import atomic_open
+    from pathseg.models.folder import CONFIG_NAME, WEIGHTS_NAME, read_config, write_weights
 
     config = read_config(folder)
     names = config.pop("replace_weights", [])
@@ -134,8 +131,7 @@ def fold(folder: Path) -> int:
         if bad:
             raise SystemExit(f"{folder / name}: {bad[0]!r} does not replace a main-file tensor of its shape and dtype")
         state.update(part)
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp))
+    write_weights(folder / WEIGHTS_NAME, state)
     with atomic_open(folder / CONFIG_NAME, "w") as f:
         json.dump(config, f, indent=2)
     for name in names:

@@ -65,11 +65,8 @@ def check_size(folder: Path) -> int:
 def own_encoder(folder: Path) -> int:
     """Write the conditioning encoder ``folder``'s config references (``weights_from``) into ``encoder.safetensors``
     beside it (float16, bit for bit: the source is float16) and list that file in ``extra_weights``."""
-    from safetensors.torch import save_file
-
-    from pathseg.io.atomic import atomic_path
     from pathseg.models.diffusion.backbone import shared_encoder_state
-    from pathseg.models.folder import read_config, update_config
+    from pathseg.models.folder import read_config, update_config, write_weights
 
     config = read_config(folder, "tissue model")
     backbone = copy.deepcopy(config["backbone"])
@@ -80,8 +77,7 @@ def own_encoder(folder: Path) -> int:
     state = {"backbone.encoder." + k: v.half().contiguous() for k, v in source.items()}
     if any(not torch.equal(state["backbone.encoder." + k].float(), v) for k, v in source.items()):
         raise SystemExit(f"{spec['model']!r}'s encoder is not float16-exact: it cannot be stored in float16")
-    with atomic_path(folder / ENCODER_FILE) as tmp:
-        save_file(state, str(tmp))
+    write_weights(folder / ENCODER_FILE, state)
     extra = [*config.get("extra_weights", []), ENCODER_FILE]
     update_config(folder, {"backbone": backbone, "extra_weights": extra}, "tissue model")
     return check_size(folder)

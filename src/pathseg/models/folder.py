@@ -22,21 +22,29 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``tensors`` as a safetensors file at ``path`` atomically (a main, add-on or replacement file)."""
+    from safetensors.torch import save_file
+
+    from pathseg.io.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path)
+
+
 def save_folder(
     folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> Path:
     """Write ``state`` (floating tensors cast to ``dtype`` when given) and ``config`` into ``folder``."""
-    from safetensors.torch import save_file
-
-    from pathseg.io.atomic import atomic_open, atomic_path
+    from pathseg.io.atomic import atomic_open
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()
     }
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp))
+    write_weights(folder / WEIGHTS_NAME, tensors)
     # every tensor is in the one file now
     config = {k: v for k, v in config.items() if k not in ("extra_weights", "replace_weights")}
     with atomic_open(folder / CONFIG_NAME, "w") as f:
