@@ -151,6 +151,27 @@ def test_decoder_only_ais_training_moves_only_the_automatic_path(data, tmp_path)
         train_nuclei(small_config(data, tmp_path / "x", decoder_only=True), log=lambda *a: None)
 
 
+def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
+    train_nuclei(small_config(data, tmp_path / "base", iterations=1), log=lambda *a: None)
+    out = tmp_path / "mask"
+    best = train_nuclei(
+        small_config(data, out, decoder_only="mask", model_mpp=0.4, init=str(tmp_path / "base" / "best")),
+        log=lambda *a: None,
+    )
+    assert {"msa_box", "msa_point", "msa_prompts"} <= set(best)  # selected by prompt mSA, not by AIS mSA
+    base = SamNucleusModel.from_pretrained(tmp_path / "base" / "best")
+    trained = SamNucleusModel.from_pretrained(out / "best")
+    assert trained.prompt_mpp == 0.4 and trained.mpp == base.mpp == 0.5 and trained.ais_mpp == base.ais_mpp
+    a, b = base.state_dict(), trained.state_dict()
+    changed = {k for k in a if not np.array_equal(a[k].numpy(), b[k].numpy())}
+    assert changed and all(k.startswith(("sam.mask_decoder.", "sam.prompt_encoder.")) for k in changed)
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert all("prompt" in r and "ais" not in r for r in history)
+    for bad in (dict(decoder_only="mask", task="classes"), dict(decoder_only="semantic"), dict(decoder_only="x")):
+        with pytest.raises(PathsegError, match="does not apply to task"):
+            train_nuclei(small_config(data, tmp_path / "x", init=str(out / "best"), **bad), log=lambda *a: None)
+
+
 def test_class_preset_fixes_names_and_outputs(data, tmp_path):
     _add_types(data)  # ids 1, 2 in the masks; the PanNuke preset has 5 classes
     cfg = small_config(data, tmp_path / "p", prompt_weight=0.0, task="classes", class_preset="pannuke")

@@ -390,9 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--decoder-only",
-        action="store_true",
-        help="train one decoder alone on the --init model's frozen encoder. train nuclei: the AIS decoder at "
-        "--model-mpp, which becomes the pixel size of the model's automatic path (prompts and classes unchanged). "
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="DECODER",
+        help="train one decoder alone on the --init model's frozen encoder. train nuclei: the AIS decoder (alone "
+        "or 'ais') at --model-mpp, which becomes the pixel size of the model's automatic path (prompts and classes "
+        "unchanged); 'mask': the prompt path's mask decoder + prompt encoder at --model-mpp, which becomes its "
+        "prompt_mpp (prompt loss only, best by validation box + point mSA; automatic path and classes unchanged). "
         "train nuclei-classes: the class decoder (class-weighted cross-entropy only), a small add-on; the nuclei "
         "outputs stay exactly as they were",
     )

@@ -57,8 +57,11 @@ class TrainConfig:
     #: train one decoder alone on ``init``'s frozen encoder. Task "classes": the class decoder (the nuclei outputs
     #: stay exactly as in ``init``, so the class decoder is a small add-on). Task "nuclei": the AIS decoder at
     #: ``model_mpp``, which becomes the model's ``ais_mpp`` (the prompt path and the class decoder keep the pixel size
-    #: they were trained at and stay exactly as in ``init``). Any "classes" run: ``model_mpp`` becomes ``class_mpp``
-    decoder_only: bool = False
+    #: they were trained at and stay exactly as in ``init``). ``"mask"`` (task "nuclei"): the prompt path's prompt
+    #: encoder + mask decoder at ``model_mpp``, which becomes the model's ``prompt_mpp``; prompt loss only, the best
+    #: checkpoint by validation box + point mSA; automatic and class outputs stay exactly as in ``init``. Any
+    #: "classes" run: ``model_mpp`` becomes ``class_mpp``
+    decoder_only: bool | str = False
     #: task "classes" only: a named class set (``pannuke``, ``consep``) fixing the number, names and colours of the
     #: classes (type masks hold its ids); default: as many classes as the data holds, names from a classes.csv
     class_preset: str | None = None
@@ -110,6 +113,27 @@ def evaluate(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[
     model.eval()
     rows = [instance_scores(s.labels, model.segment(s.image, mpp)) for s in samples]
     return {k: float(np.mean([r[k] for r in rows])) for k in ("msa", "sa50", "aji", "pq", "dice")}
+
+
+#: the modules each ``decoder_only`` choice trains (True: the task's own decoder)
+_DECODER_PARTS = {"ais": ("ais",), "semantic": ("semantic",), "mask": ("sam.prompt_encoder", "sam.mask_decoder")}
+
+
+def _trained_decoder(cfg: TrainConfig) -> str | None:
+    """Which decoder a run trains alone (``None``: the whole model)."""
+    if not cfg.decoder_only:
+        return None
+    if cfg.decoder_only is True:
+        return "semantic" if cfg.task == "classes" else "ais"
+    choice = cfg.decoder_only
+    if choice not in _DECODER_PARTS or (cfg.task == "classes") != (choice == "semantic"):
+        allowed = (
+            "--decoder-only alone (the class decoder)"
+            if cfg.task == "classes"
+            else "--decoder-only alone or 'ais' (the AIS decoder), or 'mask' (the prompt path's decoder)"
+        )
+        raise PathsegError(f"--decoder-only {choice!r} does not apply to task {cfg.task!r}: use {allowed}")
+    return choice
 
 
 def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConfig) -> torch.Tensor:
@@ -238,15 +262,16 @@ class _TrainStep(torch.nn.Module):
     def forward(self, x, y, labels, rng, step: int, amp: bool, types=None):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             pred, embedding, sem = self.model.forward_train(x, with_semantic=self.cfg.task == "classes")
-        if self.cfg.decoder_only and self.cfg.task == "classes":
-            loss, parts = sem.new_zeros(()), {}
+        decoder = _trained_decoder(self.cfg)
+        if decoder in ("semantic", "mask"):
+            loss, parts = pred.new_zeros((), dtype=torch.float32), {}
         else:
             loss, parts = ais_loss(pred.float(), y)
         if sem is not None:
             l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
             loss = loss + l_cls
             parts["classes"] = float(l_cls.detach())
-        if self.cfg.prompt_weight > 0 and not self.cfg.decoder_only:
+        if self.cfg.prompt_weight > 0 and decoder in (None, "mask"):
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 l_prompt = prompt_loss(
                     self.model.sam,
@@ -268,6 +293,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     Under ``torchrun`` (several processes, GPUs or machines) each process trains a DistributedDataParallel replica
     on its own random crops; rank 0 validates and writes checkpoints.
     """
+    _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
     rank, world = _distributed()
     if rank != 0:
         progress, log = None, (lambda *a, **k: None)
@@ -295,8 +321,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             model.config["class_mpp"] = cfg.model_mpp
         elif model.semantic is not None:
             model.config["class_mpp"] = model.class_mpp
-        if cfg.decoder_only and cfg.task == "nuclei":
+        if _trained_decoder(cfg) == "ais":
             model.config["ais_mpp"] = cfg.model_mpp  # only the automatic path moves to the new pixel size
+        elif _trained_decoder(cfg) == "mask":
+            model.config["prompt_mpp"] = cfg.model_mpp  # only the prompt path moves
         elif not cfg.decoder_only:
             model.config["mpp"] = cfg.model_mpp
     else:
@@ -304,15 +332,16 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     class_weights = None
     if cfg.task == "classes":
         class_weights = _prepare_classes(model, train, cfg)
-    trained = None  # with decoder_only: the one decoder that learns
-    if cfg.decoder_only:
-        trained = "semantic" if cfg.task == "classes" else "ais"
+    trained = _trained_decoder(cfg)  # with decoder_only: the one decoder that learns
+    if trained is not None:
         if not cfg.init:
             raise PathsegError(f"--decoder-only needs --init: the model whose encoder the {trained} decoder reads")
-        if getattr(model, trained) is None:
+        if getattr(model, trained, True) is None:
             raise PathsegError(f"--init {cfg.init!r} has no {trained} decoder to train")
+        if trained == "mask" and cfg.prompt_weight <= 0:
+            raise PathsegError("--decoder-only mask trains by the prompt loss: --prompt-weight must be > 0")
         for n, p in model.named_parameters():
-            p.requires_grad_(n.startswith(f"{trained}."))
+            p.requires_grad_(n.startswith(tuple(f"{m}." for m in _DECODER_PARTS[trained])))
         params = [p for p in model.parameters() if p.requires_grad]
     elif cfg.task == "classes":
         params = list(model.parameters())
@@ -320,7 +349,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    key = "class_dice" if cfg.task == "classes" else "msa"  # what selects the best model
+    # what selects the best model
+    key = {"classes": "class_dice"}.get(cfg.task, "msa_prompts" if trained == "mask" else "msa")
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
     resumed = resume(ckpt_path, model, "model", opt, sched)
@@ -346,8 +376,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
         model.train(trained is None)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
-        if trained is not None:
-            getattr(model, trained).train()
+        for part in _DECODER_PARTS.get(trained, ()):
+            model.get_submodule(part).train()
         x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
@@ -360,16 +390,22 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         step = it + 1
         record = {"iteration": step, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
         if rank == 0 and val and (step % cfg.val_every == 0 or step == cfg.iterations):
-            scores = evaluate(model, val, cfg.model_mpp)
+            if trained == "mask":  # the automatic path does not change
+                from pathseg.train.refine import evaluate_prompts
+
+                model.eval()
+                scores = evaluate_prompts(model, val)
+            else:
+                scores = evaluate(model, val, cfg.model_mpp)
             if cfg.task == "classes":
                 scores.update(evaluate_classes(model, val, cfg.model_mpp))
             record["val"] = scores
             if scores[key] > best.get(key, -1.0):
                 best = {**scores, "iteration": step}
                 model.save_pretrained(out / "best")
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "dice")
             log(
-                f"iteration {step}: loss {record['loss']:.4f}, validation mSA {scores['msa']:.4f} "
-                f"AJI {scores['aji']:.4f} PQ {scores['pq']:.4f} "
+                f"iteration {step}: loss {record['loss']:.4f}, validation {shown} "
                 f"(best {key} {best[key]:.4f} at {best.get('iteration')}), "
                 f"{(time.perf_counter() - t0) / (step - start):.2f} s/it"
             )
