@@ -152,14 +152,20 @@ def test_decoder_only_ais_training_moves_only_the_automatic_path(data, tmp_path)
 
 
 def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
+    import importlib.util
+
+    import torch
+
     train_nuclei(small_config(data, tmp_path / "base", iterations=1), log=lambda *a: None)
+    bundled = SamNucleusModel.from_pretrained(tmp_path / "base" / "best")
+    bundled.save_pretrained(tmp_path / "bundled", dtype=torch.float16)  # as the shipped model is stored
     out = tmp_path / "mask"
     best = train_nuclei(
-        small_config(data, out, decoder_only="mask", model_mpp=0.4, init=str(tmp_path / "base" / "best")),
+        small_config(data, out, decoder_only="mask", model_mpp=0.4, init=str(tmp_path / "bundled")),
         log=lambda *a: None,
     )
     assert {"msa_box", "msa_point", "msa_prompts"} <= set(best)  # selected by prompt mSA, not by AIS mSA
-    base = SamNucleusModel.from_pretrained(tmp_path / "base" / "best")
+    base = SamNucleusModel.from_pretrained(tmp_path / "bundled")
     trained = SamNucleusModel.from_pretrained(out / "best")
     assert trained.prompt_mpp == 0.4 and trained.mpp == base.mpp == 0.5 and trained.ais_mpp == base.ais_mpp
     a, b = base.state_dict(), trained.state_dict()
@@ -170,6 +176,20 @@ def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
     for bad in (dict(decoder_only="mask", task="classes"), dict(decoder_only="semantic"), dict(decoder_only="x")):
         with pytest.raises(PathsegError, match="does not apply to task"):
             train_nuclei(small_config(data, tmp_path / "x", init=str(out / "best"), **bad), log=lambda *a: None)
+    # the bundle tool ships the new prompt path into the bundled folder, then folds it into the main file
+    spec = importlib.util.spec_from_file_location("bundle_nuclei_model", REPO / "tools" / "bundle_nuclei_model.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.replace_mask(out / "best", tmp_path / "bundled")
+    tool.fold(tmp_path / "bundled")
+    shipped = SamNucleusModel.from_pretrained(tmp_path / "bundled")
+    assert shipped.prompt_mpp == 0.4 and sorted(p.name for p in (tmp_path / "bundled").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    for k, v in shipped.state_dict().items():
+        expected = b[k] if k in changed else a[k]
+        assert torch.equal(v, expected.half().to(v.dtype)), k
 
 
 def test_class_preset_fixes_names_and_outputs(data, tmp_path):

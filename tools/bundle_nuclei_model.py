@@ -13,6 +13,9 @@ untouched (every copy of it stays in git history).
 ``benchmarks/tune_ais.py --run AIS_RUN --write``) as ``ais.safetensors``, which replaces the main file's AIS decoder
 on loading, with the run's ``ais_mpp`` and ``ais_params``.
 
+``--replace-mask MASK_RUN/best`` ships the prompt path's mask decoder + prompt encoder retrained on the frozen bundled
+model (``pathseg train nuclei --init <name> --decoder-only mask --model-mpp M``) as ``mask.safetensors`` the same way,
+with the run's ``prompt_mpp``.
 ``--fold`` writes the bundled model's replacement files into ``model.safetensors`` (bit for bit: they are float16 as
 the main file) and removes them, so the package ships one copy of each tensor (the folder must stay <= 20 MB).
 """
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nuclei", type=Path, default=None, help="nuclei model folder (e.g. RUN/best)")
     ap.add_argument("--add-refiner", type=Path, default=None, help="refiner run folder to add to the bundled model")
     ap.add_argument("--replace-ais", type=Path, default=None, help="AIS decoder run folder (--decoder-only) to ship")
+    ap.add_argument("--replace-mask", type=Path, default=None, help="prompt-path run folder (--decoder-only mask)")
     ap.add_argument("--fold", action="store_true", help="fold the bundled model's replace_weights into its main file")
     ap.add_argument("--classes", type=Path, default=None, help="class model folder trained with --decoder-only")
     ap.add_argument("--name", default="pathseg_nuclei_cpu")
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return add_refiner(args.add_refiner, WEIGHTS / args.name)
     if args.replace_ais is not None:
         return replace_ais(args.replace_ais, WEIGHTS / args.name)
+    if args.replace_mask is not None:
+        return replace_mask(args.replace_mask, WEIGHTS / args.name)
     if args.fold:
         return fold(WEIGHTS / args.name)
     if args.nuclei is None:
@@ -70,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch.dtype | None) -> SamNucleusModel:
+def _part_file(
+    run: Path, folder: Path, prefix: str | tuple[str, ...], filename: str, dtype: torch.dtype | None
+) -> SamNucleusModel:
     """Write the ``prefix`` tensors of ``run``'s model to ``folder/filename``; every other tensor must equal the
     bundled model's (the part was trained on it). Returns the run's model."""
     from pathseg.models.folder import write_weights
@@ -78,7 +86,7 @@ def _part_file(run: Path, folder: Path, prefix: str, filename: str, dtype: torch
     bundled, trained = SamNucleusModel.from_pretrained(folder), SamNucleusModel.from_pretrained(run)
     ours, theirs = bundled.state_dict(), trained.state_dict()
     if not any(k.startswith(prefix) for k in theirs):
-        raise SystemExit(f"{run}: the model has no {prefix.rstrip('.')} part")
+        raise SystemExit(f"{run}: the model has no {prefix} part")
     if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(prefix)):
         raise SystemExit(f"{run}: trained on other weights than {folder}; use --init {folder.name}")
     tensors = {  # BatchNorm counters are not saved (as in save_pretrained)
@@ -108,6 +116,18 @@ def replace_ais(run: Path, folder: Path) -> int:
     entries = {k: trained.config[k] for k in ("ais_mpp", "ais_params")}
     update_config(folder, {**entries, "replace_weights": ["ais.safetensors"]})
     print(f"ais_mpp {entries['ais_mpp']}, ais_params {entries['ais_params']}")
+    return 0
+
+
+def replace_mask(run: Path, folder: Path) -> int:
+    """Ship ``run``'s mask decoder + prompt encoder (``--decoder-only mask`` on the bundled encoder) as
+    ``mask.safetensors``."""
+    from pathseg.models.folder import read_config, update_config
+
+    trained = _part_file(run, folder, ("sam.mask_decoder.", "sam.prompt_encoder."), "mask.safetensors", torch.float16)
+    names = [n for n in read_config(folder).get("replace_weights", []) if n != "mask.safetensors"]
+    update_config(folder, {"prompt_mpp": trained.prompt_mpp, "replace_weights": [*names, "mask.safetensors"]})
+    print(f"prompt_mpp {trained.prompt_mpp}")
     return 0
 
 
