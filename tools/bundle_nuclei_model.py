@@ -114,19 +114,27 @@ def replace_ais(run: Path, folder: Path) -> int:
 
     trained = _part_file(run, folder, "ais.", "ais.safetensors", torch.float16)
     entries = {k: trained.config[k] for k in ("ais_mpp", "ais_params")}
-    update_config(folder, {**entries, "replace_weights": ["ais.safetensors"]})
+    update_config(folder, {**entries, "replace_weights": _replacements(folder, "ais.safetensors")})
     print(f"ais_mpp {entries['ais_mpp']}, ais_params {entries['ais_params']}")
     return 0
+
+
+def _replacements(folder: Path, name: str) -> list[str]:
+    """The folder's ``replace_weights`` with ``name`` added (each replacement file listed once)."""
+    from pathseg.models.folder import read_config
+
+    return [*(n for n in read_config(folder).get("replace_weights", []) if n != name), name]
 
 
 def replace_mask(run: Path, folder: Path) -> int:
     """Ship ``run``'s mask decoder + prompt encoder (``--decoder-only mask`` on the bundled encoder) as
     ``mask.safetensors``."""
-    from pathseg.models.folder import read_config, update_config
+    from pathseg.models.folder import update_config
 
     trained = _part_file(run, folder, ("sam.mask_decoder.", "sam.prompt_encoder."), "mask.safetensors", torch.float16)
-    names = [n for n in read_config(folder).get("replace_weights", []) if n != "mask.safetensors"]
-    update_config(folder, {"prompt_mpp": trained.prompt_mpp, "replace_weights": [*names, "mask.safetensors"]})
+    update_config(
+        folder, {"prompt_mpp": trained.prompt_mpp, "replace_weights": _replacements(folder, "mask.safetensors")}
+    )
     print(f"prompt_mpp {trained.prompt_mpp}")
     return 0
 
