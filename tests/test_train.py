@@ -172,7 +172,7 @@ def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
     changed = {k for k in a if not np.array_equal(a[k].numpy(), b[k].numpy())}
     assert changed and all(k.startswith(("sam.mask_decoder.", "sam.prompt_encoder.")) for k in changed)
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert all("prompt" in r and "ais" not in r for r in history)
+    assert all("prompt" in r and "fg" not in r and "dist" not in r for r in history)  # prompt loss only
     for bad in (dict(decoder_only="mask", task="classes"), dict(decoder_only="semantic"), dict(decoder_only="x")):
         with pytest.raises(PathsegError, match="does not apply to task"):
             train_nuclei(small_config(data, tmp_path / "x", init=str(out / "best"), **bad), log=lambda *a: None)
