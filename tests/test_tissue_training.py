@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from pathseg.errors import PathsegError
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.tissue.model import TissueModel, patch_grid
 from pathseg.train.tissue import TissueTrainConfig, train_tissue
+from tests.conftest import load_tool
 from tests.test_diffusion_backbone import tiny_config
 
 
@@ -240,7 +240,7 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
     # tools/bundle_tissue_model.py --own-encoder: the referenced encoder stored beside the main file, outputs equal
     own = tmp_path / "own"
     shutil.copytree(folder, own)
-    tool = _bundle_tool()
+    tool = load_tool("bundle_tissue_model")
     assert tool.own_encoder(own) == 0
     assert (own / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert "weights_from" not in json.loads((own / "config.json").read_text())["backbone"]["encoder"]
@@ -256,17 +256,6 @@ def test_tissue_model_shares_the_nucleus_models_encoder_by_digest(tmp_path):
         next(bb.encoder.parameters()).add_(1.0)
     with pytest.raises(PathsegError, match="cannot be shared"):
         model.save_pretrained(tmp_path / "m2", share_encoder="pathseg_nuclei_cpu")
-
-
-def _bundle_tool():
-    """tools/bundle_tissue_model.py as a module (tools/ is not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "bundle_tissue_model.py"
-    spec = importlib.util.spec_from_file_location("bundle_tissue_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_tissue_config(**head) -> dict:

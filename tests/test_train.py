@@ -13,7 +13,7 @@ from PIL import Image
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.train.nuclei import TrainConfig, train_nuclei
-from tests.conftest import REPO, synthetic_nuclei
+from tests.conftest import REPO, load_tool, synthetic_nuclei
 
 
 @pytest.fixture
@@ -152,8 +152,6 @@ def test_decoder_only_ais_training_moves_only_the_automatic_path(data, tmp_path)
 
 
 def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
-    import importlib.util
-
     import torch
 
     train_nuclei(small_config(data, tmp_path / "base", iterations=1), log=lambda *a: None)
@@ -177,9 +175,7 @@ def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):
         with pytest.raises(PathsegError, match="does not apply to task"):
             train_nuclei(small_config(data, tmp_path / "x", init=str(out / "best"), **bad), log=lambda *a: None)
     # the bundle tool ships the new prompt path into the bundled folder, then folds it into the main file
-    spec = importlib.util.spec_from_file_location("bundle_nuclei_model", REPO / "tools" / "bundle_nuclei_model.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("bundle_nuclei_model")
     tool.replace_mask(out / "best", tmp_path / "bundled")
     tool.fold(tmp_path / "bundled")
     shipped = SamNucleusModel.from_pretrained(tmp_path / "bundled")

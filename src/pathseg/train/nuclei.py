@@ -115,6 +115,23 @@ def evaluate(model: SamNucleusModel, samples: list[Sample], mpp: float) -> dict[
     return {k: float(np.mean([r[k] for r in rows])) for k in ("msa", "sa50", "aji", "pq", "dice")}
 
 
+def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str, float]:
+    """Mean mSA of box and of single-point prompts on every object of ``samples`` (images at the model's
+    :attr:`~SamNucleusModel.prompt_mpp`, the pixel size its prompt path runs at)."""
+    from pathseg.nuclei.interactive import Predictor
+    from pathseg.nuclei.simulate import simulate_prompts
+
+    rows = []
+    for s in samples:
+        pred = Predictor(model)
+        pred.set_image(s.image, model.prompt_mpp)
+        out = simulate_prompts(pred, s.labels.astype(np.int64), kinds=("point", "box"))
+        rows.append({f"msa_{k}": instance_scores(s.labels, v)["msa"] for k, v in out.items()})
+    scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    scores["msa_prompts"] = (scores["msa_point"] + scores["msa_box"]) / 2
+    return scores
+
+
 #: the modules each ``decoder_only`` choice trains (True: the task's own decoder)
 _DECODER_PARTS = {"ais": ("ais",), "semantic": ("semantic",), "mask": ("sam.prompt_encoder", "sam.mask_decoder")}
 
@@ -257,13 +274,13 @@ class _TrainStep(torch.nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.decoder = _trained_decoder(cfg)  # None: the whole model learns
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, x, y, labels, rng, step: int, amp: bool, types=None):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             pred, embedding, sem = self.model.forward_train(x, with_semantic=self.cfg.task == "classes")
-        decoder = _trained_decoder(self.cfg)
-        if decoder in ("semantic", "mask"):
+        if self.decoder in ("semantic", "mask"):
             loss, parts = pred.new_zeros((), dtype=torch.float32), {}
         else:
             loss, parts = ais_loss(pred.float(), y)
@@ -271,7 +288,7 @@ class _TrainStep(torch.nn.Module):
             l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
             loss = loss + l_cls
             parts["classes"] = float(l_cls.detach())
-        if self.cfg.prompt_weight > 0 and decoder in (None, "mask"):
+        if self.cfg.prompt_weight > 0 and self.decoder in (None, "mask"):
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 l_prompt = prompt_loss(
                     self.model.sam,
@@ -293,7 +310,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     Under ``torchrun`` (several processes, GPUs or machines) each process trains a DistributedDataParallel replica
     on its own random crops; rank 0 validates and writes checkpoints.
     """
-    _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
+    trained = _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
     rank, world = _distributed()
     if rank != 0:
         progress, log = None, (lambda *a, **k: None)
@@ -321,9 +338,9 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             model.config["class_mpp"] = cfg.model_mpp
         elif model.semantic is not None:
             model.config["class_mpp"] = model.class_mpp
-        if _trained_decoder(cfg) == "ais":
+        if trained == "ais":
             model.config["ais_mpp"] = cfg.model_mpp  # only the automatic path moves to the new pixel size
-        elif _trained_decoder(cfg) == "mask":
+        elif trained == "mask":
             model.config["prompt_mpp"] = cfg.model_mpp  # only the prompt path moves
         elif not cfg.decoder_only:
             model.config["mpp"] = cfg.model_mpp
@@ -332,11 +349,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     class_weights = None
     if cfg.task == "classes":
         class_weights = _prepare_classes(model, train, cfg)
-    trained = _trained_decoder(cfg)  # with decoder_only: the one decoder that learns
-    if trained is not None:
+    if trained is not None:  # with decoder_only: the one decoder that learns
         if not cfg.init:
             raise PathsegError(f"--decoder-only needs --init: the model whose encoder the {trained} decoder reads")
-        if getattr(model, trained, True) is None:
+        if trained != "mask" and getattr(model, trained) is None:  # every SAM-family model has a mask decoder
             raise PathsegError(f"--init {cfg.init!r} has no {trained} decoder to train")
         if trained == "mask" and cfg.prompt_weight <= 0:
             raise PathsegError("--decoder-only mask trains by the prompt loss: --prompt-weight must be > 0")
@@ -349,8 +365,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    # what selects the best model
-    key = {"classes": "class_dice"}.get(cfg.task, "msa_prompts" if trained == "mask" else "msa")
+    key = "class_dice" if cfg.task == "classes" else "msa_prompts" if trained == "mask" else "msa"  # selects the best
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
     resumed = resume(ckpt_path, model, "model", opt, sched)
@@ -391,8 +406,6 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         record = {"iteration": step, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
         if rank == 0 and val and (step % cfg.val_every == 0 or step == cfg.iterations):
             if trained == "mask":  # the automatic path does not change
-                from pathseg.train.refine import evaluate_prompts
-
                 model.eval()
                 scores = evaluate_prompts(model, val)
             else:

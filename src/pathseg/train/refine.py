@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
-from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
 from pathseg.models.refine import guide_image, prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint
-from pathseg.train.data import CropSampler, Sample, load_samples
-from pathseg.train.nuclei import _lr_lambda, source_groups, split_validation
+from pathseg.train.data import CropSampler, load_samples
+from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, source_groups, split_validation
 from pathseg.train.prompts import _random_point, first_prompts, sample_objects
 
 
@@ -118,23 +117,6 @@ def refiner_loss(
         mask_input = torch.stack(chosen_low)[:, None] if rng.random() < 0.5 else None
         multimask = False
     return total / (len(picks) * (n_corrections + 1))
-
-
-def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str, float]:
-    """Mean mSA of box and of single-point prompts on every object of ``samples`` (images at the model's
-    :attr:`~SamNucleusModel.prompt_mpp`, the pixel size its prompt path runs at)."""
-    from pathseg.nuclei.interactive import Predictor
-    from pathseg.nuclei.simulate import simulate_prompts
-
-    rows = []
-    for s in samples:
-        pred = Predictor(model)
-        pred.set_image(s.image, model.prompt_mpp)
-        out = simulate_prompts(pred, s.labels.astype(np.int64), kinds=("point", "box"))
-        rows.append({f"msa_{k}": instance_scores(s.labels, v)["msa"] for k, v in out.items()})
-    scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    scores["msa_prompts"] = (scores["msa_point"] + scores["msa_box"]) / 2
-    return scores
 
 
 def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
