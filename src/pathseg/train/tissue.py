@@ -100,7 +100,7 @@ def evaluate_bank(head: torch.nn.Module, bank, channels: torch.Tensor | None = N
     for i in range(0, len(bank), 16):
         f, y, x = bank.rows(slice(i, i + 16), channels)
         pred = head.to_pixels(head(f), y.shape[-2:], x).argmax(1)
-        cm += confusion_matrix(y.numpy().astype(np.uint8), pred.numpy().astype(np.uint8), k, IGNORE)
+        cm += confusion_matrix(y.numpy(), pred.numpy(), k, IGNORE)
     scores = confusion_scores(cm)
     return {key: scores[key] for key in ("accuracy", "mean_dice", "mean_iou")}
 
