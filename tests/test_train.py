@@ -12,7 +12,8 @@ from PIL import Image
 
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel
-from pathseg.train.nuclei import TrainConfig, train_nuclei
+from pathseg.train.data import load_samples
+from pathseg.train.nuclei import TrainConfig, split_validation, train_nuclei
 from tests.conftest import REPO, load_tool, synthetic_nuclei
 
 
@@ -115,6 +116,31 @@ def test_class_training_adds_a_class_decoder(data, tmp_path):
     assert model.semantic is not None and [c["name"] for c in model.class_names] == ["background", "tumour", "immune"]
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert all("classes" in r and np.isfinite(r["classes"]) for r in history)
+
+
+def test_class_training_with_mix_data_keeps_both_splits(data, tmp_path):
+    _add_types(data)
+    mix = tmp_path / "mix"
+    (mix / "images").mkdir(parents=True)
+    (mix / "instance_masks").mkdir()
+    for i in range(4):  # instance masks only: no type_masks/ beside them
+        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=10 + i)
+        Image.fromarray(rgb).save(mix / "images" / f"m{i}.png")
+        Image.fromarray(lab.astype(np.uint16)).save(mix / "instance_masks" / f"m{i}.png")
+    out, logs = tmp_path / "joint", []
+    cfg = small_config(data, out, task="classes", mix=[str(mix)], iterations=3, val_every=3)
+    best = train_nuclei(cfg, log=logs.append)
+    # each dataset is split as it would be alone, and the best model is chosen by class Dice + the mix's mSA
+    _, alone = split_validation(load_samples([str(mix)], 0.25, 0.5), 0.25, 0)
+    assert f"--mix: 3 training and 1 validation images without classes ({alone[0].name})" in logs
+    assert best["joint"] == pytest.approx(best["class_dice"] + best["msa_mix"])
+    model = SamNucleusModel.from_pretrained(out / "best")
+    assert [c["name"] for c in model.class_names] == ["background", "tumour", "immune"]  # no class for the mix
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["classes"]) and np.isfinite(r["loss"]) for r in history)
+    with pytest.raises(PathsegError, match="--mix"):
+        bad = dict(task="classes", decoder_only=True, init=str(out / "best"), mix=[str(mix)])
+        train_nuclei(small_config(data, tmp_path / "x", **bad), log=lambda *a: None)
 
 
 def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp_path):

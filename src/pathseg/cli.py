@@ -423,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a named class set: pannuke (5 classes, PathoSAM's order) or consep (4, HoVer-Net's grouping); "
         "default: the classes the type masks hold, named by a classes.csv",
     )
+    tc.add_argument(
+        "--mix",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="folders of images + instance masks without type masks (e.g. MoNuSeg), trained beside --data by the "
+        "automatic and prompt losses only, so that the whole model keeps what it does on them; each dataset keeps "
+        "the validation split it would have alone, and the best model is the one with the best class Dice + "
+        "validation mSA of these folders (not with --decoder-only)",
+    )
     tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
     tr = tsub.add_parser(
         "nuclei-refiner",
@@ -757,6 +767,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         task=getattr(args, "task_kind", "nuclei"),
         decoder_only=getattr(args, "decoder_only", False),
         class_preset=getattr(args, "preset", None),
+        mix=[str(d) for d in getattr(args, "mix", [])],
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))

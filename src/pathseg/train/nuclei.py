@@ -65,7 +65,16 @@ class TrainConfig:
     #: task "classes" only: a named class set (``pannuke``, ``consep``) fixing the number, names and colours of the
     #: classes (type masks hold its ids); default: as many classes as the data holds, names from a classes.csv
     class_preset: str | None = None
+    #: task "classes", whole model only: folders of image + instance-mask pairs without class masks, trained beside
+    #: ``data`` by the AIS and prompt losses (the class loss ignores their pixels), so that a class run keeps what
+    #: the model does on them. Each dataset keeps the validation split it would have alone; the best checkpoint is
+    #: the one with the best class Dice + the mix's validation mSA (``joint``)
+    mix: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+
+
+#: the class id of pixels the class loss ignores (the ``mix`` data's)
+NO_CLASS = 255
 
 
 def split_validation(
@@ -156,7 +165,7 @@ def _trained_decoder(cfg: TrainConfig) -> str | None:
 def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConfig) -> torch.Tensor:
     """Give the model a semantic decoder sized to the data's classes (if it has none) and return inverse-frequency
     class weights (normalised to mean 1) from the training type masks."""
-    n_classes = int(max(int(s.types.max()) for s in train)) + 1
+    n_classes = int(max(int(s.types[s.types != NO_CLASS].max(initial=0)) for s in train)) + 1
     preset = None
     if cfg.class_preset:
         from pathseg.models.nucleus_sam import CLASS_PRESETS
@@ -191,7 +200,7 @@ def _prepare_classes(model: SamNucleusModel, train: list[Sample], cfg: TrainConf
     )
     counts = np.zeros(model.semantic.out_channels)
     for s in train:
-        counts += np.bincount(s.types.ravel(), minlength=counts.size)[: counts.size]
+        counts += np.bincount(s.types[s.types != NO_CLASS], minlength=counts.size)[: counts.size]
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
     weights = weights / weights[counts > 0].mean()
     return torch.tensor(weights, dtype=torch.float32)
@@ -285,7 +294,10 @@ class _TrainStep(torch.nn.Module):
         else:
             loss, parts = ais_loss(pred.float(), y)
         if sem is not None:
-            l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights)
+            if (types != NO_CLASS).any():
+                l_cls = F.cross_entropy(sem.float(), types, weight=self.class_weights, ignore_index=NO_CLASS)
+            else:  # a batch of --mix crops only: no class pixels (kept in the graph for DistributedDataParallel)
+                l_cls = sem.float().sum() * 0.0
             loss = loss + l_cls
             parts["classes"] = float(l_cls.detach())
         if self.cfg.prompt_weight > 0 and self.decoder in (None, "mask"):
@@ -328,6 +340,17 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     samples = load_samples(cfg.data, cfg.mpp_in, cfg.model_mpp, with_types=cfg.task == "classes")
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
+    mix_val: list[Sample] = []
+    if cfg.mix:
+        if cfg.task != "classes" or cfg.decoder_only:
+            raise PathsegError("--mix joins data without classes to a class run of the whole model (no --decoder-only)")
+        mixed = load_samples(cfg.mix, cfg.mpp_in, cfg.model_mpp)
+        for s in mixed:
+            s.types = np.full(s.labels.shape, NO_CLASS, dtype=np.int32)
+        mix_train, mix_val = split_validation(mixed, cfg.val_fraction, cfg.seed, source_groups(cfg.mix))
+        names = ", ".join(s.name for s in mix_val)
+        log(f"--mix: {len(mix_train)} training and {len(mix_val)} validation images without classes ({names})")
+        train = train + mix_train
     if cfg.init:  # fine-tune: a pathseg model folder, a checkpoint file, or a zoo name (e.g. pathosam_vit_b)
         from pathseg.models.zoo import get_nucleus_model
 
@@ -365,7 +388,11 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         params = [p for n, p in model.named_parameters() if not n.startswith("semantic.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    key = "class_dice" if cfg.task == "classes" else "msa_prompts" if trained == "mask" else "msa"  # selects the best
+    # the validation score that selects the best checkpoint
+    if cfg.mix:
+        key = "joint"
+    else:
+        key = "class_dice" if cfg.task == "classes" else "msa_prompts" if trained == "mask" else "msa"
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
     resumed = resume(ckpt_path, model, "model", opt, sched)
@@ -412,6 +439,9 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                 scores = evaluate(model, val, cfg.model_mpp)
             if cfg.task == "classes":
                 scores.update(evaluate_classes(model, val, cfg.model_mpp))
+            if mix_val:
+                scores["msa_mix"] = evaluate(model, mix_val, cfg.model_mpp)["msa"]
+                scores["joint"] = scores["class_dice"] + scores["msa_mix"]
             record["val"] = scores
             if scores[key] > best.get(key, -1.0):
                 best = {**scores, "iteration": step}
