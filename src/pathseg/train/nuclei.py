@@ -323,6 +323,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     on its own random crops; rank 0 validates and writes checkpoints.
     """
     trained = _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
+    if cfg.mix and (cfg.task != "classes" or cfg.decoder_only):  # likewise a --mix that does not fit
+        raise PathsegError("--mix joins data without classes to a class run of the whole model (no --decoder-only)")
     rank, world = _distributed()
     if rank != 0:
         progress, log = None, (lambda *a, **k: None)
@@ -342,8 +344,6 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
     mix_val: list[Sample] = []
     if cfg.mix:
-        if cfg.task != "classes" or cfg.decoder_only:
-            raise PathsegError("--mix joins data without classes to a class run of the whole model (no --decoder-only)")
         mixed = load_samples(cfg.mix, cfg.mpp_in, cfg.model_mpp)
         for s in mixed:
             s.types = np.full(s.labels.shape, NO_CLASS, dtype=np.int32)
