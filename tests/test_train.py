@@ -50,10 +50,13 @@ def test_resumable_run(data, tmp_path):
     best = train_nuclei(cfg, log=lambda *a: None)
     assert set(best) >= {"msa", "aji", "pq", "iteration"}
     assert (out / "checkpoint.pt").is_file() and (out / "best" / "model.safetensors").is_file()
+    # a run stopped after logging a step past its last checkpoint, mid-way through writing the next line
+    with open(out / "history.jsonl", "a") as f:
+        f.write('{"iteration": 3, "loss": 1e9}\n{"iterat')
     cfg.iterations = 3
     train_nuclei(cfg, log=lambda *a: None)
     lines = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in lines] == [1, 2, 3]  # resumed at 2, not restarted
+    assert [r["iteration"] for r in lines] == [1, 2, 3]  # resumed at 2, not restarted; the stale step 3 is gone
     assert all(np.isfinite(r["loss"]) and "prompt" in r for r in lines)
     assert SamNucleusModel.from_pretrained(out / "best").name == "pathseg_nuclei_cpu"
 

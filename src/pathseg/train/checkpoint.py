@@ -1,5 +1,6 @@
 """Resumable training checkpoints shared by the nucleus and refiner trainers: the trained module, optimiser,
-schedule, iteration and best validation scores in one file, written atomically, read with ``weights_only``."""
+schedule, iteration and best validation scores in one file, written atomically, read with ``weights_only``; and the
+trim of a resumed run's ``history.jsonl`` (the tissue trainer's too)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,30 @@ def save_checkpoint(path: Path, module: torch.nn.Module, key: str, opt, sched, s
 
 
 def resume(path: Path, module: torch.nn.Module, key: str, opt, sched) -> tuple[int, dict] | None:
-    """Restore a checkpoint written by :func:`save_checkpoint`; (iteration, best scores), or None if there is none."""
+    """Restore a checkpoint written by :func:`save_checkpoint`; (iteration, best scores), or None if there is none.
+    The ``history.jsonl`` beside it is cut back to that iteration (see :func:`trim_history`)."""
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state[key])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    trim_history(path.parent / "history.jsonl", int(state["iteration"]))
     return int(state["iteration"]), json.loads(state["best"])
+
+
+def trim_history(path: Path, iteration: int) -> None:
+    """Keep the records of a run's ``history.jsonl`` up to ``iteration``, the checkpoint a run resumes from: a run
+    stopped between checkpoints logged steps it repeats on resume, and a line cut short by the stop is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(record.get("iteration", 0)) <= iteration:
+            kept.append(line)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(f"{line}\n" for line in kept))

@@ -24,6 +24,7 @@ from pathseg.tissue.classes import IGNORE, load_class_map
 from pathseg.tissue.data import TissueCrops, TissueSample, load_tissue_samples
 from pathseg.tissue.head import SegHead
 from pathseg.tissue.model import TissueModel
+from pathseg.train.checkpoint import trim_history
 
 
 @dataclass
@@ -163,6 +164,7 @@ def train_tissue(cfg: TissueTrainConfig, progress: ProgressCallback | None = Non
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, best = int(state["iteration"]), json.loads(state["best"])
+        trim_history(out / "history.jsonl", start)
         log(f"resumed from {ckpt} at iteration {start} (best validation mIoU {best['mean_iou']:.4f})")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     bank = val_bank = None
