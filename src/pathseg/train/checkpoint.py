@@ -1,6 +1,6 @@
 """Resumable training checkpoints shared by the nucleus and refiner trainers: the trained module, optimiser,
 schedule, iteration and best validation scores in one file, written atomically, read with ``weights_only``; and the
-trim of a resumed run's ``history.jsonl`` (the tissue trainer's too)."""
+trim of a resumed run's ``history.jsonl`` (every trainer's, done by the process that writes it)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,13 @@ def save_checkpoint(path: Path, module: torch.nn.Module, key: str, opt, sched, s
 
 
 def resume(path: Path, module: torch.nn.Module, key: str, opt, sched) -> tuple[int, dict] | None:
-    """Restore a checkpoint written by :func:`save_checkpoint`; (iteration, best scores), or None if there is none.
-    The ``history.jsonl`` beside it is cut back to that iteration (see :func:`trim_history`)."""
+    """Restore a checkpoint written by :func:`save_checkpoint`; (iteration, best scores), or None if there is none."""
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state[key])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    trim_history(path.parent / "history.jsonl", int(state["iteration"]))
     return int(state["iteration"]), json.loads(state["best"])
 
 

@@ -21,7 +21,7 @@ from pathseg.errors import PathsegError
 from pathseg.metrics import instance_scores
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.progress import ProgressCallback
-from pathseg.train.checkpoint import resume, save_checkpoint
+from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, Sample, load_samples
 from pathseg.train.losses import ais_loss
 from pathseg.train.prompts import prompt_loss
@@ -398,6 +398,8 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     resumed = resume(ckpt_path, model, "model", opt, sched)
     if resumed:
         start, best = resumed
+        if rank == 0:  # the one process that writes the history
+            trim_history(out / "history.jsonl", start)
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     # fresh crops for a resumed run and for every replica
     sampler = CropSampler(train, cfg.crop, seed=cfg.seed + start + 100_003 * rank)

@@ -23,7 +23,7 @@ from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
 from pathseg.models.refine import guide_image, prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
-from pathseg.train.checkpoint import resume, save_checkpoint
+from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
 from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, source_groups, split_validation
 from pathseg.train.prompts import _random_point, first_prompts, sample_objects
@@ -159,6 +159,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     resumed = resume(ckpt_path, model.refiner, "refiner", opt, sched)
     if resumed:
         start, best = resumed
+        trim_history(out / "history.jsonl", start)
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     elif fine_tune and val:  # the refiner to beat is init's own: best starts as it, so a worse run ships nothing new
         best = {**evaluate_prompts(model, val), "iteration": 0}
