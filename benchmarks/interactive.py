@@ -25,8 +25,7 @@ and whether a box prompt takes the automatic segmentation's nucleus whose boundi
         --model src/pathseg/weights/pathseg_nuclei_cpu --box-from-ais 0 0.8 0.85 0.9 [--write]
 
 and whether a box takes the candidate (the decoder's 3, the AIS nucleus) whose bounding box fits it best
-(``box_fit``): ``--box-fit 0 1``; and over how many mirrored views a first prompt's logits are averaged
-(``prompt_tta``): ``--prompt-tta 1 2 4``.
+(``box_fit``): ``--box-fit 0 1``.
 """
 
 from __future__ import annotations
@@ -142,19 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         "box_fit)",
     )
     ap.add_argument(
-        "--prompt-tta",
-        type=int,
-        nargs="+",
-        choices=[1, 2, 4],
-        default=None,
-        help="mirrored views a first prompt's logits are averaged over, to compare (default: the model's prompt_tta)",
-    )
-    ap.add_argument(
         "--write",
         action="store_true",
-        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit / --prompt-tta: "
-        "store the best (mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais, box_fit "
-        "and prompt_tta",
+        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit: store the best "
+        "(mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais and box_fit",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
@@ -179,18 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt_iou or [model.prompt_iou],
         args.box_from_ais or [model.box_from_ais],
         args.box_fit or [model.box_fit],
-        args.prompt_tta or [model.prompt_tta],
     )
-    for prompt_mpp, prompt_iou, box_from_ais, box_fit, prompt_tta in settings:
+    for prompt_mpp, prompt_iou, box_from_ais, box_fit in settings:
         box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
-        chosen = dict(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit)
-        model.config.update(chosen, prompt_tta=prompt_tta)
+        model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit)
         rows = score(model, images, args, kinds)
         mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
-        setting = (
-            f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}"
-            + (", best-fitting box candidate" if box_fit else "")
-            + (f", {prompt_tta} mirrored views" if prompt_tta > 1 else "")
+        setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
+            ", best-fitting box candidate" if box_fit else ""
         )
         threads = torch.get_num_threads()
         print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}, {threads} threads")
@@ -200,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_iou": prompt_iou,
             "box_from_ais": box_from_ais,
             "box_fit": box_fit,
-            "prompt_tta": prompt_tta,
             "images": rows,
             "mean": mean,
         }
@@ -222,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit", "prompt_tta")}
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit")}
         print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 

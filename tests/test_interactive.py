@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy.ndimage import find_objects
 
-from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.nuclei.interactive import Predictor
 from tests.conftest import synthetic_nuclei
@@ -262,39 +261,3 @@ def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
     both.set_image(rgb, mpp=0.5)
     assert np.array_equal(both.predict(box=box, multimask=False).masks[0], gt == lab)
     assert both.predict(box=box).masks.shape[0] == 3  # several candidates asked for: the decoder's, untouched
-
-
-@pytest.mark.parametrize("views", [2, 4])
-def test_mirrored_views_make_prompts_mirror_equivariant(model, views):
-    """Averaged over its mirrored views, a prompt on a mirrored image gives the mirrored masks: the views' prompts
-    and logits are mirrored consistently (a random network alone is far from equivariant)."""
-    rgb, _ = synthetic_nuclei((128, 128), n=6, radius=10, seed=11)
-    box = np.array([30.0, 20.0, 61.0, 47.0])
-    point = np.array([[44.5, 33.5]])
-    mirrors = [(1,), (0,)] if views == 4 else [(1,)]
-
-    def answer(image, tta, b, pt):
-        p = Predictor(model, box_from_ais=None, box_fit=False, prompt_tta=tta)
-        p.set_image(np.ascontiguousarray(image), mpp=0.5)
-        return p.predict(box=b, multimask=True).masks, p.predict(points=pt, labels=np.array([1])).masks
-
-    plain = answer(rgb, 1, box, point)
-    averaged = answer(rgb, views, box, point)
-    assert not all(np.array_equal(a, b) for a, b in zip(plain, averaged, strict=True))  # the views change masks
-    for axes in mirrors:
-        fb, fp = box.copy(), point.copy()
-        if 1 in axes:
-            fb[[0, 2]], fp[:, 0] = 128 - box[[2, 0]], 128 - point[:, 0]
-        if 0 in axes:
-            fb[[1, 3]], fp[:, 1] = 128 - box[[3, 1]], 128 - point[:, 1]
-        mirrored = answer(np.flip(rgb, axes), views, fb, fp)
-        for got, ref in zip(mirrored, averaged, strict=True):
-            back = np.flip(got, tuple(a + 1 for a in axes))
-            assert back.shape == ref.shape and (back != ref).mean() < 1e-3  # float sums in another order
-    p = Predictor(model, prompt_tta=views)
-    p.set_image(rgb, mpp=0.5)
-    first = p.predict(points=point, labels=np.array([1]))
-    again = p.predict(points=point, labels=np.array([1]), mask_input=first.mask_prompt(0))  # unmirrored view only
-    assert again.masks.shape == (3, 128, 128) and first.embed_window == (0, 0, 128, 128)
-    with pytest.raises(PathsegError, match="prompt_tta"):
-        Predictor(model, prompt_tta=3)

@@ -42,8 +42,8 @@ CONSEP_CLASSES = [
     {"name": "epithelial", "color": [255, 0, 0]},
     {"name": "spindle-shaped", "color": [0, 0, 255]},
 ]
-#: the image axes (y = 0, x = 1) mirrored in each test-time view (``ais_tta``, ``prompt_tta``), by view count
-MIRROR_VIEWS: dict[int, list[tuple[int, ...]]] = {1: [()], 2: [(), (1,)], 4: [(), (1,), (0,), (0, 1)]}
+#: the image axes (y = 0, x = 1) mirrored in each view of :attr:`SamNucleusModel.ais_tta`, by view count
+_FLIPS: dict[int, list[tuple[int, ...]]] = {1: [()], 2: [(), (1,)], 4: [(), (1,), (0,), (0, 1)]}
 
 #: Named nucleus class sets for ``pathseg train nuclei-classes --preset``.
 CLASS_PRESETS = {"pannuke": PANNUKE_CLASSES, "consep": CONSEP_CLASSES}
@@ -229,20 +229,8 @@ class SamNucleusModel(nn.Module):
         mirror) or 4 (+ the upside-down and both mirrors); each view costs one network pass. Picked with its
         thresholds on the validation split by ``benchmarks/tune_ais.py --ais-tta``."""
         views = self.config.get("ais_tta", 1)
-        if views not in MIRROR_VIEWS:
+        if views not in _FLIPS:
             raise PathsegError(f"model {self.name!r}: ais_tta must be 1, 2 or 4, got {views!r}")
-        return views
-
-    @property
-    def prompt_tta(self) -> int:
-        """Views a prompt's mask logits are averaged over (config ``prompt_tta``): 1 (default: none), 2 (+ the
-        left-right mirror) or 4 (+ the upside-down and both mirrors); each view is one more embedding per image and
-        one more decoder (and refiner) pass per prompt. First prompts only: a corrective prompt that feeds back a
-        mask stays in the unmirrored view. Picked on the validation split by ``benchmarks/interactive.py
-        --prompt-tta``."""
-        views = self.config.get("prompt_tta", 1)
-        if views not in MIRROR_VIEWS:
-            raise PathsegError(f"model {self.name!r}: prompt_tta must be 1, 2 or 4, got {views!r}")
         return views
 
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
@@ -250,9 +238,7 @@ class SamNucleusModel(nn.Module):
         :attr:`ais_tta` mirrored views (the maps are scalar fields, so a mirrored view's maps mirror back)."""
         if self.ais is None:
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
-        views = [
-            np.flip(self._maps_once(np.flip(rgb, ax)), tuple(a + 1 for a in ax)) for ax in MIRROR_VIEWS[self.ais_tta]
-        ]
+        views = [np.flip(self._maps_once(np.flip(rgb, ax)), tuple(a + 1 for a in ax)) for ax in _FLIPS[self.ais_tta]]
         return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
 
     @torch.inference_mode()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import pathseg
 from pathseg.errors import PathsegError
-from pathseg.models.nucleus_sam import MIRROR_VIEWS, SamNucleusModel
+from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.nuclei.boxes import box_iou, box_pixels, mask_box, matching_nucleus
 from pathseg.resize import resize_rgb, scaled_size
 from pathseg.tiling import Tile, tile_grid
@@ -117,11 +117,7 @@ class Predictor:
     (the outer ``ais_halo`` px on each side are context only; defaults 2048 and 128), at the first box in that
     region: an image that fits in one region is segmented whole, a large one only where boxes are. With ``box_fit``
     (default ``"model"``: the model's :attr:`~SamNucleusModel.box_fit`), a single-mask box prompt takes, among the
-    decoder's 3 candidates and that nucleus, the mask whose bounding box best fits the box. With ``prompt_tta``
-    (default ``"model"``: the model's :attr:`~SamNucleusModel.prompt_tta`; 1, 2 or 4) a first prompt is also
-    answered on mirrored copies of the image, and the candidates' logits (and predicted IoUs) are mirrored back and
-    averaged; a corrective prompt that feeds back a mask stays in the unmirrored view. The embedding cache holds
-    the unmirrored view only.
+    decoder's 3 candidates and that nucleus, the mask whose bounding box best fits the box.
     """
 
     def __init__(
@@ -133,7 +129,6 @@ class Predictor:
         box_fit: bool | str = "model",
         ais_region: int = 2048,
         ais_halo: int = 128,
-        prompt_tta: int | str = "model",
     ) -> None:
         self.model = model.eval()
         self.box_margin = box_margin
@@ -152,11 +147,6 @@ class Predictor:
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
         self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
         self.box_fit = model.box_fit if box_fit == "model" else bool(box_fit)
-        self.prompt_tta = model.prompt_tta if prompt_tta == "model" else prompt_tta
-        if self.prompt_tta not in MIRROR_VIEWS:
-            raise PathsegError(f"prompt_tta must be 1, 2 or 4 views, or 'model', got {prompt_tta!r}")
-        #: (mirrored axes, a predictor on the image mirrored so) for each view beyond the first
-        self._views: list[tuple[tuple[int, ...], Predictor]] = []
         if not 0 <= ais_halo < ais_region / 2:
             raise PathsegError(f"ais_halo must be >= 0 and under half of ais_region, got {ais_halo} and {ais_region}")
         self.ais_region, self.ais_halo = int(ais_region), int(ais_halo)
@@ -209,12 +199,6 @@ class Predictor:
         )
         self._work = work
         self._extra.clear()
-        self._views = [
-            (axes, Predictor(self.model, halo=self.halo, box_from_ais=None, box_fit=False, prompt_tta=1))
-            for axes in MIRROR_VIEWS[self.prompt_tta][1:]
-        ]
-        for axes, view in self._views:
-            view.set_image(np.ascontiguousarray(np.flip(rgb, axes)), mpp)
         if cache is not None:
             sig = self.signature(rgb, mpp)
             if self._load(Path(cache), sig):
@@ -278,61 +262,23 @@ class Predictor:
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
         box_alone = box is not None and points is None and mask_input is None and not multimask
         multimask = multimask or (box_alone and self.box_fit)  # candidates to fit to the box
-        pred = self._predict_work(pts, lbl, bx, mask_input, multimask)
-        embed_window = pred[3]
-        if self._views and mask_input is None:
-            pred = self._mirror_mean(pred, pts, lbl, bx, multimask)
-        out = self._to_image(*pred, embed_window=embed_window)
+        if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
+            window, logits = mask_input.window, mask_input.logits
+            pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, logits, multimask)
+        else:
+            tile = self._tile_for(self._centre(pts, lbl, bx))
+            i = self.tiles.index(tile)
+            pred = self._predict_in(tile.outer, self.embeddings[i], self.guides[i], pts, lbl, bx, mask_input, multimask)
+            best = int(np.argmax(pred[1]))
+            if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
+                window = self._window_around(pred[0][best] > 0, tile.outer)
+                pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
+        out = self._to_image(*pred)
         if box is not None and self.box_margin is not None:
             out.bound(np.asarray(box, dtype=np.float64).reshape(4), self.box_margin)
         if box_alone:
             self._choose_for_box(out, np.asarray(box, dtype=np.float64).reshape(4))
         return out
-
-    def _predict_work(self, pts, lbl, bx, mask_input, multimask):
-        """Logits (K, h, w), IoU (K,), low-res logits and window (y0, x0, y1, x1) of a prompt in work pixels."""
-        if isinstance(mask_input, MaskPrompt):  # stay in the window the earlier logits belong to
-            window, logits = mask_input.window, mask_input.logits
-            return self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, logits, multimask)
-        tile = self._tile_for(self._centre(pts, lbl, bx))
-        i = self.tiles.index(tile)
-        pred = self._predict_in(tile.outer, self.embeddings[i], self.guides[i], pts, lbl, bx, mask_input, multimask)
-        best = int(np.argmax(pred[1]))
-        if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
-            window = self._window_around(pred[0][best] > 0, tile.outer)
-            pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
-        return pred
-
-    def _mirror_mean(self, pred, pts, lbl, bx, multimask):
-        """``pred`` (:meth:`_predict_work`) averaged with the same prompt answered in each mirrored view: logits
-        and IoUs mirrored back and averaged over the part of the work image every view's window covers. The
-        low-res logits stay the unmirrored view's."""
-        h, w = self._work.shape[:2]
-        logits, iou, low, window = pred
-        views = [(logits, window)]
-        ious = [iou]
-        for axes, view in self._views:
-            fp = None if pts is None else np.where([1 in axes, 0 in axes], [w, h] - pts, pts)
-            fb = None
-            if bx is not None:
-                fb = bx.copy()
-                if 1 in axes:
-                    fb[[0, 2]] = w - bx[[2, 0]]
-                if 0 in axes:
-                    fb[[1, 3]] = h - bx[[3, 1]]
-            v_logits, v_iou, _, (y0, x0, y1, x1) = view._predict_work(fp, lbl, fb, None, multimask)
-            if 1 in axes:
-                x0, x1 = w - x1, w - x0
-            if 0 in axes:
-                y0, y1 = h - y1, h - y0
-            views.append((np.flip(v_logits, tuple(a + 1 for a in axes)), (y0, x0, y1, x1)))
-            ious.append(v_iou)
-        y0, x0 = max(v[1][0] for v in views), max(v[1][1] for v in views)
-        y1, x1 = min(v[1][2] for v in views), min(v[1][3] for v in views)
-        if y1 <= y0 or x1 <= x0:  # no common part (cannot happen for prompts inside the image): first view only
-            return pred
-        parts = [lg[:, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] for lg, (wy0, wx0, _, _) in views]
-        return np.mean(parts, axis=0, dtype=np.float32), np.mean(ious, axis=0), low, (y0, x0, y1, x1)
 
     def _choose_for_box(self, out: Prediction, box: np.ndarray) -> None:
         """Leave one mask in ``out`` for a box alone: with ``box_fit`` the candidate (decoder's or AIS nucleus)
@@ -482,10 +428,9 @@ class Predictor:
         x0 = int(np.clip(round(cx - size / 2), 0, max(W - size, 0)))
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
-    def _to_image(self, logits, iou, low, box_yx, embed_window=None) -> Prediction:
-        """Masks from ``logits`` (K, h, w; > 0 inside, or bool masks) in work pixels to image pixels.
-        ``embed_window``: the window whose embedding produced ``low`` (default ``box_yx``)."""
-        embed_window = tuple(int(v) for v in (box_yx if embed_window is None else embed_window))
+    def _to_image(self, logits, iou, low, box_yx) -> Prediction:
+        """Masks from ``logits`` (K, h, w; > 0 inside, or bool masks) in work pixels to image pixels."""
+        embed_window = tuple(int(v) for v in box_yx)
         h, w = self.image.shape[:2]
         if logits.dtype == bool:
             logits = np.where(logits, 1.0, -1.0).astype(np.float32)
