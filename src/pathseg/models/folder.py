@@ -5,6 +5,10 @@ state (an add-on part, e.g. a mask refiner, shipped without rewriting the main f
 files replace tensors the main file already has, with the same shapes (a retrained part, e.g. the AIS decoder,
 shipped without a second copy of the whole model in git history).
 
+A floating tensor may be stored as int8 rows: the tensor under its own key as int8 and, under ``<key>.int8_scale``,
+one float32 scale per row (first dimension); reading gives back ``int8 * scale`` in float32
+(:func:`quantize_rows`). The bundled nucleus model stores its largest prompt-path matrices so.
+
 Every saveable pathseg model (nucleus, diffusion backbone, tissue) reads and writes it through these helpers.
 """
 
@@ -20,6 +24,29 @@ from pathseg.errors import PathsegError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: key suffix of the per-row scales of a tensor stored as int8
+INT8_SCALE = ".int8_scale"
+
+
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row (first dimension) of a floating tensor: ``(q, scale)`` with ``q * scale`` within half
+    a step (``max |row| / 254``) of each value; an all-zero row gets scale 1."""
+    flat = t.detach().float().reshape(t.shape[0], -1)
+    scale = flat.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def dequantize(state: dict[str, torch.Tensor], where: str = "") -> dict[str, torch.Tensor]:
+    """``state`` with each int8 tensor that has a ``<key>.int8_scale`` replaced by float32 ``q * scale``."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE)}
+    for key in (k[: -len(INT8_SCALE)] for k in state if k.endswith(INT8_SCALE)):
+        q, scale = out.get(key), state[key + INT8_SCALE]
+        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise PathsegError(f"{where}: {key + INT8_SCALE!r} is no per-row scale of an int8 tensor {key!r}")
+        out[key] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
+    return out
 
 
 def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
@@ -72,16 +99,17 @@ def update_config(folder: str | os.PathLike, entries: dict, what: str = "model")
 
 
 def read_folder(folder: str | os.PathLike, what: str = "model") -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config, state) of a model folder; floating tensors come back as float32 (weights may be stored in fp16)."""
+    """(config, state) of a model folder; floating tensors come back as float32 (weights may be stored in fp16 or as
+    int8 rows)."""
     from pathseg.models.sam.checkpoint import read_state
 
     config = read_config(folder, what)
-    state = read_state(Path(folder) / WEIGHTS_NAME)
+    state = dequantize(read_state(Path(folder) / WEIGHTS_NAME), f"{folder}/{WEIGHTS_NAME}")
     for entry in ("extra_weights", "replace_weights"):
         for name in config.get(entry, []):
             if Path(name).name != name or not name.endswith(".safetensors"):
                 raise PathsegError(f"{folder}: {entry} entry {name!r} must be a .safetensors file in the folder")
-            part = read_state(Path(folder) / name)
+            part = dequantize(read_state(Path(folder) / name), f"{folder}/{name}")
             if entry == "extra_weights":  # add-on parts shipped beside the main file: new keys only
                 clash = sorted(set(part) & set(state))
                 if clash:
