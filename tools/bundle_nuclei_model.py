@@ -21,7 +21,8 @@ the main file) and removes them, so the package ships one copy of each tensor (t
 
 ``--int8 KEY_PART...`` rewrites the main file with every floating matrix whose key contains one of the parts stored
 as int8 rows (one float32 scale per row, ``pathseg.models.folder.quantize_rows``), e.g. ``--int8 mlp.lin`` for the
-mask decoder's transformer MLPs (2.1 M of the model's 10.2 M weights, used by prompts only).
+mask decoder's transformer MLPs (2.1 M of the model's 10.2 M weights, used by prompts only). Run it last: ``--nuclei``
+writes every tensor as float16 again (``--add-refiner``, ``--replace-*`` and ``--fold`` keep the int8 rows).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def store_int8(folder: Path, parts: list[str]) -> int:
     rows; prints what changed and the folder's size."""
     from safetensors.torch import load_file
 
-    from pathseg.models.folder import INT8_SCALE, WEIGHTS_NAME, quantize_rows, write_weights
+    from pathseg.models.folder import INT8_SCALE, WEIGHTS_NAME, dequantize, quantize_rows, write_weights
 
     state = load_file(str(folder / WEIGHTS_NAME))
     chosen = [k for k, v in state.items() if v.is_floating_point() and v.ndim >= 2 and any(p in k for p in parts)]
@@ -192,7 +193,7 @@ def store_int8(folder: Path, parts: list[str]) -> int:
         raise SystemExit(f"{folder}: no floating matrix has a key containing {parts}")
     for k in chosen:
         q, scale = quantize_rows(state[k])
-        err = (q.float() * scale.reshape(-1, *([1] * (q.ndim - 1))) - state[k].float()).abs().max().item()
+        err = (dequantize({k: q, k + INT8_SCALE: scale})[k] - state[k].float()).abs().max().item()
         top = state[k].abs().max().item()
         print(f"{k}: {tuple(q.shape)} as int8 rows, max |change| {err:.2e} (largest |value| {top:.3f})")
         state[k], state[k + INT8_SCALE] = q, scale
