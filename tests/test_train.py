@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pathseg.errors import PathsegError
@@ -242,3 +243,15 @@ def test_validation_split_keeps_source_images_together():
     val_sources = {groups[s.name] for s in val}
     assert len(val_sources) == 1 and len(val) == 4
     assert not val_sources & {groups[s.name] for s in train}
+
+
+def test_freeze_bn_keeps_the_running_statistics_while_weights_train(data, tmp_path):
+    train_nuclei(small_config(data, tmp_path / "a"), log=lambda *a: None)
+    a = SamNucleusModel.from_pretrained(tmp_path / "a" / "best").state_dict()
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert stats and any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in stats if "mean" in k)  # they move
+    frozen = small_config(data, tmp_path / "b", init=str(tmp_path / "a" / "best"), freeze_bn=True)
+    train_nuclei(frozen, log=lambda *a: None)
+    b = SamNucleusModel.from_pretrained(tmp_path / "b" / "best").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in stats)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))

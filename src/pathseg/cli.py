@@ -389,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
     t.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep every BatchNorm layer's running statistics as --init has them (eval mode) while the weights "
+        "train: for fine-tuning a model whose statistics small, mixed batches would otherwise move",
+    )
+    t.add_argument(
         "--decoder-only",
         nargs="?",
         const=True,
@@ -764,6 +770,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         device=args.device,
         check_sync=args.check_sync,
         prompt_weight=args.prompt_weight,
+        freeze_bn=args.freeze_bn,
         task=getattr(args, "task_kind", "nuclei"),
         decoder_only=getattr(args, "decoder_only", False),
         class_preset=getattr(args, "preset", None),

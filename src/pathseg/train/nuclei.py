@@ -70,6 +70,8 @@ class TrainConfig:
     #: the model does on them. Each dataset keeps the validation split it would have alone; the best checkpoint is
     #: the one with the best class Dice + the mix's validation mSA (``joint``)
     mix: list[str] = field(default_factory=list)
+    #: BatchNorm layers stay in eval mode: their running statistics stay as ``init`` has them (weights still train)
+    freeze_bn: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -422,6 +424,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         model.train(trained is None)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
         for part in _DECODER_PARTS.get(trained, ()):
             model.get_submodule(part).train()
+        if cfg.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
