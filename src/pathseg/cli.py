@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-bn",
         action="store_true",
         help="keep every BatchNorm layer's running statistics as --init has them (eval mode) while the weights "
-        "train: for fine-tuning a model whose statistics small, mixed batches would otherwise move",
+        "train, so that small batches of mixed crops do not move them when fine-tuning",
     )
     t.add_argument(
         "--decoder-only",

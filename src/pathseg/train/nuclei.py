@@ -420,14 +420,15 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         net = DistributedDataParallel(net, find_unused_parameters=True)
     history = out / "history.jsonl"
     t0 = time.perf_counter()
+    # with freeze_bn: the BatchNorm layers put back into eval mode after every model.train()
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    frozen_bn = [m for m in model.modules() if isinstance(m, bn)] if cfg.freeze_bn else []
     for it in range(start, cfg.iterations):
         model.train(trained is None)  # frozen parts stay in eval mode: their BatchNorm statistics must not move
         for part in _DECODER_PARTS.get(trained, ()):
             model.get_submodule(part).train()
-        if cfg.freeze_bn:
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in frozen_bn:
+            m.eval()
         x, y, labels, types = sampler.batch(cfg.batch)
         x, y = x.to(device), y.to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
