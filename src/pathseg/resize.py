@@ -17,11 +17,15 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Integer label image -> ``size``, nearest neighbour (int32)."""
+    """Integer label image -> ``size``, nearest neighbour (int32), pixel centres aligned as in :func:`resize_rgb`.
+
+    (torch's plain ``nearest`` samples each output pixel at its top-left corner, which moves labels 0.25-0.5
+    output px down and right of the resized image.)
+    """
     if tuple(labels.shape) == tuple(size):
         return labels.astype(np.int32, copy=False)
     lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
-    return F.interpolate(lab, size, mode="nearest")[0, 0].numpy().astype(np.int32)
+    return F.interpolate(lab, size, mode="nearest-exact")[0, 0].numpy().astype(np.int32)
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
