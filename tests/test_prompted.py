@@ -53,3 +53,27 @@ def test_amg_and_apg_run_end_to_end():
     apg.initialize(rgb, 0.5)
     labels = apg.generate(center_distance_threshold=1.1, boundary_distance_threshold=1.1, foreground_threshold=-1)
     assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint32
+
+
+def test_apg_prompts_each_seed_once_in_image_pixels():
+    """With maps that hold the truth, APG prompts the predictor once inside every nucleus, in image pixels (the
+    image at 0.25 µm/px, the model at 0.5), and paints what the prompt path answers."""
+    from pathseg.nuclei.targets import distance_targets
+
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
+    rgb, gt = synthetic_nuclei((150, 180), n=6, radius=12, seed=3)
+    apg = AutomaticPromptGenerator(Predictor(model))
+    apg.initialize(rgb, 0.25)
+    assert apg.maps.shape[1:] == rgb.shape[:2] and apg.scale == 2.0
+    apg.maps = distance_targets(gt)  # foreground, centre and boundary distances of the truth, image pixels
+    asked = []
+    predict = apg.predictor.predict
+
+    def recording(**kw):
+        asked.append(kw["points"][0])
+        return predict(**kw)
+
+    apg.predictor.predict = recording
+    labels = apg.generate(distance_smoothing=0.0, min_size=0)
+    assert sorted(int(gt[int(y), int(x)]) for x, y in asked) == list(range(1, int(gt.max()) + 1))
+    assert labels.shape == rgb.shape[:2] and labels.max() <= gt.max()

@@ -401,6 +401,9 @@ class SamNucleusModel(nn.Module):
                 AutomaticMaskGenerator(Predictor(self)) if mode == "amg" else AutomaticPromptGenerator(Predictor(self))
             )
             gen.initialize(rgb, mpp, progress=progress)
+            if mode == "apg":  # seeds from the model's tuned AIS thresholds (its min_size is in model pixels)
+                seeds = {k: v for k, v in self.config.get("ais_params", {}).items() if k != "min_size"}
+                params = {**seeds, **params}
             return gen.generate(**params)
         if mode != "ais":
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")

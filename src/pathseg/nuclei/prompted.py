@@ -155,31 +155,34 @@ class AutomaticMaskGenerator:
 
 
 class AutomaticPromptGenerator:
-    """APG: one positive point at the centre of every AIS seed component, SAM masks, NMS, size filter.
+    """APG: one positive point at the centre of every AIS seed component, each answered by the predictor's whole
+    prompt path (the mask refiner included, objects across tile borders re-embedded), then NMS and a size filter.
 
-    Needs a model with an AIS decoder; ``generate`` derives the seeds with the given thresholds.
+    Needs a model with an AIS decoder. ``initialize`` computes the AIS maps once (network at the model's
+    ``ais_mpp``, maps in image pixels) and embeds the image for prompts; ``generate`` derives the seeds with the
+    given thresholds (σ in model pixels, as the automatic mode) and prompts at them.
     """
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.maps: np.ndarray | None = None
+        self.scale = 1.0
 
     def initialize(self, rgb: np.ndarray, mpp: float | None = None, progress: ProgressCallback | None = None) -> None:
         p = self.predictor
         p.set_image(rgb, mpp)
-        seg = p.model.segmenter()
-        seg.initialize(p._work, progress=progress)
-        self.maps = seg.maps
+        seg = p.model.initialized_segmenter(rgb, p.mpp, progress)
+        self.maps, self.scale = seg.maps, seg.scale
         self.shape = rgb.shape[:2]
 
     def seed_points(self, params: AISParams) -> np.ndarray:
-        """Centres (x, y) in work pixels of the seed components (inside their component)."""
+        """Centres (x, y) in image pixels of the seed components (inside their component)."""
         fg, center, boundary = self.maps
         if params.distance_smoothing > 0:
-            center = ndi.gaussian_filter(center, params.distance_smoothing)
-            boundary = ndi.gaussian_filter(boundary, params.distance_smoothing)
+            center = ndi.gaussian_filter(center, params.distance_smoothing * self.scale)
+            boundary = ndi.gaussian_filter(boundary, params.distance_smoothing * self.scale)
         if params.foreground_smoothing > 0:
-            fg = ndi.gaussian_filter(fg, params.foreground_smoothing)
+            fg = ndi.gaussian_filter(fg, params.foreground_smoothing * self.scale)
         seeds = (center < params.center_distance_threshold) & (boundary < params.boundary_distance_threshold)
         seeds &= fg > params.foreground_threshold
         comp, n = ndi.label(seeds)
@@ -199,18 +202,22 @@ class AutomaticPromptGenerator:
         return pts[:, ::-1]
 
     def generate(self, nms_thresh: float = 0.9, min_size: int = 25, **ais: float) -> np.ndarray:
+        """Labels (H, W) uint32: one mask per seed (``ais``: AIS thresholds), overlapping ones removed by box NMS
+        at ``nms_thresh``, objects under ``min_size`` image pixels dropped."""
         if self.maps is None:
             raise RuntimeError("call initialize(image) first")
         params = AISParams(**{**AISParams().as_dict(), **ais})
-        pts = self.seed_points(params)
-        p = self.predictor
-        cands: list[Candidate] = []
-        for i, tile in enumerate(p.tiles):
-            y0, x0, y1, x1 = tile.inner
-            inside = (pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)
-            if inside.any():
-                found = _candidates(p, i, pts[inside], multimask=False)
-                cands += [_to_image_scale(c, p.factor, self.shape) for c in found]
+        cands = []
+        for pt in self.seed_points(params):
+            pred = self.predictor.predict(points=pt[None], labels=np.ones(1, int), multimask=False)
+            m = pred.window_masks[0]
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            y0, x0 = pred.window[:2]
+            box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
+            cands.append(Candidate(box, m[by0:by1, bx0:bx1], float(pred.iou[0]), float("nan")))
         if not cands:
             return np.zeros(self.shape, dtype=np.uint32)
         boxes = np.stack([c.box for c in cands]).astype(np.float64)
