@@ -20,7 +20,8 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Integer label image -> ``size``, nearest neighbour (int32), pixel centres aligned as in :func:`resize_rgb`.
 
     (torch's plain ``nearest`` samples each output pixel at its top-left corner, which moves labels 0.25-0.5
-    output px down and right of the resized image.)
+    output px down and right of the resized image.) Shrinking by a whole number (1/2, 1/3) still leaves labels
+    0.25 output px off: no input pixel sits at an output pixel's centre.
     """
     if tuple(labels.shape) == tuple(size):
         return labels.astype(np.int32, copy=False)

@@ -217,6 +217,7 @@ class AutomaticPromptGenerator:
             by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             y0, x0 = pred.window[:2]
             box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
+            # APG filters by NMS on the predicted IoU only; no stability score is computed
             cands.append(Candidate(box, m[by0:by1, bx0:bx1], float(pred.iou[0]), float("nan")))
         if not cands:
             return np.zeros(self.shape, dtype=np.uint32)
