@@ -38,6 +38,17 @@ class Candidate:
     def area(self) -> int:
         return int(self.mask.sum())
 
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, y0: int, x0: int, iou: float, stability: float) -> Candidate | None:
+        """The object of ``mask`` (a window whose top-left pixel is (y0, x0)), cropped to its bounding box; None
+        if the mask is empty."""
+        if not mask.any():
+            return None
+        ys, xs = np.nonzero(mask)
+        by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
+        return cls(box, mask[by0:by1, bx0:bx1], float(iou), float(stability))
+
 
 def paint(candidates: list[Candidate], shape: tuple[int, int], min_size: int = 0) -> np.ndarray:
     """Label image: larger objects painted first so that smaller ones stay visible on top (as micro-sam)."""
@@ -90,17 +101,12 @@ def _decode_points(model, emb, pts, window, scale, multimask) -> list[Candidate]
         logits = model.window_logits(low, h, w)
         stab = stability_score(logits, model.sam.mask_threshold)
     masks = (logits > model.sam.mask_threshold).numpy()
-    out = []
-    for i in range(masks.shape[0]):
-        for k in range(masks.shape[1]):
-            m = masks[i, k]
-            if not m.any():
-                continue
-            ys, xs = np.nonzero(m)
-            by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
-            out.append(Candidate(box, m[by0:by1, bx0:bx1], float(iou[i, k]), float(stab[i, k])))
-    return out
+    found = (
+        Candidate.from_mask(masks[i, k], y0, x0, iou[i, k], stab[i, k])
+        for i in range(masks.shape[0])
+        for k in range(masks.shape[1])
+    )
+    return [c for c in found if c is not None]
 
 
 def _to_image_scale(c: Candidate, factor: float, shape: tuple[int, int]) -> Candidate:
@@ -210,15 +216,10 @@ class AutomaticPromptGenerator:
         cands = []
         for pt in self.seed_points(params):
             pred = self.predictor.predict(points=pt[None], labels=np.ones(1, int), multimask=False)
-            m = pred.window_masks[0]
-            if not m.any():
-                continue
-            ys, xs = np.nonzero(m)
-            by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            y0, x0 = pred.window[:2]
-            box = np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0])
             # APG filters by NMS on the predicted IoU only; no stability score is computed
-            cands.append(Candidate(box, m[by0:by1, bx0:bx1], float(pred.iou[0]), float("nan")))
+            c = Candidate.from_mask(pred.window_masks[0], *pred.window[:2], pred.iou[0], float("nan"))
+            if c is not None:
+                cands.append(c)
         if not cands:
             return np.zeros(self.shape, dtype=np.uint32)
         boxes = np.stack([c.box for c in cands]).astype(np.float64)
