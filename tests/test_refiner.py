@@ -124,7 +124,7 @@ def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path): 
     base = SamNucleusModel(cfg).eval()
     base.save_pretrained(tmp_path / "base")
     out = tmp_path / "ref"
-    run = small_run(data, out, tmp_path / "base", val_every=2, checkpoint_every=1, width=8)
+    run = small_run(data, out, tmp_path / "base", val_every=2, checkpoint_every=1, width=8, dilations=(1, 3))
     best = train_refiner(run, log=lambda *a: None)
     assert {"msa_box", "msa_point", "msa_prompts"} <= set(best)
     run.iterations = 3
@@ -132,7 +132,8 @@ def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path): 
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in history] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in history)
     trained = SamNucleusModel.from_pretrained(out / "best")
-    assert trained.refiner is not None
+    assert trained.refiner is not None and trained.config["mask_refiner"]["dilations"] == [1, 3]
+    assert trained.refiner.body[2].dilation == (3, 3) and trained.refiner.width == 8
     for k, v in base.state_dict().items():
         assert torch.equal(v, trained.state_dict()[k]), k
     assert trained.refiner.out.weight.abs().sum() > 0  # zero at the start: the refiner learned
@@ -161,3 +162,5 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
     best = train_refiner(run, log=lines.append)
     assert best["iteration"] == 0 and any(line.startswith("init's refiner") for line in lines)
     assert (tmp_path / "ft" / "best" / "config.json").is_file()
+    with pytest.raises(PathsegError, match="--width and --dilations shape a new refiner only"):
+        train_refiner(small_run(data, tmp_path / "ft2", tmp_path / "init", width=16), log=lines.append)

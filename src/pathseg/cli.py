@@ -458,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=int, default=4, help="crops per iteration")
     tr.add_argument("--prompts-per-image", type=int, default=8, help="objects prompted per crop")
     tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument(
+        "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
+    )
+    tr.add_argument(
+        "--dilations",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="dilations of a new refiner's 3x3 layers; receptive field 1 + 2 x their sum, in model pixels",
+    )
     tr.add_argument("--val-fraction", type=float, default=0.15, help="as for `train nuclei` (same split)")
     tr.add_argument("--val-every", type=int, default=250)
     tr.add_argument("--seed", type=int, default=0)
@@ -795,6 +805,8 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         batch=args.batch,
         prompts_per_image=args.prompts_per_image,
         lr=args.lr,
+        width=args.width,
+        dilations=tuple(args.dilations),
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         seed=args.seed,

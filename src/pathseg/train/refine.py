@@ -49,7 +49,8 @@ class RefinerConfig:
     seed: int = 0
     prompts_per_image: int = 8
     corrections: int = 2
-    width: int = 32
+    width: int = 32  #: channels of a new refiner's convolutions (a fine-tuned refiner keeps its own)
+    dilations: tuple[int, ...] = (1, 2, 4, 8)  #: a new refiner's 3x3 layers (receptive field 1 + 2 * sum, model px)
     prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
 
 
@@ -126,11 +127,20 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     model = get_nucleus_model(cfg.init)
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
+    if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
+        raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     own = model.refiner is not None
+    if own and (cfg.width, tuple(cfg.dilations)) != (RefinerConfig.width, RefinerConfig.dilations):
+        have = model.config["mask_refiner"]
+        raise PathsegError(
+            f"--init {cfg.init!r} has a refiner (width {have.get('width', 32)}, dilations "
+            f"{list(have.get('dilations', (1, 2, 4, 8)))}) that is fine-tuned as it is; --width and --dilations "
+            "shape a new refiner only, for a model without one"
+        )
     if not own:
         model.config["mask_refiner"] = {
             "width": cfg.width,
-            "dilations": [1, 2, 4, 8],
+            "dilations": [int(d) for d in cfg.dilations],
             "prompt_channels": cfg.prompt_channels,
         }
         model.refiner = _build_refiner(model.config["mask_refiner"])
