@@ -153,7 +153,13 @@ def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp
     out = tmp_path / "cls"
     init = str(tmp_path / "base" / "best")
     cfg = small_config(data, out, task="classes", decoder_only=True, model_mpp=0.4, init=init)
-    train_nuclei(cfg, log=lambda *a: None)
+    logs: list[str] = []
+    train_nuclei(cfg, log=logs.append)
+    # the run says which path moves to its pixel size and which keep theirs
+    assert (
+        "pixel sizes (µm/px) of --init's paths: model 0.5 (kept), automatic 0.5 (kept), prompts 0.5 (kept), "
+        "classes 0.4 (new)" in logs
+    )
     base_model, trained_model = (SamNucleusModel.from_pretrained(f / "best") for f in (tmp_path / "base", out))
     # the class path works at the run's pixel size; automatic and prompt paths keep theirs
     assert trained_model.class_mpp == 0.4 and trained_model.mpp == base_model.mpp == base_model.class_mpp == 0.5

@@ -318,6 +318,14 @@ class _TrainStep(torch.nn.Module):
         return loss, parts
 
 
+def _path_mpps(model: SamNucleusModel) -> dict[str, float]:
+    """The pixel sizes (µm/px) each path of ``model`` runs at: the model's, automatic, prompts, classes."""
+    out = {"model": model.mpp, "automatic": model.ais_mpp, "prompts": model.prompt_mpp}
+    if model.semantic is not None or "class_mpp" in model.config:
+        out["classes"] = model.class_mpp
+    return out
+
+
 def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log=print) -> dict:
     """Run (or resume) training; returns the best validation scores.
 
@@ -359,6 +367,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
         model = get_nucleus_model(cfg.init)
         if not isinstance(model, SamNucleusModel):
             raise PathsegError(f"--init {cfg.init!r} is not a SAM-family model")
+        before = _path_mpps(model)
         if cfg.task == "classes":  # the class path works at model_mpp; otherwise it keeps its trained pixel size
             model.config["class_mpp"] = cfg.model_mpp
         elif model.semantic is not None:
@@ -369,6 +378,18 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             model.config["prompt_mpp"] = cfg.model_mpp  # only the prompt path moves
         elif not cfg.decoder_only:
             model.config["mpp"] = cfg.model_mpp
+        after = _path_mpps(model)
+        log(
+            "pixel sizes (µm/px) of --init's paths: "
+            + ", ".join(
+                f"{k} {after[k]:g} (new)"
+                if k not in before
+                else f"{k} {before[k]:g} -> {after[k]:g}"
+                if before[k] != after[k]
+                else f"{k} {after[k]:g} (kept)"
+                for k in after
+            )
+        )
     else:
         model = SamNucleusModel(compact_config(mpp=cfg.model_mpp, name=cfg.name))
     class_weights = None
