@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: the class target of pixels that losses and scores leave out (tissue masks' unknown codes, nuclei without classes)
+IGNORE = 255
+
 
 def confusion_matrix(
     gt: np.ndarray, pred: np.ndarray, n_classes: int | None = None, ignore_index: int | None = None

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.errors import PathsegError
-
-IGNORE = 255  #: the target value of ignored pixels
+from pathseg.metrics.semantic import IGNORE  # noqa: F401  (the target value of ignored pixels, re-exported)
 
 
 @dataclass(frozen=True)

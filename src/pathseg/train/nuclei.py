@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.metrics import instance_scores
+from pathseg.metrics.semantic import IGNORE
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
@@ -75,8 +76,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-#: the class id of pixels the class loss ignores (the ``mix`` data's)
-NO_CLASS = 255
+#: the class id of pixels the class loss ignores (the ``mix`` data's): the shared ignored target
+NO_CLASS = IGNORE
 
 
 def split_validation(
