@@ -77,3 +77,9 @@ def test_apg_prompts_each_seed_once_in_image_pixels():
     labels = apg.generate(distance_smoothing=0.0, min_size=0)
     assert sorted(int(gt[int(y), int(x)]) for x, y in asked) == list(range(1, int(gt.max()) + 1))
     assert labels.shape == rgb.shape[:2] and labels.max() <= gt.max()
+    # seeds start from the model's tuned thresholds (config ais_params), each overridable per call
+    model.config["ais_params"] = {"foreground_threshold": 1.5, "distance_smoothing": 0.0, "min_size": 10**6}
+    asked.clear()
+    assert apg.generate(min_size=0).max() == 0 and not asked  # no foreground reaches 1.5: no seed
+    apg.generate(foreground_threshold=0.5, min_size=0)
+    assert len(asked) == int(gt.max())  # overridden per call, every nucleus is seeded again

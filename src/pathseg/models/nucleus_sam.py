@@ -401,10 +401,7 @@ class SamNucleusModel(nn.Module):
                 AutomaticMaskGenerator(Predictor(self)) if mode == "amg" else AutomaticPromptGenerator(Predictor(self))
             )
             gen.initialize(rgb, mpp, progress=progress)
-            if mode == "apg":  # seeds from the model's tuned AIS thresholds (its min_size is in model pixels)
-                seeds = {k: v for k, v in self.config.get("ais_params", {}).items() if k != "min_size"}
-                params = {**seeds, **params}
-            return gen.generate(**params)
+            return gen.generate(**params)  # APG seeds from the model's tuned AIS thresholds
         if mode != "ais":
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
         return self.initialized_segmenter(rgb, mpp, progress).generate(

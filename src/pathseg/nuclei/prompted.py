@@ -208,11 +208,13 @@ class AutomaticPromptGenerator:
         return pts[:, ::-1]
 
     def generate(self, nms_thresh: float = 0.9, min_size: int = 25, **ais: float) -> np.ndarray:
-        """Labels (H, W) uint32: one mask per seed (``ais``: AIS thresholds), overlapping ones removed by box NMS
-        at ``nms_thresh``, objects under ``min_size`` image pixels dropped."""
+        """Labels (H, W) uint32: one mask per seed, overlapping ones removed by box NMS at ``nms_thresh``, objects
+        under ``min_size`` image pixels dropped. Seeds use the model's tuned AIS thresholds (config ``ais_params``;
+        the library defaults where it has none), each overridden by ``ais``."""
         if self.maps is None:
             raise RuntimeError("call initialize(image) first")
-        params = AISParams(**{**AISParams().as_dict(), **ais})
+        tuned = {k: v for k, v in self.predictor.model.config.get("ais_params", {}).items() if k != "min_size"}
+        params = AISParams(**{**AISParams().as_dict(), **tuned, **ais})
         cands = []
         for pt in self.seed_points(params):
             pred = self.predictor.predict(points=pt[None], labels=np.ones(1, int), multimask=False)
