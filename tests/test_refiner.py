@@ -162,5 +162,8 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
     best = train_refiner(run, log=lines.append)
     assert best["iteration"] == 0 and any(line.startswith("init's refiner") for line in lines)
     assert (tmp_path / "ft" / "best" / "config.json").is_file()
+    # asking for init's own shape is fine-tuning too; another shape stops with a message
+    run = small_run(data, tmp_path / "ft1", tmp_path / "init", width=8, dilations=(1, 2), lr=0.0)
+    assert train_refiner(run, log=lines.append)["iteration"] == 0
     with pytest.raises(PathsegError, match="--width and --dilations shape a new refiner only"):
         train_refiner(small_run(data, tmp_path / "ft2", tmp_path / "init", width=16), log=lines.append)

@@ -130,13 +130,14 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     own = model.refiner is not None
-    if own and (cfg.width, tuple(cfg.dilations)) != (RefinerConfig.width, RefinerConfig.dilations):
-        have = model.config["mask_refiner"]
-        raise PathsegError(
-            f"--init {cfg.init!r} has a refiner (width {have.get('width', 32)}, dilations "
-            f"{list(have.get('dilations', (1, 2, 4, 8)))}) that is fine-tuned as it is; --width and --dilations "
-            "shape a new refiner only, for a model without one"
-        )
+    asked = (cfg.width, tuple(cfg.dilations))
+    if own:
+        have = (model.refiner.width, model.refiner.dilations)
+        if asked not in (have, (RefinerConfig.width, RefinerConfig.dilations)):
+            raise PathsegError(
+                f"--init {cfg.init!r} has a refiner (width {have[0]}, dilations {list(have[1])}) that is fine-tuned "
+                "as it is; --width and --dilations shape a new refiner only, for a model without one"
+            )
     if not own:
         model.config["mask_refiner"] = {
             "width": cfg.width,
