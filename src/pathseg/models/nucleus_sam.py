@@ -184,6 +184,12 @@ class SamNucleusModel(nn.Module):
         return float(self.config.get("ais_mpp") or self.mpp)
 
     @property
+    def ais_params(self) -> dict[str, float]:
+        """The automatic path's tuned thresholds (config ``ais_params``; :class:`AISParams` fields, ``min_size`` in
+        model pixels), picked on the validation split by ``benchmarks/tune_ais.py``; a copy."""
+        return dict(self.config.get("ais_params", {}))
+
+    @property
     def prompt_mpp(self) -> float:
         """Pixel size (µm/px) the network runs at for prompts (config ``prompt_mpp``, default :attr:`mpp`), picked
         on the validation split by ``benchmarks/interactive.py --validation --prompt-mpp``."""
@@ -404,9 +410,7 @@ class SamNucleusModel(nn.Module):
             return gen.generate(**params)  # APG seeds from the model's tuned AIS thresholds
         if mode != "ais":
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
-        return self.initialized_segmenter(rgb, mpp, progress).generate(
-            **{**self.config.get("ais_params", {}), **params}
-        )
+        return self.initialized_segmenter(rgb, mpp, progress).generate(**{**self.ais_params, **params})
 
     def initialized_segmenter(
         self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None

@@ -213,7 +213,7 @@ class AutomaticPromptGenerator:
         the library defaults where it has none), each overridden by ``ais``."""
         if self.maps is None:
             raise RuntimeError("call initialize(image) first")
-        tuned = {k: v for k, v in self.predictor.model.config.get("ais_params", {}).items() if k != "min_size"}
+        tuned = {k: v for k, v in self.predictor.model.ais_params.items() if k != "min_size"}
         params = AISParams(**{**AISParams().as_dict(), **tuned, **ais})
         cands = []
         for pt in self.seed_points(params):

@@ -375,7 +375,7 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
 def _model_parameters(model) -> dict:
     if hasattr(model, "params"):
         return model.params.as_dict()
-    return dict(getattr(model, "config", {}).get("ais_params", {}))
+    return getattr(model, "ais_params", {})
 
 
 def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
