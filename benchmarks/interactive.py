@@ -3,7 +3,11 @@ r"""Interactive segmentation with prompts simulated from the ground truth, as Pa
 Per test image and ground-truth nucleus: (1) one positive point at the object's innermost pixel, (2) one box
 (the object's bounding box), (3) the point followed by ``--corrections`` corrective rounds (a point in the
 largest error region, positive in a missed part / negative in a false part, with the previous logits fed back).
-Each object's best mask is painted into a label image (in object order), scored with mSA against the ground truth.
+The objects' masks are composed into a label image as PathoSAM's evaluation does (micro-sam's
+``mask_data_to_segmentation``: largest first, each painted over the previous, so a smaller mask wins the pixels it
+shares with a larger one; ``--overlap first`` keeps a shared pixel with the earlier object in ground-truth order,
+as this script did before) and scored with mSA against the ground truth. Several ``--overlap`` rules score the same
+masks; columns after the first rule's carry the rule's name.
 A box bounds its mask (``--box-margin``; negative: unbounded masks, as SAM gives them).
 
     python benchmarks/interactive.py --data ../shared/data/monuseg/test --model pathseg_nuclei_cpu
@@ -45,8 +49,8 @@ from pathseg.io.images import read_image, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.models.folder import update_config
 from pathseg.models.zoo import get_nucleus_model
-from pathseg.nuclei.interactive import Predictor
-from pathseg.nuclei.simulate import KINDS, simulate_prompts
+from pathseg.nuclei.interactive import OVERLAPS, Predictor, paint_objects
+from pathseg.nuclei.simulate import KINDS, prompt_objects
 from pathseg.table import format_table
 
 
@@ -72,10 +76,12 @@ def score(model, images, args: argparse.Namespace, kinds: tuple[str, ...]) -> li
         t = time.perf_counter()
         pred = Predictor(model, box_margin=None if args.box_margin < 0 else args.box_margin)
         pred.set_image(rgb, args.mpp)
-        res = simulate_prompts(pred, gt, args.corrections, kinds=kinds)
+        objects = prompt_objects(pred, gt, args.corrections, kinds=kinds)
         row = {"image": stem, "n_gt": int(gt.max()), "seconds": time.perf_counter() - t}
-        for k, lab in res.items():
-            row[f"msa_{k}"] = instance_scores(gt, lab)["msa"]
+        for i, overlap in enumerate(args.overlap):
+            for k, objs in objects.items():
+                lab = paint_objects(objs, gt.shape, overlap)
+                row[f"msa_{k}" + (f"_{overlap}" if i else "")] = instance_scores(gt, lab)["msa"]
         rows.append(row)
         print(
             f"{stem}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("msa")),
@@ -146,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit: store the best "
         "(mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais and box_fit",
     )
+    ap.add_argument(
+        "--overlap",
+        nargs="+",
+        choices=OVERLAPS,
+        default=["smaller"],
+        help="who keeps a pixel two objects' masks claim: smaller = the smaller mask (default; as PathoSAM), first = "
+        "the earlier object; several: each scores the same masks",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         name += "_unbounded_box"
     images = _images(args)
     kinds = tuple(args.kinds)
-    cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), "seconds"]
+    extra = [f"msa_{k}_{o}" for o in args.overlap[1:] for k in kinds]
+    cols = ["image", "n_gt", *(f"msa_{k}" for k in kinds), *extra, "seconds"]
     split = "validation split" if args.validation else str(args.data)
     runs = {}
     settings = itertools.product(
@@ -199,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or Path("benchmarks/results") / f"interactive_{name}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        record = {"model": name, "corrections": args.corrections, "box_margin": args.box_margin, "kinds": kinds}
+        record = {
+            "model": name,
+            "corrections": args.corrections,
+            "box_margin": args.box_margin,
+            "kinds": kinds,
+            "overlap": args.overlap,
+        }
         if len(runs) == 1:
             record.update(runs[best])
         else:

@@ -7,7 +7,8 @@ import pytest
 from scipy.ndimage import find_objects
 
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
-from pathseg.nuclei.interactive import Predictor
+from pathseg.nuclei.interactive import Predictor, paint_objects
+from pathseg.nuclei.simulate import simulate_prompts
 from tests.conftest import synthetic_nuclei
 
 
@@ -261,3 +262,47 @@ def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
     both.set_image(rgb, mpp=0.5)
     assert np.array_equal(both.predict(box=box, multimask=False).masks[0], gt == lab)
     assert both.predict(box=box).masks.shape[0] == 3  # several candidates asked for: the decoder's, untouched
+
+
+def test_paint_objects_gives_a_shared_pixel_to_the_smaller_mask_or_the_first():
+    big = np.ones((4, 6), bool)  # rows 0-3, cols 0-5
+    small = np.ones((2, 2), bool)  # rows 2-3, cols 4-5 once placed: inside the big one
+    objects = [(0, 0, big, 1), (2, 4, small, 2)]
+    for objs in (objects, objects[::-1]):  # the order does not matter to "smaller"
+        lab = paint_objects(objs, (5, 7), "smaller")
+        assert (lab[2:4, 4:6] == 2).all() and (lab == 1).sum() == 24 - 4 and lab[4].max() == 0 and lab[:, 6].max() == 0
+    lab = paint_objects(objects, (5, 7), "first")
+    assert (lab[:4, :6] == 1).all() and (lab == 2).sum() == 0
+    lab = paint_objects(objects[::-1], (5, 7), "first")
+    assert (lab[2:4, 4:6] == 2).all()
+    twins = [(0, 0, small, 7), (1, 1, small, 8)]  # equal areas keep their order: the later one is painted on top
+    assert paint_objects(twins, (3, 3), "smaller")[1, 1] == 8
+    assert paint_objects(twins, (3, 3), "first")[1, 1] == 7
+    assert paint_objects([], (2, 2)).dtype == np.uint32 and not paint_objects([], (2, 2)).any()
+    with pytest.raises(ValueError, match="overlap"):
+        paint_objects(objects, (5, 7), "largest")
+
+
+def test_simulated_prompts_compose_like_pathosam(model, monkeypatch):
+    """Masks that spill onto a neighbour: the smaller nucleus keeps the shared pixels ("smaller"), or the nucleus
+    prompted first does ("first")."""
+    gt = np.zeros((40, 40), np.int64)
+    gt[5:25, 5:25] = 1  # big
+    gt[10:16, 25:31] = 2  # small, right beside it
+
+    class Spilling(OraclePredictor):
+        def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
+            m, iou, low, box_yx = super()._predict_in(box_yx, emb, guide, pts, lbl, bx, mask_input, multimask)
+            grown = m.copy()
+            grown[:, :, 2:] |= m[:, :, :-2]  # every mask spills 2 px to the right
+            return grown, iou, low, box_yx
+
+    pred = Spilling(model, box_margin=None)
+    pred.gt = gt
+    pred.set_image(np.zeros((40, 40, 3), np.uint8), 0.5)
+    smaller = simulate_prompts(pred, gt, corrections=0, kinds=("box",))["box"]
+    first = simulate_prompts(pred, gt, corrections=0, kinds=("box",), overlap="first")["box"]
+    assert (smaller[10:16, 25:27] == 2).all()  # the big mask's spill lost to the small nucleus
+    assert (first[10:16, 25:27] == 1).all()  # object 1 came first and kept them
+    with pytest.raises(ValueError, match="overlap"):
+        simulate_prompts(pred, gt, kinds=("box",), overlap="last")

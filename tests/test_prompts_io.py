@@ -7,6 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from pathseg.api import segment_nuclei_prompted
 from pathseg.cli import main
 from pathseg.errors import PathsegError
 from pathseg.io.prompts import read_prompts
@@ -77,6 +78,11 @@ def test_cli_prompts(tmp_path, capsys):
     assert code == 0
     labels = tifffile.imread(tmp_path / "out" / "t_instances.tif")
     assert labels.shape == gt.shape and labels.max() <= 1
+    one = [str(tmp_path / "t.png"), "--model", str(tmp_path / "model"), "--prompts", str(tmp_path / "p.csv"), "-q"]
+    assert main(["nuclei", *one, "-o", str(tmp_path / "first"), "--overlap", "first"]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "first" / "t_instances.tif"), labels)  # one prompt: no overlap
+    with pytest.raises(PathsegError, match="overlap"):
+        segment_nuclei_prompted(rgb, read_prompts(tmp_path / "p.csv"), str(tmp_path / "model"), overlap="largest")
     assert (
         main(
             [

@@ -124,18 +124,22 @@ def segment_nuclei_prompted(
     box_margin: float | None = 0.0,
     box_from_ais: float | str | None = "model",
     box_fit: bool | str = "model",
+    overlap: str = "smaller",
 ) -> NucleiResult:
     """One nucleus per prompt (:class:`pathseg.io.prompts.Prompt`), with a SAM-family model.
 
-    Each prompt's most confident mask is painted in prompt order; a pixel claimed by an earlier object stays
-    with it. A box bounds its mask: pixels more than ``box_margin`` image pixels outside it are dropped (``None``:
-    unbounded, as SAM). A box alone takes the automatic segmentation's nucleus whose bounding box overlaps it with
-    IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask decoder's mask);
-    with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3, that nucleus) whose
-    bounding box best fits the box.
+    Prompt ``i`` (from 1) gives nucleus ``i``: its most confident mask. A pixel that several masks claim goes to the
+    smallest of them (``overlap="smaller"``, as PathoSAM composes prompt masks) or stays with the earliest prompt
+    (``"first"``). A box bounds its mask: pixels more than ``box_margin`` image pixels outside it are dropped
+    (``None``: unbounded, as SAM). A box alone takes the automatic segmentation's nucleus whose bounding box
+    overlaps it with IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask
+    decoder's mask); with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3,
+    that nucleus) whose bounding box best fits the box.
     """
-    from pathseg.nuclei.interactive import Predictor
+    from pathseg.nuclei.interactive import OVERLAPS, Predictor, paint_objects
 
+    if overlap not in OVERLAPS:
+        raise PathsegError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
     if not hasattr(net, "sam"):
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
@@ -143,12 +147,13 @@ def segment_nuclei_prompted(
     used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
     predictor = Predictor(net, box_margin=box_margin, box_from_ais=box_from_ais, box_fit=box_fit)
     predictor.set_image(rgb, used_mpp)
-    labels = np.zeros(rgb.shape[:2], dtype=np.uint32)
+    objects = []
     for i, p in enumerate(prompts, start=1):
         r = predictor.predict(points=p.points, labels=p.labels, box=p.box, multimask=p.box is None)
-        r.paste(labels, int(np.argmax(r.iou)), i)
+        objects.append(r.object(int(np.argmax(r.iou)), i))
         if progress:
             progress(i, len(prompts), "prompts")
+    labels = paint_objects(objects, rgb.shape[:2], overlap)
     table = measure_nuclei(labels, rgb, used_mpp)
     return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
 

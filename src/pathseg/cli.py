@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'box_fit'; on for pathseg_nuclei_cpu)",
     )
     p.add_argument(
+        "--overlap",
+        choices=["smaller", "first"],
+        default="smaller",
+        help="with --prompts: who keeps a pixel that several nuclei's masks claim: smaller = the smallest of them "
+        "(default; as PathoSAM composes prompt masks), first = the earliest prompt in the file",
+    )
+    p.add_argument(
         "--mode",
         choices=["ais", "apg", "amg"],
         default="ais",
@@ -651,6 +658,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                     box_margin=None if args.box_margin < 0 else args.box_margin,
                     box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
                     box_fit="model" if args.box_fit is None else args.box_fit == "on",
+                    overlap=args.overlap,
                 )
             else:
                 result = segment_nuclei(

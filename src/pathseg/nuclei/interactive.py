@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,37 @@ class Prediction:
         inside_x = (xc > box[0] - margin) & (xc < box[2] + margin)
         self.window_masks = self.window_masks & (inside_y[:, None] & inside_x[None, :])[None]
 
-    def paste(self, labels: np.ndarray, k: int, value: int, overwrite: bool = False) -> None:
-        """Write mask ``k`` into ``labels`` as ``value`` (only into background unless ``overwrite``)."""
-        y0, x0, y1, x1 = self.window
-        region = labels[y0:y1, x0:x1]
-        m = self.window_masks[k] if overwrite else self.window_masks[k] & (region == 0)
-        region[m] = value
+    def object(self, k: int, value: int) -> tuple[int, int, np.ndarray, int]:
+        """Mask ``k`` as an object (y0, x0, mask, value) for :func:`paint_objects`."""
+        return self.window[0], self.window[1], self.window_masks[k].copy(), value
+
+
+OVERLAPS = ("smaller", "first")
+
+
+def paint_objects(
+    objects: Sequence[tuple[int, int, np.ndarray, int]], shape: tuple[int, int], overlap: str = "smaller"
+) -> np.ndarray:
+    """Label image (uint32, ``shape``) from objects (y0, x0, mask, value): ``mask`` (h, w) bool has its top-left
+    pixel at image pixel (y0, x0) and is written as ``value``.
+
+    ``overlap`` settles a pixel that several masks claim. ``"smaller"`` (default) gives it to the smallest of them:
+    masks are painted largest first, each over the previous, as PathoSAM's evaluation composes prompt masks
+    (micro-sam's ``mask_data_to_segmentation``); objects of equal area keep their order. ``"first"`` leaves it with
+    the earliest object in ``objects``.
+    """
+    if overlap not in OVERLAPS:
+        raise ValueError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+    labels = np.zeros(shape, dtype=np.uint32)
+    order = range(len(objects))
+    if overlap == "smaller":
+        areas = [int(np.count_nonzero(m)) for _, _, m, _ in objects]
+        order = sorted(order, key=lambda i: -areas[i])
+    for i in order:
+        y0, x0, mask, value = objects[i]
+        region = labels[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
+        region[mask if overlap == "smaller" else mask & (region == 0)] = value
+    return labels
 
 
 class _Recent(OrderedDict):

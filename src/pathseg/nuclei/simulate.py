@@ -2,7 +2,8 @@
 
 Per object: (1) one positive point at its innermost pixel, (2) one box (its bounding box), (3) the point followed
 by corrective rounds (a point in the largest error region, positive in a missed part / negative in a false part,
-with the previous logits fed back). Each object's mask is painted into a label image (in object order), to be
+with the previous logits fed back). The objects' masks are composed into one label image per prompt kind as
+PathoSAM's evaluation does (largest first, a smaller mask winning the pixels it shares with a larger one), to be
 scored with instance metrics (mSA) against the ground truth.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from pathseg.nuclei.interactive import Prediction, Predictor
+from pathseg.nuclei.interactive import OVERLAPS, Prediction, Predictor, paint_objects
 
 KINDS = ("point", "box", "corrected")
 
@@ -48,9 +49,27 @@ def corrective_point(
 
 
 def simulate_prompts(
-    pred: Predictor, gt: np.ndarray, corrections: int = 8, kinds: tuple[str, ...] = KINDS, margin: int = 64
+    pred: Predictor,
+    gt: np.ndarray,
+    corrections: int = 8,
+    kinds: tuple[str, ...] = KINDS,
+    margin: int = 64,
+    overlap: str = "smaller",
 ) -> dict[str, np.ndarray]:
-    """Label images (one per prompt kind in ``kinds``) from prompts simulated for every object of ``gt``.
+    """Label images (one per prompt kind in ``kinds``) from prompts simulated for every object of ``gt``
+    (:func:`prompt_objects`), composed by :func:`~pathseg.nuclei.interactive.paint_objects` with ``overlap``
+    ("smaller": as PathoSAM; "first": in object order, the earlier object keeps a shared pixel)."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+    objects = prompt_objects(pred, gt, corrections, kinds, margin)
+    return {k: paint_objects(objs, gt.shape, overlap) for k, objs in objects.items()}
+
+
+def prompt_objects(
+    pred: Predictor, gt: np.ndarray, corrections: int = 8, kinds: tuple[str, ...] = KINDS, margin: int = 64
+) -> dict[str, list[tuple[int, int, np.ndarray, int]]]:
+    """Per prompt kind in ``kinds``, the mask each object of ``gt`` gets from its simulated prompts, as objects
+    (y0, x0, mask, label) for :func:`~pathseg.nuclei.interactive.paint_objects`.
 
     ``pred`` holds the embedded image (same pixels as ``gt``); errors further than ``margin`` px from an object's
     box are not looked at by the corrective rounds. With one point the candidate of highest predicted IoU is used.
@@ -58,7 +77,7 @@ def simulate_prompts(
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown prompt kinds {sorted(unknown)}; use {', '.join(KINDS)}")
-    out = {k: np.zeros(gt.shape, np.uint32) for k in kinds}
+    out: dict[str, list] = {k: [] for k in kinds}
     for lab, sl in enumerate(ndi.find_objects(gt), start=1):
         if sl is None:
             continue
@@ -70,13 +89,13 @@ def simulate_prompts(
         x, y = x + x0, y + y0
         if "box" in out:
             box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
-            pred.predict(box=box, multimask=False).paste(out["box"], 0, lab)
+            out["box"].append(pred.predict(box=box, multimask=False).object(0, lab))
         if "point" not in out and "corrected" not in out:
             continue
         r = pred.predict(points=np.array([[x, y]]), labels=np.array([1]))
         best = int(np.argmax(r.iou))
         if "point" in out:
-            r.paste(out["point"], best, lab)
+            out["point"].append(r.object(best, lab))
         if "corrected" not in out:
             continue
         pts, lbl = [[x, y]], [1]
@@ -91,5 +110,5 @@ def simulate_prompts(
             lbl.append(c[2])
             current = pred.predict(points=np.array(pts), labels=np.array(lbl), mask_input=prompt, multimask=False)
             prompt = current.mask_prompt(0)
-        current.paste(out["corrected"], 0, lab)
+        out["corrected"].append(current.object(0, lab))
     return out
