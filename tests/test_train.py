@@ -147,6 +147,43 @@ def test_class_training_with_mix_data_keeps_both_splits(data, tmp_path):
         train_nuclei(small_config(data, tmp_path / "x", **bad), log=lambda *a: None)
 
 
+def test_mix_data_can_train_at_its_own_pixel_size(data, tmp_path, monkeypatch):
+    _add_types(data)
+    mix = tmp_path / "mix"
+    (mix / "images").mkdir(parents=True)
+    (mix / "instance_masks").mkdir()
+    for i in range(4):
+        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=10 + i)
+        Image.fromarray(rgb).save(mix / "images" / f"m{i}.png")
+        Image.fromarray(lab.astype(np.uint16)).save(mix / "instance_masks" / f"m{i}.png")
+    import pathseg.train.nuclei as tn
+
+    shapes, evaluated = {}, []
+    real_load, real_eval = tn.load_samples, tn.evaluate
+
+    def load(folders, mpp_in, mpp, **kw):
+        out = real_load(folders, mpp_in, mpp, **kw)
+        shapes[folders[0]] = (mpp, out[0].image.shape[:2])
+        return out
+
+    def evaluate(model, samples, mpp):
+        evaluated.append((samples[0].name, mpp))
+        return real_eval(model, samples, mpp)
+
+    monkeypatch.setattr(tn, "load_samples", load)
+    monkeypatch.setattr(tn, "evaluate", evaluate)
+    logs = []
+    cfg = small_config(data, tmp_path / "r", task="classes", mix=[str(mix)], mix_mpp=0.4, iterations=1, val_every=1)
+    best = train_nuclei(cfg, log=logs.append)
+    # the class data at --model-mpp (160 px at 0.25 -> 80 at 0.5), the mix at its own 0.4 (-> 100 px)
+    assert shapes[str(data)] == (0.5, (80, 80)) and shapes[str(mix)] == (0.4, (100, 100))
+    assert "--mix data at 0.4 µm/px, --data at 0.5 µm/px" in logs
+    assert [mpp for name, mpp in evaluated if name.startswith("m")] == [0.4]  # its validation mSA at 0.4 too
+    assert np.isfinite(best["msa_mix"])
+    with pytest.raises(PathsegError, match="--mix-mpp"):
+        train_nuclei(small_config(data, tmp_path / "y", task="classes", mix_mpp=0.4), log=lambda *a: None)
+
+
 def test_decoder_only_class_training_leaves_the_nuclei_model_untouched(data, tmp_path):
     train_nuclei(small_config(data, tmp_path / "base", prompt_weight=0.0, iterations=1), log=lambda *a: None)
     _add_types(data)

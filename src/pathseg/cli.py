@@ -446,6 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the validation split it would have alone, and the best model is the one with the best class Dice + "
         "validation mSA of these folders (not with --decoder-only)",
     )
+    tc.add_argument(
+        "--mix-mpp",
+        type=float,
+        default=None,
+        metavar="MPP",
+        help="the pixel size (µm/px) --mix data is trained and validated at (default: --model-mpp); e.g. the "
+        "automatic path's ais_mpp, so that the class decoder learns at --model-mpp while the --mix nuclei stay at "
+        "the pixel size the automatic path runs at",
+    )
     tc.set_defaults(func=cmd_train_nuclei, task_kind="classes")
     tr = tsub.add_parser(
         "nuclei-refiner",
@@ -793,6 +802,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         decoder_only=getattr(args, "decoder_only", False),
         class_preset=getattr(args, "preset", None),
         mix=[str(d) for d in getattr(args, "mix", [])],
+        mix_mpp=getattr(args, "mix_mpp", None),
     )
     bar = Bar("training", quiet=args.quiet)
     best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))

@@ -71,6 +71,9 @@ class TrainConfig:
     #: the model does on them. Each dataset keeps the validation split it would have alone; the best checkpoint is
     #: the one with the best class Dice + the mix's validation mSA (``joint``)
     mix: list[str] = field(default_factory=list)
+    #: the pixel size (µm/px) ``mix`` is trained and validated at (default ``model_mpp``): e.g. ``init``'s
+    #: ``ais_mpp``, so that a class run at a ``class_mpp`` of 0.5 keeps its MoNuSeg crops at the automatic path's 0.38
+    mix_mpp: float | None = None
     #: BatchNorm layers stay in eval mode: their running statistics stay as ``init`` has them (weights still train)
     freeze_bn: bool = False
     extra: dict = field(default_factory=dict)
@@ -336,6 +339,11 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     trained = _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
     if cfg.mix and (cfg.task != "classes" or cfg.decoder_only):  # likewise a --mix that does not fit
         raise PathsegError("--mix joins data without classes to a class run of the whole model (no --decoder-only)")
+    if cfg.mix_mpp is not None and not cfg.mix:
+        raise PathsegError("--mix-mpp sets the pixel size of --mix data: give --mix too")
+    if cfg.mix_mpp is not None and cfg.mix_mpp <= 0:
+        raise PathsegError(f"--mix-mpp must be a positive pixel size in µm/px, got {cfg.mix_mpp}")
+    mix_mpp = cfg.model_mpp if cfg.mix_mpp is None else cfg.mix_mpp
     rank, world = _distributed()
     if rank != 0:
         progress, log = None, (lambda *a, **k: None)
@@ -355,12 +363,13 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
     mix_val: list[Sample] = []
     if cfg.mix:
-        mixed = load_samples(cfg.mix, cfg.mpp_in, cfg.model_mpp)
+        mixed = load_samples(cfg.mix, cfg.mpp_in, mix_mpp)
         for s in mixed:
             s.types = np.full(s.labels.shape, NO_CLASS, dtype=np.int32)
         mix_train, mix_val = split_validation(mixed, cfg.val_fraction, cfg.seed, source_groups(cfg.mix))
         names = ", ".join(s.name for s in mix_val)
         log(f"--mix: {len(mix_train)} training and {len(mix_val)} validation images without classes ({names})")
+        log(f"--mix data at {mix_mpp:g} µm/px, --data at {cfg.model_mpp:g} µm/px")
         train = train + mix_train
     if cfg.init:  # fine-tune: a pathseg model folder, a checkpoint file, or a zoo name (e.g. pathosam_vit_b)
         from pathseg.models.zoo import get_nucleus_model
@@ -471,7 +480,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             if cfg.task == "classes":
                 scores.update(evaluate_classes(model, val, cfg.model_mpp))
             if mix_val:
-                scores["msa_mix"] = evaluate(model, mix_val, cfg.model_mpp)["msa"]
+                scores["msa_mix"] = evaluate(model, mix_val, mix_mpp)["msa"]
                 scores["joint"] = scores["class_dice"] + scores["msa_mix"]
             record["val"] = scores
             if scores[key] > best.get(key, -1.0):
