@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import find_objects
 
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
-from pathseg.nuclei.interactive import Predictor, paint_objects
+from pathseg.nuclei.interactive import Prediction, Predictor, paint_objects
 from pathseg.nuclei.simulate import simulate_prompts
 from tests.conftest import synthetic_nuclei
 
@@ -279,6 +279,13 @@ def test_paint_objects_gives_a_shared_pixel_to_the_smaller_mask_or_the_first():
     assert paint_objects(twins, (3, 3), "smaller")[1, 1] == 8
     assert paint_objects(twins, (3, 3), "first")[1, 1] == 7
     assert paint_objects([], (2, 2)).dtype == np.uint32 and not paint_objects([], (2, 2)).any()
+    pred = Prediction(np.zeros((1, 8, 8), bool), (10, 20, 18, 28), np.ones(1), None, (40, 40))
+    pred.window_masks[0, 2:4, 3:6] = True
+    y0, x0, m, v = pred.object(0, 5)
+    assert (y0, x0, m.shape, v) == (12, 23, (2, 3), 5) and m.all()  # cropped to its bounding box
+    assert np.array_equal(paint_objects([pred.object(0, 5)], (40, 40)) == 5, pred.masks[0])
+    pred.window_masks[:] = False
+    assert not paint_objects([pred.object(0, 5)], (40, 40)).any()  # an empty mask paints nothing
     with pytest.raises(ValueError, match="overlap"):
         paint_objects(objects, (5, 7), "largest")
 

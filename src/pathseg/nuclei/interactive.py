@@ -77,8 +77,14 @@ class Prediction:
         self.window_masks = self.window_masks & (inside_y[:, None] & inside_x[None, :])[None]
 
     def object(self, k: int, value: int) -> tuple[int, int, np.ndarray, int]:
-        """Mask ``k`` as an object (y0, x0, mask, value) for :func:`paint_objects`."""
-        return self.window[0], self.window[1], self.window_masks[k].copy(), value
+        """Mask ``k`` as an object (y0, x0, mask, value) for :func:`paint_objects`, cropped to its bounding box so
+        that thousands of prompts hold little memory (an empty mask: shape (0, 0))."""
+        m = self.window_masks[k]
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size == 0:
+            return self.window[0], self.window[1], np.zeros((0, 0), bool), value
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return self.window[0] + int(r0), self.window[1] + int(c0), m[r0:r1, c0:c1].copy(), value
 
 
 OVERLAPS = ("smaller", "first")
