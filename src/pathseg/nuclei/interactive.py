@@ -97,8 +97,9 @@ def paint_objects(
     pixel at image pixel (y0, x0) and is written as ``value``.
 
     ``overlap`` settles a pixel that several masks claim. ``"smaller"`` (default) gives it to the smallest of them:
-    masks are painted largest first, each over the previous, as PathoSAM's evaluation composes prompt masks
-    (micro-sam's ``mask_data_to_segmentation``); objects of equal area keep their order. ``"first"`` leaves it with
+    masks are painted largest first, each over the previous, as micro-sam's evaluation code (PathoSAM's) composes
+    prompt masks in its ``mask_data_to_segmentation`` before the ``v1`` restructure (since then it paints only into
+    background, so there the largest wins); objects of equal area keep their order. ``"first"`` leaves it with
     the earliest object in ``objects``.
     """
     if overlap not in OVERLAPS:
