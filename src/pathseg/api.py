@@ -136,10 +136,9 @@ def segment_nuclei_prompted(
     decoder's mask); with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3,
     that nucleus) whose bounding box best fits the box.
     """
-    from pathseg.nuclei.interactive import OVERLAPS, Predictor, paint_objects
+    from pathseg.nuclei.interactive import Predictor, check_overlap, paint_objects
 
-    if overlap not in OVERLAPS:
-        raise PathsegError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+    check_overlap(overlap, PathsegError)  # before the model loads
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
     if not hasattr(net, "sam"):
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")

@@ -90,6 +90,12 @@ class Prediction:
 OVERLAPS = ("smaller", "first")
 
 
+def check_overlap(overlap: str, error: type[Exception] = ValueError) -> None:
+    """Stop with ``error`` naming the rules unless ``overlap`` is one of :data:`OVERLAPS`."""
+    if overlap not in OVERLAPS:
+        raise error(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+
+
 def paint_objects(
     objects: Sequence[tuple[int, int, np.ndarray, int]], shape: tuple[int, int], overlap: str = "smaller"
 ) -> np.ndarray:
@@ -102,8 +108,7 @@ def paint_objects(
     background, so there the largest wins); objects of equal area keep their order. ``"first"`` leaves it with
     the earliest object in ``objects``.
     """
-    if overlap not in OVERLAPS:
-        raise ValueError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+    check_overlap(overlap)
     labels = np.zeros(shape, dtype=np.uint32)
     order = range(len(objects))
     if overlap == "smaller":

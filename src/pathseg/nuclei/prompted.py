@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 
 from pathseg.nuclei.automatic import AISParams
 from pathseg.nuclei.boxes import box_nms
-from pathseg.nuclei.interactive import Predictor
+from pathseg.nuclei.interactive import Predictor, paint_objects
 from pathseg.progress import ProgressCallback
 
 
@@ -52,15 +52,8 @@ class Candidate:
 
 def paint(candidates: list[Candidate], shape: tuple[int, int], min_size: int = 0) -> np.ndarray:
     """Label image: larger objects painted first so that smaller ones stay visible on top (as micro-sam)."""
-    labels = np.zeros(shape, dtype=np.uint32)
-    next_id = 1
-    for c in sorted(candidates, key=lambda c: -c.area):
-        if c.area < min_size:
-            continue
-        x0, y0, x1, y1 = c.box
-        region = labels[y0:y1, x0:x1]
-        region[c.mask] = next_id
-        next_id += 1
+    keep = [c for c in sorted(candidates, key=lambda c: -c.area) if c.area >= min_size]
+    labels = paint_objects([(int(c.box[1]), int(c.box[0]), c.mask, i) for i, c in enumerate(keep, 1)], shape)
     ids, sizes = np.unique(labels, return_counts=True)
     small = ids[(sizes < max(min_size, 1)) & (ids > 0)]
     if small.size:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from pathseg.nuclei.interactive import OVERLAPS, Prediction, Predictor, paint_objects
+from pathseg.nuclei.interactive import Prediction, Predictor, check_overlap, paint_objects
 
 KINDS = ("point", "box", "corrected")
 
@@ -59,8 +59,7 @@ def simulate_prompts(
     """Label images (one per prompt kind in ``kinds``) from prompts simulated for every object of ``gt``
     (:func:`prompt_objects`), composed by :func:`~pathseg.nuclei.interactive.paint_objects` with ``overlap``
     ("smaller": as PathoSAM; "first": in object order, the earlier object keeps a shared pixel)."""
-    if overlap not in OVERLAPS:
-        raise ValueError(f"unknown overlap rule {overlap!r}; use {' or '.join(OVERLAPS)}")
+    check_overlap(overlap)  # before any prompt runs
     objects = prompt_objects(pred, gt, corrections, kinds, margin)
     return {k: paint_objects(objs, gt.shape, overlap) for k, objs in objects.items()}
 
