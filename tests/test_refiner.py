@@ -165,5 +165,39 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
     # asking for init's own shape is fine-tuning too; another shape stops with a message
     run = small_run(data, tmp_path / "ft1", tmp_path / "init", width=8, dilations=(1, 2), lr=0.0)
     assert train_refiner(run, log=lines.append)["iteration"] == 0
-    with pytest.raises(PathsegError, match="--width and --dilations shape a new refiner only"):
+    with pytest.raises(PathsegError, match="--feature-channels shape a new refiner only"):
         train_refiner(small_run(data, tmp_path / "ft2", tmp_path / "init", width=16), log=lines.append)
+
+
+def test_a_refiner_can_read_the_ais_decoders_features(data, tmp_path):  # noqa: F811
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    SamNucleusModel(cfg).eval().save_pretrained(tmp_path / "base")
+    run = small_run(data, tmp_path / "ref", tmp_path / "base", val_every=2, width=8, dilations=(1,), feature_channels=4)
+    train_refiner(run, log=lambda *a: None)
+    model = SamNucleusModel.from_pretrained(tmp_path / "ref" / "best").eval()
+    assert model.config["mask_refiner"]["feature_channels"] == 4
+    assert model.config["mask_refiner"]["feature_in"] == model.ais.out_conv.in_channels
+    # the projection learns with the refiner: the loss reaches its weights through the guide
+    x = torch.randn(1, 3, 64, 64)
+    embedding, maps, features = model.guide_inputs(x)
+    assert torch.allclose(maps, model.ais(*model.sam.image_encoder.forward_features(x)))
+    model.refiner.zero_grad()
+    guide = model.refiner.guide(x, maps, features)
+    coarse = torch.randn(2, 1, 64, 64)
+    model.refiner(coarse, guide.expand(2, -1, -1, -1), torch.zeros(2, 3, 64, 64))[0].sum().backward()
+    assert guide.shape[1] == 10 and model.refiner.project.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="reads 32 AIS feature channels"):
+        model.refiner.guide(x, maps, None)
+    # the predictor keeps 10-channel guides, and its cache depends on the projection's weights
+    rgb, _ = synthetic_nuclei((150, 170), n=6, radius=10, seed=3)
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5)
+    assert all(g.shape[0] == 10 for g in p.guides)
+    assert p.predict(box=np.array([20, 20, 60, 60])).masks.shape[1:] == (150, 170)
+    before = p.signature(rgb, 0.5)["weights"]
+    with torch.no_grad():
+        model.refiner.project.bias.add_(1.0)
+    assert Predictor(model).signature(rgb, 0.5)["weights"] != before
+    with pytest.raises(PathsegError, match="feature channels"):
+        train_refiner(small_run(data, tmp_path / "bad", tmp_path / "base", feature_channels=-1), log=lambda *a: None)

@@ -484,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 2, 4, 8],
         help="dilations of a new refiner's 3x3 layers; receptive field 1 + 2 x their sum, in model pixels",
     )
+    tr.add_argument(
+        "--feature-channels",
+        type=int,
+        default=0,
+        help="a new refiner's guide also holds this many channels, a learned 1x1 projection of the AIS decoder's "
+        "last features (default 0: pixels and AIS maps only)",
+    )
     tr.add_argument("--val-fraction", type=float, default=0.15, help="as for `train nuclei` (same split)")
     tr.add_argument("--val-every", type=int, default=250)
     tr.add_argument("--seed", type=int, default=0)
@@ -825,6 +832,7 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         lr=args.lr,
         width=args.width,
         dilations=tuple(args.dilations),
+        feature_channels=args.feature_channels,
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         seed=args.seed,

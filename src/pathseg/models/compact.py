@@ -86,10 +86,18 @@ class UNetAISDecoder(nn.Module):
             cin = w
         self.out_conv = nn.Conv2d(cin, out_channels, 1)
 
-    def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def features(self, embedding: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The last up-block's features (B, widths[-1], H, W) at the first skip's (full) resolution."""
         x = embedding
         for up, skip in zip(self.ups, reversed(skips), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))
-        x = self.out_conv(x)
+        return x
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Maps from :meth:`features`."""
+        x = self.out_conv(features)
         return torch.sigmoid(x) if self.final_activation == "sigmoid" else x
+
+    def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.features(embedding, skips))

@@ -145,7 +145,11 @@ def _build_refiner(cfg: dict | None) -> nn.Module | None:
     from pathseg.models.refine import MaskRefiner
 
     return MaskRefiner(
-        int(cfg.get("width", 32)), tuple(cfg.get("dilations", (1, 2, 4, 8))), int(cfg.get("prompt_channels", 0))
+        int(cfg.get("width", 32)),
+        tuple(cfg.get("dilations", (1, 2, 4, 8))),
+        int(cfg.get("prompt_channels", 0)),
+        int(cfg.get("feature_in", 0)),
+        int(cfg.get("feature_channels", 0)),
     )
 
 
@@ -321,7 +325,7 @@ class SamNucleusModel(nn.Module):
     @torch.inference_mode()
     def prompt_context(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image embedding (C, h, w) of an RGB uint8 window and, for a model with a mask refiner, its guide image
-        (6, H, W) at the window's size (normalised RGB + AIS maps, one encoder pass for both)."""
+        (6 or more channels, H, W) at the window's size (see :meth:`MaskRefiner.guide`; one encoder pass for all)."""
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
         if not self.is_compact:
             return self.sam.embed(self.sam.resize_longest(x))[0], None
@@ -330,10 +334,17 @@ class SamNucleusModel(nn.Module):
         x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
         if self.refiner is None or self.ais is None:
             return self.sam.image_encoder(x)[0], None
-        from pathseg.models.refine import guide_image
+        embedding, maps, features = self.guide_inputs(x)
+        return embedding[0], self.refiner.guide(x, maps, features)[0, :, :h, :w]
 
-        maps, embedding, _ = self.forward_train(x)
-        return embedding[0], guide_image(x, maps)[0, :, :h, :w]
+    def guide_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Embedding, AIS maps and, for a refiner that reads them, the AIS decoder's last features (else None) of
+        normalised input (B, 3, H, W) (compact models with an AIS decoder)."""
+        embedding, skips = self.sam.image_encoder.forward_features(x)
+        if self.refiner is not None and self.refiner.feature_channels:
+            features = self.ais.features(embedding, skips)
+            return embedding, self.ais.head(features), features
+        return embedding, self.ais(embedding, skips), None
 
     def window_logits(self, low: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Low-resolution mask logits (N, K, h', w') of a window embedded by :meth:`embed_window` -> (N, K, h, w)."""

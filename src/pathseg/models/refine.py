@@ -5,7 +5,8 @@ that is 2 µm per logit, so a 6 µm nucleus spans about 3x3 logits and its upsam
 nucleus outline. The refiner takes the upsampled coarse logits of each candidate mask together with a guide image
 (the normalised RGB and the AIS maps: foreground, centre and boundary distance, all at full resolution) and
 predicts a residual correction plus the IoU of the refined mask (replacing the decoder's IoU estimate). With
-``prompt_channels=3`` it also sees the prompts themselves (the box as a filled rectangle, positive and negative
+``feature_channels`` the guide also holds a learned projection of the AIS decoder's last features (full resolution).
+With ``prompt_channels=3`` it also sees the prompts themselves (the box as a filled rectangle, positive and negative
 points as small Gaussian blobs). It works on a region of interest around the prompt, so its cost does not grow
 with the window size.
 """
@@ -22,20 +23,34 @@ GUIDE_CHANNELS = 6
 
 
 class MaskRefiner(nn.Module):
-    """Residual refinement of coarse mask logits (N, 1, H, W) given a guide image (N, 6, H, W) and, with
-    ``prompt_channels``, prompt maps (N, 3, H, W) (see :func:`prompt_maps`), all the same size.
+    """Residual refinement of coarse mask logits (N, 1, H, W) given a guide image (N, 6 + ``feature_channels``, H, W)
+    (see :meth:`guide`) and, with ``prompt_channels``, prompt maps (N, 3, H, W) (see :func:`prompt_maps`), all the
+    same size.
 
     Dilated 3x3 convolutions (dilations 1, 2, 4, 8: a receptive field of 31 px, 15 µm at 0.5 µm/px).
-    Returns refined logits (N, 1, H, W) and predicted IoU (N,) of the refined masks.
+    ``feature_in`` > 0: the AIS decoder's last features have this many channels, projected by a 1x1 convolution to
+    ``feature_channels`` guide channels. Returns refined logits (N, 1, H, W) and predicted IoU (N,) of the refined
+    masks.
     """
 
-    def __init__(self, width: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8), prompt_channels: int = 0) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        dilations: tuple[int, ...] = (1, 2, 4, 8),
+        prompt_channels: int = 0,
+        feature_in: int = 0,
+        feature_channels: int = 0,
+    ) -> None:
         super().__init__()
         self.width = width
         self.dilations = tuple(dilations)
         self.prompt_channels = prompt_channels
+        if (feature_in > 0) != (feature_channels > 0):
+            raise ValueError(f"feature_in and feature_channels go together, got {feature_in} and {feature_channels}")
+        self.feature_in, self.feature_channels = feature_in, feature_channels
+        self.project = nn.Conv2d(feature_in, feature_channels, 1) if feature_channels else None
         layers: list[nn.Module] = []
-        cin = 1 + GUIDE_CHANNELS + prompt_channels
+        cin = 1 + GUIDE_CHANNELS + feature_channels + prompt_channels
         for d in dilations:
             layers += [nn.Conv2d(cin, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
             cin = width
@@ -59,6 +74,19 @@ class MaskRefiner(nn.Module):
         inside = (f * p).sum((2, 3)) / (area + 1.0)
         pooled = torch.cat([inside, f.mean((2, 3)), torch.log1p(area)], dim=1)
         return logits, torch.sigmoid(self.iou_head(pooled))[:, 0]
+
+    def guide(self, x_norm: torch.Tensor, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The guide (B, 6 + feature_channels, H, W): normalised RGB (B, 3, H, W), AIS maps (B, 3, H, W) and, for a
+        refiner with ``feature_channels``, the projected AIS decoder ``features`` (B, feature_in, H, W)."""
+        if x_norm.shape[-2:] != maps.shape[-2:]:
+            maps = F.interpolate(maps, x_norm.shape[-2:], mode="bilinear", align_corners=False)
+        parts = [x_norm, maps]
+        if self.project is not None:
+            if features is None or features.shape[1] != self.feature_in:
+                got = None if features is None else features.shape[1]
+                raise ValueError(f"this refiner reads {self.feature_in} AIS feature channels, got {got}")
+            parts.append(self.project(features))
+        return torch.cat(parts, dim=1)
 
 
 def prompt_roi(
@@ -157,10 +185,3 @@ def paste_roi(coarse: torch.Tensor, roi: tuple[int, int, int, int], logits: torc
     out = torch.minimum(coarse, torch.full_like(coarse, -1.0))
     out[:, y0:y1, x0:x1] = logits
     return out
-
-
-def guide_image(x_norm: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """The refiner's guide (B, 6, H, W): normalised RGB (B, 3, H, W) and AIS maps (B, 3, H, W), same size."""
-    if x_norm.shape[-2:] != maps.shape[-2:]:
-        maps = F.interpolate(maps, x_norm.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([x_norm, maps], dim=1)

@@ -176,7 +176,7 @@ class Predictor:
         self.factor = 1.0
         self.tiles: list[Tile] = []
         self.embeddings: list[torch.Tensor] = []
-        #: per tile, the mask refiner's guide image (6, h, w) float16, or None (models without a refiner)
+        #: per tile, the mask refiner's guide image (C, h, w) float16, or None (models without a refiner)
         self.guides: list[torch.Tensor | None] = []
         #: embeddings (and guides) of windows that are no tile, most recently used last (a bounded number)
         self._extra: _Recent = _Recent()
@@ -200,6 +200,8 @@ class Predictor:
             parts = self.model.sam.image_encoder.state_dict()
             if self.model.refiner is not None and self.model.ais is not None:  # the guides hold AIS maps
                 parts = {**parts, **{f"ais.{k}": v for k, v in self.model.ais.state_dict().items()}}
+                if self.model.refiner.project is not None:  # and the refiner's projection of AIS features
+                    parts.update({f"project.{k}": v for k, v in self.model.refiner.project.state_dict().items()})
             for k, v in sorted(parts.items()):
                 h.update(k.encode())
                 h.update(v.detach().float().contiguous().numpy().tobytes())

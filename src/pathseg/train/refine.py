@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
-from pathseg.models.refine import guide_image, prompt_roi, refine_roi
+from pathseg.models.refine import prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
@@ -52,6 +52,8 @@ class RefinerConfig:
     width: int = 32  #: channels of a new refiner's convolutions (a fine-tuned refiner keeps its own)
     dilations: tuple[int, ...] = (1, 2, 4, 8)  #: a new refiner's 3x3 layers (receptive field 1 + 2 * sum, model px)
     prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
+    #: a new refiner's guide also holds this many channels projected from the AIS decoder's last features (0: none)
+    feature_channels: int = 0
 
 
 def refiner_loss(
@@ -65,7 +67,7 @@ def refiner_loss(
     use_box: bool,
 ) -> torch.Tensor:
     """Mean refiner loss over simulated prompts for objects of ``labels`` (B, H, W); ``embeddings`` and ``guide``
-    (B, 6, H, W) come from the frozen model on the same crops."""
+    (B, C, H, W) come from the frozen model on the same crops."""
     picks = sample_objects(labels, per_image, rng)
     refiner = model.refiner
     if not picks:
@@ -130,13 +132,17 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     own = model.refiner is not None
-    asked = (cfg.width, tuple(cfg.dilations))
+    if cfg.feature_channels < 0 or (cfg.feature_channels and not hasattr(model.ais, "features")):
+        raise PathsegError(f"feature channels need >= 0 and a U-Net AIS decoder, got {cfg.feature_channels}")
+    asked = (cfg.width, tuple(cfg.dilations), cfg.feature_channels)
     if own:
-        have = (model.refiner.width, model.refiner.dilations)
-        if asked not in (have, (RefinerConfig.width, RefinerConfig.dilations)):
+        have = (model.refiner.width, model.refiner.dilations, model.refiner.feature_channels)
+        default = (RefinerConfig.width, RefinerConfig.dilations, RefinerConfig.feature_channels)
+        if asked not in (have, default):
             raise PathsegError(
-                f"--init {cfg.init!r} has a refiner (width {have[0]}, dilations {list(have[1])}) that is fine-tuned "
-                "as it is; --width and --dilations shape a new refiner only, for a model without one"
+                f"--init {cfg.init!r} has a refiner (width {have[0]}, dilations {list(have[1])}, feature channels "
+                f"{have[2]}) that is fine-tuned as it is; --width, --dilations and --feature-channels shape a new "
+                "refiner only, for a model without one"
             )
     if not own:
         model.config["mask_refiner"] = {
@@ -144,6 +150,10 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
             "dilations": [int(d) for d in cfg.dilations],
             "prompt_channels": cfg.prompt_channels,
         }
+        if cfg.feature_channels:
+            model.config["mask_refiner"].update(
+                feature_in=int(model.ais.out_conv.in_channels), feature_channels=cfg.feature_channels
+            )
         model.refiner = _build_refiner(model.config["mask_refiner"])
     for p in model.parameters():
         p.requires_grad_(False)
@@ -185,8 +195,8 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         x, _, labels, _ = sampler.batch(cfg.batch)
         x = (x - mean) / std
         with torch.no_grad():
-            maps, emb, _ = model.forward_train(x)
-            guide = guide_image(x, maps)
+            emb, maps, features = model.guide_inputs(x)
+        guide = model.refiner.guide(x, maps, features)  # a feature projection learns with the refiner
         loss = refiner_loss(model, emb, guide, labels, rng, cfg.prompts_per_image, cfg.corrections, it % 2 == 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
