@@ -201,3 +201,30 @@ def test_a_refiner_can_read_the_ais_decoders_features(data, tmp_path):  # noqa: 
     assert Predictor(model).signature(rgb, 0.5)["weights"] != before
     with pytest.raises(PathsegError, match="feature channels"):
         train_refiner(small_run(data, tmp_path / "bad", tmp_path / "base", feature_channels=-1), log=lambda *a: None)
+
+
+def test_a_box_fitting_model_trains_every_box_candidate(monkeypatch):
+    from pathseg.train.refine import refiner_loss
+
+    model = refined_model()
+    labels = torch.from_numpy(synthetic_nuclei((64, 64), n=3, radius=8, seed=2)[1].astype(np.int64))[None]
+    x = (torch.rand(1, 3, 64, 64) - 0.5) * 2
+    with torch.no_grad():
+        embedding, maps, features = model.guide_inputs(x)
+    guide = model.refiner.guide(x, maps, features)
+    calls = []
+    decode = model.sam.decode
+
+    def spy(*a, multimask_output, **k):
+        calls.append(multimask_output)
+        return decode(*a, multimask_output=multimask_output, **k)
+
+    monkeypatch.setattr(model.sam, "decode", spy)
+    losses = {}
+    for fit in (False, True):
+        model.config["box_fit"] = fit
+        calls.clear()
+        rng = np.random.default_rng(0)
+        losses[fit] = refiner_loss(model, embedding, guide, labels, rng, 2, 1, use_box=True).item()
+        assert calls == [fit, False]  # 3 candidates for a first box only when they are fitted to it
+    assert np.isfinite(list(losses.values())).all() and losses[True] != losses[False]

@@ -4,8 +4,9 @@ The image encoder, AIS decoder, prompt encoder and mask decoder stay exactly as 
 segmentation is unchanged); only the small :class:`~pathseg.models.refine.MaskRefiner` learns, from prompts
 simulated as in :mod:`pathseg.train.prompts` (a point or a box, then corrective points from the refined mask's
 errors). Loss per round: Dice + binary cross-entropy (in the refined region) of the best candidate, + MSE of the
-predicted IoU. Resumable (``<out>/checkpoint.pt``); the best refiner by validation mSA of box and point prompts is
-saved with its model to ``<out>/best``.
+predicted IoU. For a model that fits a box's candidates to the box (``box_fit``), a first box prompt is answered
+with 3 candidates as in the predictor, and all of them learn. Resumable (``<out>/checkpoint.pt``); the best refiner
+by validation mSA of box and point prompts is saved with its model to ``<out>/best``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def refiner_loss(
     points, point_labels, boxes = first_prompts(masks, rng, use_box)
     total = torch.zeros(())
     mask_input = None
-    multimask = not use_box
+    # a box alone gets the decoder's 3 candidates when the model fits them to the box (box_fit): any of them may be
+    # chosen, so each learns to be the object; otherwise only the best candidate learns, as in the mask decoder's loss
+    every = use_box and model.box_fit
+    multimask = not use_box or every
     for round_ in range(n_corrections + 1):
         pts = None
         if points[0]:
@@ -100,12 +104,15 @@ def refiner_loss(
             inter = (p * gt_roi).sum((1, 2))
             dice = 1 - (2 * inter + 1.0) / (p.sum((1, 2)) + gt_roi.sum() + outside + 1.0)
             best = int(dice.argmin())
-            bce = F.binary_cross_entropy_with_logits(logits[best], gt_roi)
+            if every:
+                seg = dice.mean() + F.binary_cross_entropy_with_logits(logits, gt_roi.expand_as(logits))
+            else:
+                seg = dice[best] + F.binary_cross_entropy_with_logits(logits[best], gt_roi)
             with torch.no_grad():
                 hard = (logits > 0).float()
                 union = ((hard + gt_roi) > 0).float().sum((1, 2)) + outside
                 true_iou = (hard * gt_roi).sum((1, 2)) / union.clamp_min(1)
-            total = total + dice[best] + bce + F.mse_loss(iou, true_iou)
+            total = total + seg + F.mse_loss(iou, true_iou)
             chosen_low.append(low[i, best])
             full = np.zeros((h, w), bool)
             full[y0:y1, x0:x1] = (logits[best] > 0).detach().numpy()
@@ -118,7 +125,7 @@ def refiner_loss(
             points[i].append(_random_point(fn if take_fn else fp, rng) or _random_point(m, rng))
             point_labels[i].append(1 if take_fn else 0)
         mask_input = torch.stack(chosen_low)[:, None] if rng.random() < 0.5 else None
-        multimask = False
+        multimask = every = False
     return total / (len(picks) * (n_corrections + 1))
 
 
