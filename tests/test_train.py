@@ -298,3 +298,31 @@ def test_freeze_bn_keeps_the_running_statistics_while_weights_train(data, tmp_pa
     b = SamNucleusModel.from_pretrained(tmp_path / "b" / "best").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in stats)
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
+def test_prompt_loss_trains_every_box_candidate_for_box_fitting_models(monkeypatch):
+    from pathseg.models.nucleus_sam import compact_config
+    from pathseg.train.prompts import prompt_loss
+
+    sam = SamNucleusModel(compact_config(mpp=0.5, tile=128)).sam
+    labels = torch.from_numpy(synthetic_nuclei((64, 64), n=3, radius=8, seed=2)[1].astype(np.int64))[None]
+    with torch.no_grad():
+        embedding = sam.image_encoder(torch.randn(1, 3, 64, 64))
+    calls = []
+    decode = sam.decode
+
+    def spy(*a, multimask_output, **k):
+        calls.append(multimask_output)
+        return decode(*a, multimask_output=multimask_output, **k)
+
+    monkeypatch.setattr(sam, "decode", spy)
+    losses = {}
+    for every in (False, True):
+        calls.clear()
+        rng = np.random.default_rng(0)
+        losses[every] = prompt_loss(sam, embedding, labels, rng, 2, 1, step=1, box_candidates=every).item()
+        assert calls == [every, False]  # step 1 is a box: 3 candidates only when they are fitted to it
+    calls.clear()
+    prompt_loss(sam, embedding, labels, np.random.default_rng(0), 2, 1, step=0, box_candidates=True)
+    assert calls == [True, False]  # a first point always has 3
+    assert np.isfinite(list(losses.values())).all() and losses[True] != losses[False]

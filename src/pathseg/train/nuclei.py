@@ -316,6 +316,7 @@ class _TrainStep(torch.nn.Module):
                     self.cfg.prompts_per_image,
                     self.cfg.corrections,
                     step=step,
+                    box_candidates=self.model.box_fit,
                 )
             loss = loss + self.cfg.prompt_weight * l_prompt.float()
             parts["prompt"] = float(l_prompt.detach())

@@ -3,7 +3,9 @@
 Per object: a first prompt (one positive point with multimask output, or a box with a single output,
 alternating), then ``n_corrections`` corrective rounds: a point sampled from the error region (positive in a
 missed part, negative in a false part) added to the prompts, and the previous logits fed back as a mask prompt
-with probability 0.5. Loss per round: Dice of the best of the candidate masks + MSE of the predicted IoU.
+with probability 0.5. Loss per round: Dice of the best of the candidate masks + MSE of the predicted IoU. With
+``box_candidates`` (models whose predictor fits a box's 3 candidates to the box, ``box_fit``) a first box is answered
+with 3 candidates too, and all of them learn.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def prompt_loss(
     per_image: int = 4,
     n_corrections: int = 2,
     step: int = 0,
+    box_candidates: bool = False,
 ) -> torch.Tensor:
     """Interactive-segmentation loss over simulated prompts for objects of ``labels`` (B, H, W).
 
@@ -83,7 +86,8 @@ def prompt_loss(
     points, point_labels, boxes = first_prompts(masks_np, rng, use_box)
     total = embeddings.sum() * 0.0
     mask_input = None
-    multimask = not use_box
+    every = use_box and box_candidates
+    multimask = not use_box or every
     for round_ in range(n_corrections + 1):
         pts = None
         if points[0]:
@@ -95,7 +99,7 @@ def prompt_loss(
         inter = (prob * gt_low).sum(dims)
         dice = 1 - (2 * inter + 1e-6) / ((prob * prob).sum(dims) + (gt_low * gt_low).sum(dims) + 1e-6)
         best = dice.argmin(dim=1)
-        total = total + dice.gather(1, best[:, None]).mean()
+        total = total + (dice.mean() if every else dice.gather(1, best[:, None]).mean())
         with torch.no_grad():
             hard = (low > 0).float()
             true_iou = (hard * gt_low).sum(dims) / ((hard + gt_low) > 0).float().sum(dims).clamp_min(1)
@@ -112,5 +116,5 @@ def prompt_loss(
             points[i].append(p)
             point_labels[i].append(1 if take_fn else 0)
         mask_input = chosen.detach() if rng.random() < 0.5 else None
-        multimask = False
+        multimask = every = False
     return total / (n_corrections + 1)
