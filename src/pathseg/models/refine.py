@@ -165,7 +165,7 @@ def refine_roi(
     labels: np.ndarray | list[int] | None = None,
     box: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (6, H, W) inside ``roi`` (y0, x0, y1, x1).
+    """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (C, H, W) inside ``roi`` (y0, x0, y1, x1).
     The prompts (``points`` (N, 2) x, y with ``labels``; ``box`` x0, y0, x1, y1; same pixels) are drawn with
     :func:`prompt_maps` when the refiner takes them. Returns the region's logits (K, h, w) and IoU (K,)."""
     y0, x0, y1, x1 = roi
