@@ -18,16 +18,20 @@ from pathseg.train.nuclei import TrainConfig, split_validation, train_nuclei
 from tests.conftest import REPO, load_tool, synthetic_nuclei
 
 
-@pytest.fixture
-def data(tmp_path):
-    d = tmp_path / "data"
+def nuclei_folder(d, prefix: str = "", seed: int = 0):
+    """A training folder ``d`` of 4 synthetic 160² images with instance masks only (files ``{prefix}{i}.png``)."""
     (d / "images").mkdir(parents=True)
     (d / "instance_masks").mkdir()
     for i in range(4):
-        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=i)
-        Image.fromarray(rgb).save(d / "images" / f"{i}.png")
-        Image.fromarray(lab.astype(np.uint16)).save(d / "instance_masks" / f"{i}.png")
+        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=seed + i)
+        Image.fromarray(rgb).save(d / "images" / f"{prefix}{i}.png")
+        Image.fromarray(lab.astype(np.uint16)).save(d / "instance_masks" / f"{prefix}{i}.png")
     return d
+
+
+@pytest.fixture
+def data(tmp_path):
+    return nuclei_folder(tmp_path / "data")
 
 
 def small_config(data, out, **overrides) -> TrainConfig:
@@ -124,13 +128,7 @@ def test_class_training_adds_a_class_decoder(data, tmp_path):
 
 def test_class_training_with_mix_data_keeps_both_splits(data, tmp_path):
     _add_types(data)
-    mix = tmp_path / "mix"
-    (mix / "images").mkdir(parents=True)
-    (mix / "instance_masks").mkdir()
-    for i in range(4):  # instance masks only: no type_masks/ beside them
-        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=10 + i)
-        Image.fromarray(rgb).save(mix / "images" / f"m{i}.png")
-        Image.fromarray(lab.astype(np.uint16)).save(mix / "instance_masks" / f"m{i}.png")
+    mix = nuclei_folder(tmp_path / "mix", "m", seed=10)  # instance masks only: no type_masks/ beside them
     out, logs = tmp_path / "joint", []
     cfg = small_config(data, out, task="classes", mix=[str(mix)], iterations=3, val_every=3)
     best = train_nuclei(cfg, log=logs.append)
@@ -149,13 +147,7 @@ def test_class_training_with_mix_data_keeps_both_splits(data, tmp_path):
 
 def test_mix_data_can_train_at_its_own_pixel_size(data, tmp_path, monkeypatch):
     _add_types(data)
-    mix = tmp_path / "mix"
-    (mix / "images").mkdir(parents=True)
-    (mix / "instance_masks").mkdir()
-    for i in range(4):
-        rgb, lab = synthetic_nuclei((160, 160), n=8, radius=10, seed=10 + i)
-        Image.fromarray(rgb).save(mix / "images" / f"m{i}.png")
-        Image.fromarray(lab.astype(np.uint16)).save(mix / "instance_masks" / f"m{i}.png")
+    mix = nuclei_folder(tmp_path / "mix", "m", seed=10)
     import pathseg.train.nuclei as tn
 
     shapes, evaluated = {}, []

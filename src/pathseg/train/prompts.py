@@ -59,6 +59,13 @@ def first_prompts(
     return points, point_labels, None
 
 
+def first_outputs(use_box: bool, box_candidates: bool) -> tuple[bool, bool]:
+    """(multimask, every) for a first prompt: a point gets 3 candidates (the best learns); a box gets the single mask,
+    or with ``box_candidates`` 3 candidates that all learn (``every``). Later rounds: (False, False)."""
+    every = use_box and box_candidates
+    return not use_box or every, every
+
+
 def prompt_loss(
     sam: Sam,
     embeddings: torch.Tensor,
@@ -86,8 +93,7 @@ def prompt_loss(
     points, point_labels, boxes = first_prompts(masks_np, rng, use_box)
     total = embeddings.sum() * 0.0
     mask_input = None
-    every = use_box and box_candidates
-    multimask = not use_box or every
+    multimask, every = first_outputs(use_box, box_candidates)
     for round_ in range(n_corrections + 1):
         pts = None
         if points[0]:

@@ -27,7 +27,7 @@ from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
 from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, source_groups, split_validation
-from pathseg.train.prompts import _random_point, first_prompts, sample_objects
+from pathseg.train.prompts import _random_point, first_outputs, first_prompts, sample_objects
 
 
 @dataclass
@@ -81,8 +81,7 @@ def refiner_loss(
     mask_input = None
     # a box alone gets the decoder's 3 candidates when the model fits them to the box (box_fit): any of them may be
     # chosen, so each learns to be the object; otherwise only the best candidate learns, as in the mask decoder's loss
-    every = use_box and model.box_fit
-    multimask = not use_box or every
+    multimask, every = first_outputs(use_box, model.box_fit)
     for round_ in range(n_corrections + 1):
         pts = None
         if points[0]:
