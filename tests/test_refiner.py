@@ -73,6 +73,49 @@ def test_predictor_uses_the_refiner_and_caches_its_guide(tmp_path):
     assert np.array_equal(r.iou, r2.iou)
 
 
+def test_corrective_prompts_use_the_correction_refiner(tmp_path):
+    cfg = refined_model().config
+    cfg["mask_refiner"].update(feature_in=32, feature_channels=2)  # the main guide holds 8 channels
+    model = SamNucleusModel({**cfg, "correction_refiner": {"width": 4, "dilations": [1]}}).eval()
+    with torch.no_grad():  # a correction refiner that blanks everything: its effect must show in the masks
+        model.correction_refiner.out.bias.fill_(-100.0)
+    rgb, _ = synthetic_nuclei((200, 230), n=10, radius=10, seed=5)
+    p = Predictor(model)
+    p.set_image(rgb, mpp=0.5)
+    assert all(g.shape[0] == 8 for g in p.guides)
+    first = p.predict(points=np.array([[50, 60]]), labels=np.array([1]))  # no feedback: the main refiner
+    assert first.masks.any()
+    again = p.predict(points=np.array([[50, 60]]), labels=np.array([1]), mask_input=first.mask_prompt(0))
+    assert not again.masks.any()
+    loaded = SamNucleusModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert torch.equal(loaded.correction_refiner.out.bias, model.correction_refiner.out.bias)
+    with pytest.raises(PathsegError, match="correction_refiner needs a mask_refiner"):
+        SamNucleusModel({**cfg, "mask_refiner": None, "correction_refiner": {"width": 4}})
+    with pytest.raises(PathsegError, match="correction_refiner needs"):  # it reads the guide's first 6 channels only
+        SamNucleusModel({**cfg, "correction_refiner": {"width": 4, "feature_in": 32, "feature_channels": 2}})
+
+
+def test_bundle_tool_keeps_the_replaced_refiner_for_corrections(tmp_path):
+    from tests.conftest import load_tool
+
+    bundled = refined_model()
+    folder = save_with_add_on_refiner(bundled, tmp_path / "bundled")
+    cfg = {**bundled.config, "mask_refiner": {"width": 4, "dilations": [1], "feature_in": 32, "feature_channels": 2}}
+    run = SamNucleusModel(cfg).eval()
+    run.load_state_dict({k: v for k, v in bundled.state_dict().items() if not k.startswith("refiner.")}, strict=False)
+    run.save_pretrained(tmp_path / "run")
+    tool = load_tool("bundle_nuclei_model")
+    tool.add_refiner(tmp_path / "run", folder, keep_for_corrections=True)
+    shipped = SamNucleusModel.from_pretrained(folder)
+    assert shipped.refiner.feature_channels == 2 and shipped.correction_refiner.width == 8
+    for k, v in bundled.refiner.state_dict().items():
+        assert torch.equal(shipped.correction_refiner.state_dict()[k], v), k
+    for k, v in run.refiner.state_dict().items():
+        assert torch.equal(shipped.refiner.state_dict()[k], v), k
+    with pytest.raises(SystemExit, match="no correction refiner yet"):
+        tool.add_refiner(tmp_path / "run", folder, keep_for_corrections=True)
+
+
 def test_prompt_iou_picks_the_estimate_that_ranks_candidates():
     model = refined_model()
     rgb, _ = synthetic_nuclei((200, 230), n=10, radius=10, seed=5)
@@ -98,17 +141,23 @@ def test_prompt_iou_picks_the_estimate_that_ranks_candidates():
         p.predict(points=np.array([[50, 60]]), labels=np.array([1]))
 
 
-def test_refiner_ships_as_an_add_on_file(tmp_path):
-    model = refined_model()
-    folder = model.save_pretrained(tmp_path / "m")
-    full = SamNucleusModel.from_pretrained(folder)
-    state = full.state_dict()
+def save_with_add_on_refiner(model: SamNucleusModel, folder):
+    """``model`` saved to ``folder`` as the bundled one is: its refiner in the add-on file ``refiner.safetensors``."""
+    folder = model.save_pretrained(folder)
+    state = SamNucleusModel.from_pretrained(folder).state_dict()
     refiner = {k: v for k, v in state.items() if k.startswith("refiner.")}
     base = {k: v for k, v in state.items() if not k.startswith("refiner.") and "num_batches" not in k}
     save_file(base, str(folder / "model.safetensors"))
     save_file(refiner, str(folder / "refiner.safetensors"))
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "extra_weights": ["refiner.safetensors"]}))
+    return folder
+
+
+def test_refiner_ships_as_an_add_on_file(tmp_path):
+    model = refined_model()
+    state = model.state_dict()
+    folder = save_with_add_on_refiner(model, tmp_path / "m")
     again = SamNucleusModel.from_pretrained(folder)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in state.items())
     again.save_pretrained(tmp_path / "one")  # saved again: one file, no add-on listed

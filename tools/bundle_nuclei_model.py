@@ -6,7 +6,8 @@ safetensors in ``src/pathseg/weights/<name>/``.
 
 ``--add-refiner REFINER_RUN/best`` instead adds a prompt-mask refiner (trained with ``pathseg train nuclei-refiner
 --init <name>``) to the bundled model as a small add-on file ``refiner.safetensors``, leaving ``model.safetensors``
-untouched (every copy of it stays in git history).
+untouched (every copy of it stays in git history). With ``--keep-for-corrections`` the refiner it replaces stays, as
+``correction_refiner.safetensors``, the refiner of corrective prompts (those feeding back an earlier mask).
 
 ``--replace-ais AIS_RUN/best`` likewise ships an AIS decoder retrained on the bundled model's frozen encoder
 (``pathseg train nuclei --init <name> --decoder-only --model-mpp M``, thresholds then tuned with
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nuclei", type=Path, default=None, help="nuclei model folder (e.g. RUN/best)")
     ap.add_argument("--add-refiner", type=Path, default=None, help="refiner run folder to add to the bundled model")
+    ap.add_argument(
+        "--keep-for-corrections",
+        action="store_true",
+        help="with --add-refiner: the bundled refiner stays as the refiner of corrective prompts",
+    )
     ap.add_argument("--replace-ais", type=Path, default=None, help="AIS decoder run folder (--decoder-only) to ship")
     ap.add_argument("--replace-mask", type=Path, default=None, help="prompt-path run folder (--decoder-only mask)")
     ap.add_argument("--fold", action="store_true", help="fold the bundled model's replace_weights into its main file")
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--description", default="pathseg's compact CPU nucleus model (SAM family), trained on MoNuSeg")
     args = ap.parse_args(argv)
     if args.add_refiner is not None:
-        return add_refiner(args.add_refiner, WEIGHTS / args.name)
+        return add_refiner(args.add_refiner, WEIGHTS / args.name, args.keep_for_corrections)
     if args.replace_ais is not None:
         return replace_ais(args.replace_ais, WEIGHTS / args.name)
     if args.replace_mask is not None:
@@ -107,12 +113,24 @@ def _part_file(
     return trained
 
 
-def add_refiner(run: Path, folder: Path) -> int:
-    """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones)."""
-    from pathseg.models.folder import update_config
+def add_refiner(run: Path, folder: Path, keep_for_corrections: bool = False) -> int:
+    """Write ``run``'s refiner beside the bundled model in ``folder`` (its other weights must be the bundled ones);
+    with ``keep_for_corrections`` the bundled refiner becomes the correction refiner."""
+    from safetensors.torch import load_file
 
+    from pathseg.models.folder import read_config, update_config, write_weights
+
+    extra, entries = ["refiner.safetensors"], {}
+    if keep_for_corrections:
+        config = read_config(folder)
+        if not config.get("mask_refiner") or config.get("correction_refiner"):
+            raise SystemExit(f"{folder}: --keep-for-corrections needs a refiner and no correction refiner yet")
+        kept = {"correction_" + k: v for k, v in load_file(str(folder / "refiner.safetensors")).items()}
+        extra, entries = [*extra, "correction_refiner.safetensors"], {"correction_refiner": config["mask_refiner"]}
     trained = _part_file(run, folder, "refiner.", "refiner.safetensors", None)
-    update_config(folder, {"mask_refiner": trained.config["mask_refiner"], "extra_weights": ["refiner.safetensors"]})
+    if keep_for_corrections:
+        write_weights(folder / "correction_refiner.safetensors", kept)
+    update_config(folder, {"mask_refiner": trained.config["mask_refiner"], **entries, "extra_weights": extra})
     return 0
 
 

@@ -153,6 +153,19 @@ def _build_refiner(cfg: dict | None) -> nn.Module | None:
     )
 
 
+def _build_correction_refiner(config: dict, refiner: nn.Module | None) -> nn.Module | None:
+    """The refiner of corrective prompts (config ``correction_refiner``), if any: it reads the first 6 guide channels
+    (pixels and AIS maps) of the main refiner's guide, so it has no feature projection of its own."""
+    cfg = config.get("correction_refiner")
+    if not cfg:
+        return None
+    if refiner is None or cfg.get("feature_channels"):
+        raise PathsegError(
+            f"model {config.get('name', 'sam')!r}: a correction_refiner needs a mask_refiner and no feature channels"
+        )
+    return _build_refiner(cfg)
+
+
 class SamNucleusModel(nn.Module):
     """SAM + AIS decoder. ``segment(rgb, mpp)`` gives nucleus labels; ``sam`` serves interactive prompts."""
 
@@ -167,6 +180,7 @@ class SamNucleusModel(nn.Module):
         )
         self.ais = _build_ais(config.get("ais_decoder"))
         self.refiner = _build_refiner(config.get("mask_refiner"))
+        self.correction_refiner = _build_correction_refiner(config, self.refiner)
         self._channels_last = False
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -204,6 +218,13 @@ class SamNucleusModel(nn.Module):
         """Pixel size (µm/px) the network runs at for nucleus classes (config ``class_mpp``, default :attr:`mpp`):
         the pixel size the class decoder was trained at."""
         return float(self.config.get("class_mpp") or self.mpp)
+
+    def refiner_for(self, feedback: bool) -> nn.Module | None:
+        """The mask refiner of a prompt: with mask ``feedback`` (a corrective round), the model's
+        ``correction_refiner`` when it has one, else its ``refiner`` (None: no refiner)."""
+        if feedback and self.correction_refiner is not None:
+            return self.correction_refiner
+        return self.refiner
 
     @property
     def prompt_iou(self) -> str:

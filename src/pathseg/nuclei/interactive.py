@@ -412,8 +412,9 @@ class Predictor:
 
     def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
         """Mask logits (K, h, w) float32 in ``box_yx`` (work pixels, > 0 inside), IoU, low-res logits. With a mask
-        refiner (and the window's ``guide``), the masks are refined at full resolution around the prompt and the
-        IoU is the refiner's or the decoder's (the model's ``prompt_iou``)."""
+        refiner (and the window's ``guide``), the masks are refined at full resolution around the prompt (by the
+        model's correction refiner, if any, when ``mask_input`` feeds back an earlier mask) and the IoU is the
+        refiner's or the decoder's (the model's ``prompt_iou``)."""
         y0, x0, y1, x1 = box_yx
         if mask_input is None and self.model.is_compact:  # decode on the part of the window the prompt sits in
             centre = self._centre(pts, lbl, bx) - [x0, y0]
@@ -436,11 +437,13 @@ class Predictor:
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
-            if guide is not None and self.model.refiner is not None:
-                from pathseg.models.refine import paste_roi, prompt_roi, refine_roi
+            refiner = self.model.refiner_for(feedback=mask_input is not None)
+            if guide is not None and refiner is not None:
+                from pathseg.models.refine import GUIDE_CHANNELS, paste_roi, prompt_roi, refine_roi
 
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
-                logits, r_iou = refine_roi(self.model.refiner, full, guide.float(), roi, local_pts, lbl, local_box)
+                guide = guide[: GUIDE_CHANNELS + refiner.feature_channels].float()  # a correction refiner: 6
+                logits, r_iou = refine_roi(refiner, full, guide, roi, local_pts, lbl, local_box)
                 full = paste_roi(full, roi, logits)
                 if self.model.prompt_iou == "refiner":
                     iou = r_iou[None]
