@@ -216,6 +216,8 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
     assert train_refiner(run, log=lines.append)["iteration"] == 0
     with pytest.raises(PathsegError, match="--feature-channels shape a new refiner only"):
         train_refiner(small_run(data, tmp_path / "ft2", tmp_path / "init", width=16), log=lines.append)
+    with pytest.raises(PathsegError, match="corrections must be >= 0"):
+        train_refiner(small_run(data, tmp_path / "ft3", tmp_path / "init", corrections=-1), log=lines.append)
 
 
 def test_a_refiner_can_read_the_ais_decoders_features(data, tmp_path):  # noqa: F811
@@ -277,3 +279,6 @@ def test_a_box_fitting_model_trains_every_box_candidate(monkeypatch):
         losses[fit] = refiner_loss(model, embedding, guide, labels, rng, 2, 1, use_box=True).item()
         assert calls == [fit, False]  # 3 candidates for a first box only when they are fitted to it
     assert np.isfinite(list(losses.values())).all() and losses[True] != losses[False]
+    calls.clear()  # no corrective round: the first prompt alone learns
+    assert np.isfinite(refiner_loss(model, embedding, guide, labels, np.random.default_rng(0), 2, 0, False).item())
+    assert calls == [True]

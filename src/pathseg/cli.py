@@ -473,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iterations", type=int, default=1500)
     tr.add_argument("--batch", type=int, default=4, help="crops per iteration")
     tr.add_argument("--prompts-per-image", type=int, default=8, help="objects prompted per crop")
+    tr.add_argument(
+        "--corrections",
+        type=int,
+        default=2,
+        help="corrective rounds after each simulated point or box (0: first prompts only, for a refiner shipped "
+        "beside a correction refiner: tools/bundle_nuclei_model.py --keep-for-corrections)",
+    )
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument(
         "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
@@ -829,6 +836,7 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         batch=args.batch,
         prompts_per_image=args.prompts_per_image,
+        corrections=args.corrections,
         lr=args.lr,
         width=args.width,
         dilations=tuple(args.dilations),

@@ -135,6 +135,8 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     model = get_nucleus_model(cfg.init)
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
+    if cfg.corrections < 0:
+        raise PathsegError(f"corrections must be >= 0, got {cfg.corrections}")
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     own = model.refiner is not None
