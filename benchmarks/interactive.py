@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="prompt kinds to score")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--no-refiner", action="store_true", help="drop the model's mask refiner (to measure its effect)")
+    ap.add_argument("--no-refiner", action="store_true", help="drop the mask refiners (to measure their effect)")
     ap.add_argument(
         "--box-margin",
         type=float,
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     model = get_nucleus_model(args.model)
     name = model.name
     if args.no_refiner and getattr(model, "refiner", None) is not None:
-        model.refiner = None
+        model.refiner = model.correction_refiner = None
         name += "_no_refiner"
     if args.box_margin < 0:
         name += "_unbounded_box"
