@@ -114,6 +114,14 @@ def test_bundle_tool_keeps_the_replaced_refiner_for_corrections(tmp_path):
         assert torch.equal(shipped.refiner.state_dict()[k], v), k
     with pytest.raises(SystemExit, match="no correction refiner yet"):
         tool.add_refiner(tmp_path / "run", folder, keep_for_corrections=True)
+    with pytest.raises(SystemExit, match="trained on other weights"):  # it lacks the shipped correction refiner
+        tool.add_refiner(tmp_path / "run", folder)
+    with torch.no_grad():  # a later refiner, trained on the shipped model: the correction refiner stays
+        shipped.refiner.out.bias.fill_(0.5)
+    tool.add_refiner(shipped.save_pretrained(tmp_path / "run2"), folder)
+    again = SamNucleusModel.from_pretrained(folder)
+    assert again.refiner.out.bias.item() == 0.5
+    assert torch.equal(again.correction_refiner.out.bias, bundled.refiner.out.bias)
 
 
 def test_prompt_iou_picks_the_estimate_that_ranks_candidates():

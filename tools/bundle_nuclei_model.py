@@ -101,7 +101,7 @@ def _part_file(
     ours, theirs = bundled.state_dict(), trained.state_dict()
     if not any(k.startswith(prefix) for k in theirs):
         raise SystemExit(f"{run}: the model has no {prefix} part")
-    if any(not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(prefix)):
+    if any(k not in theirs or not torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(prefix)):
         raise SystemExit(f"{run}: trained on other weights than {folder}; use --init {folder.name}")
     tensors = {  # BatchNorm counters are not saved (as in save_pretrained)
         k: (v if dtype is None else v.to(dtype)).contiguous()
@@ -120,9 +120,10 @@ def add_refiner(run: Path, folder: Path, keep_for_corrections: bool = False) -> 
 
     from pathseg.models.folder import read_config, update_config, write_weights
 
-    extra, entries = ["refiner.safetensors"], {}
+    config = read_config(folder)
+    extra = list(dict.fromkeys([*config.get("extra_weights", []), "refiner.safetensors"]))  # others stay listed
+    entries = {}
     if keep_for_corrections:
-        config = read_config(folder)
         if not config.get("mask_refiner") or config.get("correction_refiner"):
             raise SystemExit(f"{folder}: --keep-for-corrections needs a refiner and no correction refiner yet")
         kept = {"correction_" + k: v for k, v in load_file(str(folder / "refiner.safetensors")).items()}

@@ -442,7 +442,7 @@ class Predictor:
                 from pathseg.models.refine import GUIDE_CHANNELS, paste_roi, prompt_roi, refine_roi
 
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
-                guide = guide[: GUIDE_CHANNELS + refiner.feature_channels].float()  # a correction refiner: 6
+                guide = guide[: GUIDE_CHANNELS + refiner.feature_channels].float()  # a correction refiner reads 6
                 logits, r_iou = refine_roi(refiner, full, guide, roi, local_pts, lbl, local_box)
                 full = paste_roi(full, roi, logits)
                 if self.model.prompt_iou == "refiner":
