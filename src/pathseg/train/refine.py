@@ -132,13 +132,13 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     """The frozen ``init`` model with a trainable refiner, and whether that refiner is ``init``'s own (fine-tuning)."""
     from pathseg.models.zoo import get_nucleus_model
 
-    model = get_nucleus_model(cfg.init)
-    if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
-        raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
-    if cfg.corrections < 0:
+    if cfg.corrections < 0:  # settings that need no model are checked before loading one
         raise PathsegError(f"corrections must be >= 0, got {cfg.corrections}")
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
+    model = get_nucleus_model(cfg.init)
+    if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
+        raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
     own = model.refiner is not None
     if cfg.feature_channels < 0 or (cfg.feature_channels and not hasattr(model.ais, "features")):
         raise PathsegError(f"feature channels need >= 0 and a U-Net AIS decoder, got {cfg.feature_channels}")
