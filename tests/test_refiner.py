@@ -226,6 +226,8 @@ def test_fine_tuning_a_refiner_keeps_the_init_one_unless_beaten(data, tmp_path):
         train_refiner(small_run(data, tmp_path / "ft2", tmp_path / "init", width=16), log=lines.append)
     with pytest.raises(PathsegError, match="corrections must be >= 0"):
         train_refiner(small_run(data, tmp_path / "ft3", tmp_path / "init", corrections=-1), log=lines.append)
+    with pytest.raises(PathsegError, match="box jitter must be in"):
+        train_refiner(small_run(data, tmp_path / "ft4", tmp_path / "init", box_jitter=0.5), log=lines.append)
 
 
 def test_a_refiner_can_read_the_ais_decoders_features(data, tmp_path):  # noqa: F811
@@ -290,3 +292,16 @@ def test_a_box_fitting_model_trains_every_box_candidate(monkeypatch):
     calls.clear()  # no corrective round: the first prompt alone learns
     assert np.isfinite(refiner_loss(model, embedding, guide, labels, np.random.default_rng(0), 2, 0, False).item())
     assert calls == [True]
+
+
+def test_simulated_boxes_are_exact_without_jitter_and_bounded_with_it():
+    from pathseg.train.prompts import first_prompts
+
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 10:30] = True  # rows 5-14, columns 10-29: the box (10, 5, 30, 15), longer side 20
+    rng = np.random.default_rng(0)
+    _, _, exact = first_prompts([mask] * 3, rng, use_box=True, box_jitter=0.0)
+    assert exact.tolist() == [[10.0, 5.0, 30.0, 15.0]] * 3
+    _, _, loose = first_prompts([mask] * 200, rng, use_box=True, box_jitter=0.1)
+    moved = (loose - exact[:1]).abs()
+    assert moved.max() <= 2.0 and moved.max() > 1.5  # each edge moves by up to 0.1 x 20 px

@@ -480,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="corrective rounds after each simulated point or box (0: first prompts only, for a refiner shipped "
         "beside a correction refiner: tools/bundle_nuclei_model.py --keep-for-corrections)",
     )
+    tr.add_argument(
+        "--box-jitter",
+        type=float,
+        default=0.05,
+        help="each edge of a simulated box moves by up to this fraction of the box's longer side (default 0.05, "
+        "like a hand-drawn box; 0: exact bounding boxes, as benchmarks/interactive.py prompts)",
+    )
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument(
         "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
@@ -837,6 +844,7 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         batch=args.batch,
         prompts_per_image=args.prompts_per_image,
         corrections=args.corrections,
+        box_jitter=args.box_jitter,
         lr=args.lr,
         width=args.width,
         dilations=tuple(args.dilations),

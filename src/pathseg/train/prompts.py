@@ -38,6 +38,8 @@ def _random_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, fl
 
 
 def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> list[float]:
+    """The mask's bounding box (x0, y0, x1, y1; x1, y1 exclusive), each edge moved by up to ``jitter`` x its longer
+    side (uniform; 0: the exact box, as the interactive benchmark prompts)."""
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     d = jitter * max(x1 - x0, y1 - y0)
@@ -45,14 +47,15 @@ def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> li
 
 
 def first_prompts(
-    masks: list[np.ndarray] | np.ndarray, rng: np.random.Generator, use_box: bool
+    masks: list[np.ndarray] | np.ndarray, rng: np.random.Generator, use_box: bool, box_jitter: float = 0.05
 ) -> tuple[list[list[tuple[float, float]]], list[list[int]], torch.Tensor | None]:
-    """The first prompt of each object mask: a jittered box ((N, 4) x0, y0, x1, y1) or one random positive point.
-    Returns (points per object, their labels, boxes or None); corrective points are appended to the lists."""
+    """The first prompt of each object mask: a box ((N, 4) x0, y0, x1, y1, jittered by ``box_jitter``, see
+    :func:`_box`) or one random positive point. Returns (points per object, their labels, boxes or None); corrective
+    points are appended to the lists."""
     points: list[list[tuple[float, float]]] = [[] for _ in masks]
     point_labels: list[list[int]] = [[] for _ in masks]
     if use_box:
-        return points, point_labels, torch.tensor([_box(m, rng) for m in masks], dtype=torch.float32)
+        return points, point_labels, torch.tensor([_box(m, rng, box_jitter) for m in masks], dtype=torch.float32)
     for i, m in enumerate(masks):
         points[i].append(_random_point(m, rng))
         point_labels[i].append(1)

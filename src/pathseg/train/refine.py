@@ -50,6 +50,8 @@ class RefinerConfig:
     seed: int = 0
     prompts_per_image: int = 8
     corrections: int = 2
+    #: each simulated box edge moves by up to this fraction of the box's longer side (0: exact boxes)
+    box_jitter: float = 0.05
     width: int = 32  #: channels of a new refiner's convolutions (a fine-tuned refiner keeps its own)
     dilations: tuple[int, ...] = (1, 2, 4, 8)  #: a new refiner's 3x3 layers (receptive field 1 + 2 * sum, model px)
     prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
@@ -66,9 +68,11 @@ def refiner_loss(
     per_image: int,
     n_corrections: int,
     use_box: bool,
+    box_jitter: float = 0.05,
 ) -> torch.Tensor:
     """Mean refiner loss over simulated prompts for objects of ``labels`` (B, H, W); ``embeddings`` and ``guide``
-    (B, C, H, W) come from the frozen model on the same crops."""
+    (B, C, H, W) come from the frozen model on the same crops; boxes are jittered by ``box_jitter`` (see
+    :func:`~pathseg.train.prompts.first_prompts`)."""
     picks = sample_objects(labels, per_image, rng)
     refiner = model.refiner
     if not picks:
@@ -76,7 +80,7 @@ def refiner_loss(
     h, w = labels.shape[-2:]
     masks = [(labels[b] == lab).numpy() for b, lab in picks]
     emb = embeddings[[b for b, _ in picks]]
-    points, point_labels, boxes = first_prompts(masks, rng, use_box)
+    points, point_labels, boxes = first_prompts(masks, rng, use_box, box_jitter)
     total = torch.zeros(())
     mask_input = None
     # a box alone gets the decoder's 3 candidates when the model fits them to the box (box_fit): any of them may be
@@ -134,6 +138,8 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
 
     if cfg.corrections < 0:  # settings that need no model are checked before loading one
         raise PathsegError(f"corrections must be >= 0, got {cfg.corrections}")
+    if not 0 <= cfg.box_jitter < 0.5:
+        raise PathsegError(f"box jitter must be in [0, 0.5) (of the box's longer side), got {cfg.box_jitter}")
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     model = get_nucleus_model(cfg.init)
@@ -205,7 +211,9 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         with torch.no_grad():
             emb, maps, features = model.guide_inputs(x)
         guide = model.refiner.guide(x, maps, features)  # a feature projection learns with the refiner
-        loss = refiner_loss(model, emb, guide, labels, rng, cfg.prompts_per_image, cfg.corrections, it % 2 == 1)
+        loss = refiner_loss(
+            model, emb, guide, labels, rng, cfg.prompts_per_image, cfg.corrections, it % 2 == 1, cfg.box_jitter
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
