@@ -76,7 +76,7 @@ def score(model, images, args: argparse.Namespace, kinds: tuple[str, ...]) -> li
         t = time.perf_counter()
         pred = Predictor(model, box_margin=None if args.box_margin < 0 else args.box_margin)
         pred.set_image(rgb, args.mpp)
-        objects = prompt_objects(pred, gt, args.corrections, kinds=kinds)
+        objects = prompt_objects(pred, gt, args.corrections, kinds=kinds, box_jitter=args.box_jitter)
         row = {"image": stem, "n_gt": int(gt.max()), "seconds": time.perf_counter() - t}
         for i, overlap in enumerate(args.overlap):
             for k, objs in objects.items():
@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images (µm/px)")
     ap.add_argument("--corrections", type=int, default=8)
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="prompt kinds to score")
+    ap.add_argument(
+        "--box-jitter",
+        type=float,
+        default=0.0,
+        help="move each box edge by up to this fraction of the box's longer side, as a hand-drawn box (default 0: "
+        "exact bounding boxes, as PathoSAM evaluates; the same boxes for every model)",
+    )
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-refiner", action="store_true", help="drop the mask refiners (to measure their effect)")
@@ -173,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         name += "_no_refiner"
     if args.box_margin < 0:
         name += "_unbounded_box"
+    if args.box_jitter:
+        name += f"_box_jitter{args.box_jitter:g}"
     images = _images(args)
     kinds = tuple(args.kinds)
     extra = [f"msa_{k}_{o}" for o in args.overlap[1:] for k in kinds]
@@ -194,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             ", best-fitting box candidate" if box_fit else ""
         )
         threads = torch.get_num_threads()
-        print(f"\ninteractive, model {name} at {setting}, {len(rows)} images of {split}, {threads} threads")
+        boxes = f", boxes jittered by {args.box_jitter:g}" if args.box_jitter else ""
+        print(f"\ninteractive, model {name} at {setting}{boxes}, {len(rows)} images of {split}, {threads} threads")
         print(format_table(rows + [{**mean, "image": "mean", "n_gt": f"{mean['n_gt']:.0f}"}], cols))
         runs[setting] = {
             "prompt_mpp": prompt_mpp,
@@ -218,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": name,
             "corrections": args.corrections,
             "box_margin": args.box_margin,
+            "box_jitter": args.box_jitter,
             "kinds": kinds,
             "overlap": args.overlap,
         }

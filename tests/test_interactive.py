@@ -313,3 +313,29 @@ def test_simulated_prompts_compose_like_pathosam(model, monkeypatch):
     assert (first[10:16, 25:27] == 1).all()  # object 1 came first and kept them
     with pytest.raises(ValueError, match="overlap"):
         simulate_prompts(pred, gt, kinds=("box",), overlap="last")
+
+
+def test_simulated_boxes_are_exact_or_jittered_the_same_way_for_every_model():
+    from pathseg.nuclei.simulate import prompt_objects
+
+    gt = np.zeros((60, 60), np.int64)
+    gt[5:25, 10:20] = 1  # box (10, 5, 20, 25), longer side 20 px
+    gt[30:40, 30:50] = 2
+
+    class Recorder:  # stands in for a Predictor: records each box, answers with an empty mask
+        def __init__(self):
+            self.boxes = []
+
+        def predict(self, box, multimask):
+            self.boxes.append(np.asarray(box, float))
+            return type("R", (), {"object": lambda _, i, lab: (0, 0, np.zeros((1, 1), bool), lab)})()
+
+    exact, a, b = Recorder(), Recorder(), Recorder()
+    prompt_objects(exact, gt, kinds=("box",))
+    assert np.array_equal(exact.boxes, [[10, 5, 20, 25], [30, 30, 50, 40]])
+    prompt_objects(a, gt, kinds=("box",), box_jitter=0.1)
+    prompt_objects(b, gt, kinds=("box",), box_jitter=0.1)
+    moved = np.abs(np.array(a.boxes) - exact.boxes)
+    assert np.array_equal(a.boxes, b.boxes) and 0 < moved.max() <= 2.0  # same seed, up to 0.1 x 20 px
+    with pytest.raises(ValueError, match="box_jitter"):
+        prompt_objects(exact, gt, kinds=("box",), box_jitter=0.5)

@@ -65,17 +65,28 @@ def simulate_prompts(
 
 
 def prompt_objects(
-    pred: Predictor, gt: np.ndarray, corrections: int = 8, kinds: tuple[str, ...] = KINDS, margin: int = 64
+    pred: Predictor,
+    gt: np.ndarray,
+    corrections: int = 8,
+    kinds: tuple[str, ...] = KINDS,
+    margin: int = 64,
+    box_jitter: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, list[tuple[int, int, np.ndarray, int]]]:
     """Per prompt kind in ``kinds``, the mask each object of ``gt`` gets from its simulated prompts, as objects
     (y0, x0, mask, label) for :func:`~pathseg.nuclei.interactive.paint_objects`.
 
     ``pred`` holds the embedded image (same pixels as ``gt``); errors further than ``margin`` px from an object's
     box are not looked at by the corrective rounds. With one point the candidate of highest predicted IoU is used.
+    A box is the object's bounding box, or with ``box_jitter`` > 0 (a hand-drawn box) each edge moved by up to that
+    fraction of the box's longer side (uniform, drawn from ``seed``: every model gets the same boxes).
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown prompt kinds {sorted(unknown)}; use {', '.join(KINDS)}")
+    if not 0 <= box_jitter < 0.5:
+        raise ValueError(f"box_jitter must be in [0, 0.5) (of the box's longer side), got {box_jitter}")
+    rng = np.random.default_rng(seed)
     out: dict[str, list] = {k: [] for k in kinds}
     for lab, sl in enumerate(ndi.find_objects(gt), start=1):
         if sl is None:
@@ -87,7 +98,9 @@ def prompt_objects(
         x, y = innermost(obj[y0:y1, x0:x1])
         x, y = x + x0, y + y0
         if "box" in out:
-            box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+            box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float64)
+            if box_jitter:
+                box += rng.uniform(-1, 1, 4) * box_jitter * max(box[2] - box[0], box[3] - box[1])
             out["box"].append(pred.predict(box=box, multimask=False).object(0, lab))
         if "point" not in out and "corrected" not in out:
             continue
