@@ -1,5 +1,5 @@
-"""Box utilities: IoU and non-maximum suppression, a mask's bounding box, and the labelled nucleus whose bounding
-box best matches a prompt box (box prompts answered from an automatic segmentation)."""
+"""Box utilities: IoU and non-maximum suppression, a mask's bounding box, boxes jittered as drawn by hand, and the
+labelled nucleus whose bounding box best matches a prompt box (box prompts answered from an automatic segmentation)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def jitter_box(box: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """``box`` (x0, y0, x1, y1, px) with each edge moved by up to ``jitter`` x the box's longer side (uniform from
+    ``rng``, which always advances by 4 draws; 0: the box as it is), as a hand-drawn box."""
+    box = np.asarray(box, dtype=np.float64)
+    d = jitter * max(box[2] - box[0], box[3] - box[1])
+    return box + rng.uniform(-d, d, 4)
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from pathseg.nuclei.boxes import jitter_box
 from pathseg.nuclei.interactive import Prediction, Predictor, check_overlap, paint_objects
 
 KINDS = ("point", "box", "corrected")
@@ -98,9 +99,7 @@ def prompt_objects(
         x, y = innermost(obj[y0:y1, x0:x1])
         x, y = x + x0, y + y0
         if "box" in out:
-            box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float64)
-            if box_jitter:
-                box += rng.uniform(-1, 1, 4) * box_jitter * max(box[2] - box[0], box[3] - box[1])
+            box = jitter_box(np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop]), box_jitter, rng)
             out["box"].append(pred.predict(box=box, multimask=False).object(0, lab))
         if "point" not in out and "corrected" not in out:
             continue

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.models.sam.sam import Sam
+from pathseg.nuclei.boxes import jitter_box
 
 
 def sample_objects(labels: torch.Tensor, per_image: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -41,9 +42,7 @@ def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> li
     """The mask's bounding box (x0, y0, x1, y1; x1, y1 exclusive), each edge moved by up to ``jitter`` x its longer
     side (uniform; 0: the exact box, as the interactive benchmark prompts)."""
     ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    d = jitter * max(x1 - x0, y1 - y0)
-    return [float(v + rng.uniform(-d, d)) for v in (x0, y0, x1, y1)]
+    return jitter_box(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]), jitter, rng).tolist()
 
 
 def first_prompts(
