@@ -30,8 +30,7 @@ and whether a box prompt takes the automatic segmentation's nucleus whose boundi
 
 and whether a box takes the candidate (the decoder's 3, the AIS nucleus) whose bounding box fits it best
 (``box_fit``): ``--box-fit 0 1``, and at which logit levels each candidate is also cut for that choice
-(``box_thresholds``): ``--box-thresholds 0 0,-1,1``, and by how many pixels the AIS nucleus is also grown or shrunk
-(``box_ais_grow``): ``--box-ais-grow 0 0,1,-1``.
+(``box_thresholds``): ``--box-thresholds 0 0,-1,1``.
 """
 
 from __future__ import annotations
@@ -172,18 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         "0,-1,1; default: the model's box_thresholds)",
     )
     ap.add_argument(
-        "--box-ais-grow",
-        type=lambda text: [int(v) for v in _levels(text)],
-        nargs="+",
-        default=None,
-        help="comma-separated whole pixels by which a fitted box's AIS nucleus is also grown (> 0) or shrunk, sets to "
-        "compare (e.g. 0 0,1,-1; default: the model's box_ais_grow)",
-    )
-    ap.add_argument(
         "--write",
         action="store_true",
         help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit / "
-        "--box-thresholds / --box-ais-grow: store the best (mean mSA over --kinds) in the model folder's config",
+        "--box-thresholds: store the best (mean mSA over --kinds) in the model folder's config",
     )
     ap.add_argument(
         "--overlap",
@@ -220,9 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         args.box_from_ais or [model.box_from_ais],
         args.box_fit or [model.box_fit],
         args.box_thresholds or [list(model.box_thresholds)],
-        args.box_ais_grow or [list(model.box_ais_grow)],
     )
-    for prompt_mpp, prompt_iou, box_from_ais, box_fit, box_thresholds, box_ais_grow in settings:
+    for prompt_mpp, prompt_iou, box_from_ais, box_fit, box_thresholds in settings:
         box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
         model.config.update(
             prompt_mpp=prompt_mpp,
@@ -230,15 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             box_from_ais=box_from_ais,
             box_fit=box_fit,
             box_thresholds=box_thresholds,
-            box_ais_grow=box_ais_grow,
         )
         rows = score(model, images, args, kinds)
         mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
         setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
-            f", best-fitting box candidate at logits {','.join(f'{v:g}' for v in box_thresholds)}, AIS nucleus grown "
-            f"by {','.join(str(v) for v in box_ais_grow)} px"
-            if box_fit
-            else ""
+            f", best-fitting box candidate at logits {','.join(f'{v:g}' for v in box_thresholds)}" if box_fit else ""
         )
         threads = torch.get_num_threads()
         boxes = f", boxes jittered by {args.box_jitter:g}" if args.box_jitter else ""
@@ -250,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
             "box_from_ais": box_from_ais,
             "box_fit": box_fit,
             "box_thresholds": box_thresholds,
-            "box_ais_grow": box_ais_grow,
             "images": rows,
             "mean": mean,
         }
@@ -279,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        chosen = {
-            k: runs[best][k]
-            for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit", "box_thresholds", "box_ais_grow")
-        }
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit", "box_thresholds")}
         print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 

@@ -306,28 +306,6 @@ def test_a_fitted_box_can_cut_its_candidates_at_other_logit_levels(model, monkey
         Predictor(model, box_fit=True)
 
 
-def test_a_fitted_box_can_grow_or_shrink_the_automatic_nucleus(model, monkeypatch):
-    from scipy import ndimage as ndi
-
-    rgb = np.full((100, 100, 3), 200, np.uint8)
-    box = np.array([40.0, 40.0, 60.0, 60.0])
-    nucleus = np.zeros((100, 100), np.uint32)
-    nucleus[41:59, 41:59] = 1  # a pixel inside the box all round, as the decoder's mask cut at 0
-    monkeypatch.setattr(model, "segment", lambda image, mpp, *a, **k: nucleus.copy())
-    p = SlopePredictor(model, box_from_ais=0.01, box_fit=True)
-    p.set_image(rgb, mpp=0.5)
-    assert np.array_equal(p.predict(box=box, multimask=False).masks[0], nucleus > 0)  # a tie: the nucleus
-    monkeypatch.setitem(model.config, "box_ais_grow", [-1, 1])
-    p = SlopePredictor(model, box_from_ais=0.01, box_fit=True)
-    assert p.box_grow == (0, -1, 1)
-    p.set_image(rgb, mpp=0.5)
-    grown = ndi.binary_dilation(nucleus > 0)  # reaches every edge of the box, so it fits best
-    assert np.array_equal(p.predict(box=box, multimask=False).masks[0], grown)
-    monkeypatch.setitem(model.config, "box_ais_grow", [0.5])
-    with pytest.raises(PathsegError, match="box_ais_grow"):
-        Predictor(model, box_fit=True)
-
-
 def test_paint_objects_gives_a_shared_pixel_to_the_smaller_mask_or_the_first():
     big = np.ones((4, 6), bool)  # rows 0-3, cols 0-5
     small = np.ones((2, 2), bool)  # rows 2-3, cols 4-5 once placed: inside the big one

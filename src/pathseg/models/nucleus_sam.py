@@ -265,16 +265,6 @@ class SamNucleusModel(nn.Module):
         return tuple(float(v) for v in values)
 
     @property
-    def box_ais_grow(self) -> tuple[int, ...]:
-        """Whole image pixels by which :attr:`box_fit` also grows (> 0) or shrinks (< 0) the :attr:`box_from_ais`
-        nucleus before choosing the best-fitting mask (config ``box_ais_grow``, default ``[0]``: the nucleus as it
-        is), picked on the validation split by ``benchmarks/interactive.py --validation --box-ais-grow``."""
-        values = self.config.get("box_ais_grow") or [0]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 8 for v in values):
-            raise PathsegError(f"model {self.name!r}: box_ais_grow must be whole pixels in [-8, 8], got {values!r}")
-        return tuple(values)
-
-    @property
     def ais_tta(self) -> int:
         """Views the AIS maps are averaged over (config ``ais_tta``): 1 (default: none), 2 (+ the left-right
         mirror) or 4 (+ the upside-down and both mirrors); each view costs one network pass. Picked with its

@@ -87,16 +87,6 @@ class Prediction:
         return self.window[0] + int(r0), self.window[1] + int(c0), m[r0:r1, c0:c1].copy(), value
 
 
-def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """``mask`` grown (``pixels`` > 0) or shrunk (< 0) by that many pixels (4-connected steps), in its own frame."""
-    if pixels == 0:
-        return mask
-    from scipy import ndimage as ndi
-
-    step = ndi.binary_dilation if pixels > 0 else ndi.binary_erosion
-    return step(mask, iterations=abs(pixels))
-
-
 OVERLAPS = ("smaller", "first")
 
 
@@ -165,9 +155,7 @@ class Predictor:
     (the outer ``ais_halo`` px on each side are context only; defaults 2048 and 128), at the first box in that
     region: an image that fits in one region is segmented whole, a large one only where boxes are. With ``box_fit``
     (default ``"model"``: the model's :attr:`~SamNucleusModel.box_fit`), a single-mask box prompt takes, among the
-    decoder's 3 candidates and that nucleus, the mask whose bounding box best fits the box; the candidates also enter
-    cut at the model's :attr:`~SamNucleusModel.box_thresholds` (logit levels) and the nucleus grown or shrunk by its
-    :attr:`~SamNucleusModel.box_ais_grow` (pixels).
+    decoder's 3 candidates and that nucleus, the mask whose bounding box best fits the box.
     """
 
     def __init__(
@@ -197,12 +185,8 @@ class Predictor:
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
         self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
         self.box_fit = model.box_fit if box_fit == "model" else bool(box_fit)
-        #: logit levels a fitted box's candidates are also cut at, nearest 0 first, else as configured (ties: earlier)
-        self.box_levels = (
-            tuple(sorted(dict.fromkeys((0.0, *model.box_thresholds)), key=abs)) if self.box_fit else (0.0,)
-        )
-        #: pixels a fitted box's AIS nucleus is also grown (> 0) or shrunk by, ordered as the levels
-        self.box_grow = tuple(sorted(dict.fromkeys((0, *model.box_ais_grow)), key=abs)) if self.box_fit else (0,)
+        #: logit levels a fitted box's candidates are also cut at, nearest to 0 first (ties prefer it)
+        self.box_levels = tuple(sorted({0.0, *model.box_thresholds}, key=abs)) if self.box_fit else (0.0,)
         if not 0 <= ais_halo < ais_region / 2:
             raise PathsegError(f"ais_halo must be >= 0 and under half of ais_region, got {ais_halo} and {ais_region}")
         self.ais_region, self.ais_halo = int(ais_region), int(ais_halo)
@@ -348,11 +332,10 @@ class Predictor:
                 out.window_masks, out.window = auto[0][None], auto[1]
             return
         b = box_pixels(box, out.shape)
-        autos = [] if auto is None else [(_grow(auto[0], g), auto[1]) for g in self.box_grow]
-        cands = autos + [(m, out.window) for m in out.window_masks]
+        cands = ([auto] if auto is not None else []) + [(m, out.window) for m in out.window_masks]
         fits = box_iou(np.array([b]), np.array([mask_box(m, w) for m, w in cands]))[0]
-        best = int(np.argmax(fits))  # ties: the AIS nucleus, then the change nearest 0, then the decoder's order
-        n_auto = len(autos)
+        best = int(np.argmax(fits))  # ties: the AIS nucleus, then the level nearest 0, then the decoder's order
+        n_auto = int(auto is not None)
         k = (best - n_auto) % len(out.iou) if best >= n_auto else int(np.argmax(out.iou))
         out.window_masks, out.window = cands[best][0][None], cands[best][1]
         out.iou, out.low_res_logits = out.iou[k : k + 1], out.low_res_logits[k : k + 1]
