@@ -29,8 +29,7 @@ and whether a box prompt takes the automatic segmentation's nucleus whose boundi
         --model src/pathseg/weights/pathseg_nuclei_cpu --box-from-ais 0 0.8 0.85 0.9 [--write]
 
 and whether a box takes the candidate (the decoder's 3, the AIS nucleus) whose bounding box fits it best
-(``box_fit``): ``--box-fit 0 1``, and at which logit levels each candidate is also cut for that choice
-(``box_thresholds``): ``--box-thresholds 0 0,-1,1``.
+(``box_fit``): ``--box-fit 0 1``.
 """
 
 from __future__ import annotations
@@ -53,14 +52,6 @@ from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.interactive import OVERLAPS, Predictor, paint_objects
 from pathseg.nuclei.simulate import KINDS, prompt_objects
 from pathseg.table import format_table
-
-
-def _levels(text: str) -> list[float]:
-    """``"0,-1,1"`` -> [0.0, -1.0, 1.0] (logit levels of ``--box-thresholds``)."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _images(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -163,18 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         "box_fit)",
     )
     ap.add_argument(
-        "--box-thresholds",
-        type=_levels,
-        nargs="+",
-        default=None,
-        help="comma-separated logit levels at which a fitted box's candidates are also cut, sets to compare (e.g. 0 "
-        "0,-1,1; default: the model's box_thresholds)",
-    )
-    ap.add_argument(
         "--write",
         action="store_true",
-        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit / "
-        "--box-thresholds: store the best (mean mSA over --kinds) in the model folder's config",
+        help="with --validation and several --prompt-mpp / --prompt-iou / --box-from-ais / --box-fit: store the best "
+        "(mean mSA over --kinds) as the model folder's prompt_mpp, prompt_iou, box_from_ais and box_fit",
     )
     ap.add_argument(
         "--overlap",
@@ -210,21 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt_iou or [model.prompt_iou],
         args.box_from_ais or [model.box_from_ais],
         args.box_fit or [model.box_fit],
-        args.box_thresholds or [list(model.box_thresholds)],
     )
-    for prompt_mpp, prompt_iou, box_from_ais, box_fit, box_thresholds in settings:
+    for prompt_mpp, prompt_iou, box_from_ais, box_fit in settings:
         box_from_ais, box_fit = box_from_ais or None, bool(box_fit)  # box_from_ais 0: never
-        model.config.update(
-            prompt_mpp=prompt_mpp,
-            prompt_iou=prompt_iou,
-            box_from_ais=box_from_ais,
-            box_fit=box_fit,
-            box_thresholds=box_thresholds,
-        )
+        model.config.update(prompt_mpp=prompt_mpp, prompt_iou=prompt_iou, box_from_ais=box_from_ais, box_fit=box_fit)
         rows = score(model, images, args, kinds)
         mean = {c: float(np.mean([r[c] for r in rows])) for c in cols[1:]}
         setting = f"{prompt_mpp:g} µm/px, {prompt_iou} IoU, box from AIS at {box_from_ais or 'never'}" + (
-            f", best-fitting box candidate at logits {','.join(f'{v:g}' for v in box_thresholds)}" if box_fit else ""
+            ", best-fitting box candidate" if box_fit else ""
         )
         threads = torch.get_num_threads()
         boxes = f", boxes jittered by {args.box_jitter:g}" if args.box_jitter else ""
@@ -235,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_iou": prompt_iou,
             "box_from_ais": box_from_ais,
             "box_fit": box_fit,
-            "box_thresholds": box_thresholds,
             "images": rows,
             "mean": mean,
         }
@@ -264,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     if args.write:
-        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit", "box_thresholds")}
+        chosen = {k: runs[best][k] for k in ("prompt_mpp", "prompt_iou", "box_from_ais", "box_fit")}
         print(f"wrote {chosen} into {update_config(Path(args.model), chosen)}")
     return 0
 

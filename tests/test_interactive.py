@@ -4,10 +4,8 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from scipy.ndimage import find_objects
 
-from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.nuclei.interactive import Prediction, Predictor, paint_objects
 from pathseg.nuclei.simulate import simulate_prompts
@@ -152,6 +150,7 @@ def test_prompts_run_at_the_models_prompt_pixel_size(tmp_path):
 
 
 def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
+    from pathseg.errors import PathsegError
     from pathseg.nuclei.boxes import matching_nucleus
 
     rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
@@ -193,6 +192,7 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
 
 
 def test_box_prompts_segment_only_the_regions_they_fall_in(model, monkeypatch):
+    from pathseg.errors import PathsegError
 
     _, gt = synthetic_nuclei((200, 200), n=12, radius=10, seed=3)
     rgb = np.repeat(gt.astype(np.uint8)[..., None], 3, axis=2)  # red = the nucleus id, so that ...
@@ -262,48 +262,6 @@ def test_a_box_can_take_the_candidate_that_fits_it_best(model, monkeypatch):
     both.set_image(rgb, mpp=0.5)
     assert np.array_equal(both.predict(box=box, multimask=False).masks[0], gt == lab)
     assert both.predict(box=box).masks.shape[0] == 3  # several candidates asked for: the decoder's, untouched
-
-
-class SlopePredictor(Predictor):
-    """Every candidate's logits fall by 1 per pixel (Chebyshev) outside a square: cut at 0 the mask is a pixel larger
-    than the square all round, at -1 two pixels."""
-
-    def _predict_in(self, box_yx, emb, guide, pts, lbl, bx, mask_input, multimask):
-        y0, x0, y1, x1 = box_yx
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        d = np.maximum(np.maximum(42 - yy, yy - 57), np.maximum(42 - xx, xx - 57)).clip(0)
-        k = 3 if multimask else 1
-        logits = np.repeat((1.5 - d)[None], k, 0).astype(np.float32)
-        return logits, np.linspace(0.9, 0.7, k), torch.zeros(k, 8, 8), box_yx
-
-
-def test_a_fitted_box_can_cut_its_candidates_at_other_logit_levels(model, monkeypatch):
-    rgb = np.full((100, 100, 3), 200, np.uint8)
-    box = np.array([40.0, 40.0, 60.0, 60.0])  # x0, y0, x1, y1: two pixels round the square
-    square = np.zeros((100, 100), bool)
-    grown = {}
-    for n in (1, 2):
-        grown[n] = square.copy()
-        grown[n][42 - n : 58 + n, 42 - n : 58 + n] = True
-    p = SlopePredictor(model, box_from_ais=None, box_fit=True)
-    p.set_image(rgb, mpp=0.5)
-    assert np.array_equal(p.predict(box=box, multimask=False).masks[0], grown[1])  # default levels: [0]
-    monkeypatch.setitem(model.config, "box_thresholds", [1, -1])
-    p = SlopePredictor(model, box_from_ais=None, box_fit=True)
-    assert p.box_levels == (0.0, 1.0, -1.0)
-    p.set_image(rgb, mpp=0.5)
-    r = p.predict(box=box, multimask=False)
-    assert r.window_masks.shape[0] == 1 and np.array_equal(r.masks[0], grown[2]) and r.iou.tolist() == [0.9]
-    # other prompts (and a box with points, or several candidates asked for) keep the cut at 0
-    point = p.predict(points=np.array([[50.0, 50.0]]), labels=np.array([1]))
-    assert point.masks.shape[0] == 3 and all(np.array_equal(m, grown[1]) for m in point.masks)
-    assert all(np.array_equal(m, grown[1]) for m in p.predict(box=box).masks)
-    unfit = SlopePredictor(model, box_from_ais=None, box_fit=False)
-    unfit.set_image(rgb, mpp=0.5)
-    assert np.array_equal(unfit.predict(box=box, multimask=False).masks[0], grown[1])
-    monkeypatch.setitem(model.config, "box_thresholds", [0, "a"])
-    with pytest.raises(PathsegError, match="box_thresholds"):
-        Predictor(model, box_fit=True)
 
 
 def test_paint_objects_gives_a_shared_pixel_to_the_smaller_mask_or_the_first():

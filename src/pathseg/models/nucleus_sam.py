@@ -255,16 +255,6 @@ class SamNucleusModel(nn.Module):
         return bool(self.config.get("box_fit", False))
 
     @property
-    def box_thresholds(self) -> tuple[float, ...]:
-        """Logit levels (refined mask logits, 0 = the mask) at which :attr:`box_fit` also cuts each candidate before
-        choosing the best-fitting mask (config ``box_thresholds``, default ``[0]``: the candidates as they are),
-        picked on the validation split by ``benchmarks/interactive.py --validation --box-thresholds``."""
-        values = self.config.get("box_thresholds") or [0.0]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 20 for v in values):
-            raise PathsegError(f"model {self.name!r}: box_thresholds must be logit levels in (-20, 20), got {values!r}")
-        return tuple(float(v) for v in values)
-
-    @property
     def ais_tta(self) -> int:
         """Views the AIS maps are averaged over (config ``ais_tta``): 1 (default: none), 2 (+ the left-right
         mirror) or 4 (+ the upside-down and both mirrors); each view costs one network pass. Picked with its

@@ -185,8 +185,6 @@ class Predictor:
             raise PathsegError(f"box_from_ais must be in (0, 1], 'model' or None, got {box_from_ais!r}")
         self.box_from_ais = model.box_from_ais if box_from_ais == "model" else box_from_ais
         self.box_fit = model.box_fit if box_fit == "model" else bool(box_fit)
-        #: logit levels a fitted box's candidates are also cut at, nearest to 0 first (ties prefer it)
-        self.box_levels = tuple(sorted({0.0, *model.box_thresholds}, key=abs)) if self.box_fit else (0.0,)
         if not 0 <= ais_halo < ais_region / 2:
             raise PathsegError(f"ais_halo must be >= 0 and under half of ais_region, got {ais_halo} and {ais_region}")
         self.ais_region, self.ais_halo = int(ais_region), int(ais_halo)
@@ -315,7 +313,7 @@ class Predictor:
             if mask_input is None and self._touches_edge(pred[0][best] > 0, tile.outer):
                 window = self._window_around(pred[0][best] > 0, tile.outer)
                 pred = self._predict_in(window, *self._embedding_for(window), pts, lbl, bx, None, multimask)
-        out = self._to_image(*pred, levels=self.box_levels if box_alone else (0.0,))
+        out = self._to_image(*pred)
         if box is not None and self.box_margin is not None:
             out.bound(np.asarray(box, dtype=np.float64).reshape(4), self.box_margin)
         if box_alone:
@@ -334,9 +332,8 @@ class Predictor:
         b = box_pixels(box, out.shape)
         cands = ([auto] if auto is not None else []) + [(m, out.window) for m in out.window_masks]
         fits = box_iou(np.array([b]), np.array([mask_box(m, w) for m, w in cands]))[0]
-        best = int(np.argmax(fits))  # ties: the AIS nucleus, then the level nearest 0, then the decoder's order
-        n_auto = int(auto is not None)
-        k = (best - n_auto) % len(out.iou) if best >= n_auto else int(np.argmax(out.iou))
+        best = int(np.argmax(fits))  # ties: the AIS nucleus, then the decoder's order
+        k = best - (auto is not None) if best >= (auto is not None) else int(np.argmax(out.iou))
         out.window_masks, out.window = cands[best][0][None], cands[best][1]
         out.iou, out.low_res_logits = out.iou[k : k + 1], out.low_res_logits[k : k + 1]
 
@@ -474,23 +471,23 @@ class Predictor:
         x0 = int(np.clip(round(cx - size / 2), 0, max(W - size, 0)))
         return (y0, x0, min(y0 + size, H), min(x0 + size, W))
 
-    def _to_image(self, logits, iou, low, box_yx, levels: tuple[float, ...] = (0.0,)) -> Prediction:
-        """Masks from ``logits`` (K, h, w; > 0 inside, or bool masks) in work pixels to image pixels: the K masks
-        cut at each of ``levels`` in turn (K x len(levels) masks; default: at 0)."""
+    def _to_image(self, logits, iou, low, box_yx) -> Prediction:
+        """Masks from ``logits`` (K, h, w; > 0 inside, or bool masks) in work pixels to image pixels."""
         embed_window = tuple(int(v) for v in box_yx)
         h, w = self.image.shape[:2]
         if logits.dtype == bool:
             logits = np.where(logits, 1.0, -1.0).astype(np.float32)
-        # shrink the window to the widest masks' bounding box (plus a pixel), so later work stays local
-        any_mask = (logits > min(levels)).any(axis=0)
+        masks = logits > 0
+        # shrink the window to the masks' bounding box (plus a pixel), so later work stays local
+        any_mask = masks.any(axis=0)
         if any_mask.any():
             ys, xs = np.nonzero(any_mask.any(axis=1))[0], np.nonzero(any_mask.any(axis=0))[0]
-            cy0, cy1 = max(ys[0] - 1, 0), min(ys[-1] + 2, any_mask.shape[0])
-            cx0, cx1 = max(xs[0] - 1, 0), min(xs[-1] + 2, any_mask.shape[1])
+            cy0, cy1 = max(ys[0] - 1, 0), min(ys[-1] + 2, masks.shape[1])
+            cx0, cx1 = max(xs[0] - 1, 0), min(xs[-1] + 2, masks.shape[2])
         else:
             cy0 = cx0 = 0
             cy1 = cx1 = 1
-        logits = logits[:, cy0:cy1, cx0:cx1]
+        masks, logits = masks[:, cy0:cy1, cx0:cx1], logits[:, cy0:cy1, cx0:cx1]
         box_yx = (box_yx[0] + cy0, box_yx[1] + cx0, box_yx[0] + cy1, box_yx[1] + cx1)
         y0, x0, y1, x1 = box_yx
         if abs(self.factor - 1) >= 1e-3:
@@ -503,7 +500,6 @@ class Predictor:
             grid_x = ((torch.arange(ix0, ix1) + 0.5) * f - x0) / (x1 - x0) * 2 - 1
             gy, gx = torch.meshgrid(grid_y, grid_x, indexing="ij")
             grid = torch.stack([gx, gy], -1)[None].float()
-            logits = F.grid_sample(t, grid, mode="bilinear", align_corners=False, padding_mode="border")[0].numpy()
+            masks = F.grid_sample(t, grid, mode="bilinear", align_corners=False, padding_mode="border")[0].numpy() > 0
             box_yx = (iy0, ix0, iy1, ix1)
-        masks = np.concatenate([logits > level for level in levels])
         return Prediction(masks, tuple(int(v) for v in box_yx), iou, low, (h, w), embed_window)
