@@ -318,3 +318,32 @@ def test_prompt_loss_trains_every_box_candidate_for_box_fitting_models(monkeypat
     prompt_loss(sam, embedding, labels, np.random.default_rng(0), 2, 1, step=0, box_candidates=True)
     assert calls == [True, False]  # a first point always has 3
     assert np.isfinite(list(losses.values())).all() and losses[True] != losses[False]
+
+
+def test_prompt_loss_prompts_exact_boxes_without_jitter(monkeypatch):
+    from pathseg.models.nucleus_sam import compact_config
+    from pathseg.train.prompts import prompt_loss
+
+    sam = SamNucleusModel(compact_config(mpp=0.5, tile=128)).sam
+    labels = torch.from_numpy(synthetic_nuclei((64, 64), n=3, radius=8, seed=2)[1].astype(np.int64))[None]
+    with torch.no_grad():
+        embedding = sam.image_encoder(torch.randn(1, 3, 64, 64))
+    exact = []
+    for lab in torch.unique(labels)[1:]:
+        ys, xs = np.nonzero(labels[0].numpy() == int(lab))
+        exact.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    boxes = []
+    decode = sam.decode
+
+    def spy(emb, pts, box, *a, **k):
+        boxes.append(box)
+        return decode(emb, pts, box, *a, **k)
+
+    monkeypatch.setattr(sam, "decode", spy)
+    for jitter in (0.0, 0.1):
+        boxes.clear()
+        prompt_loss(sam, embedding, labels, np.random.default_rng(0), 3, 0, step=1, box_jitter=jitter)
+        got = sorted(boxes[0].tolist())
+        assert (got == sorted(np.array(exact, float).tolist())) == (jitter == 0)
+    with pytest.raises(PathsegError, match="box jitter must be in"):
+        train_nuclei(TrainConfig(data=["nowhere"], out="nowhere", box_jitter=-0.1))

@@ -42,6 +42,13 @@ EPILOG = """examples:
 """
 
 
+#: help of ``--box-jitter`` (train nuclei, train nuclei-refiner)
+BOX_JITTER_HELP = (
+    "each edge of a simulated box moves by up to this fraction of the box's longer side (default 0.05, like a "
+    "hand-drawn box; 0: exact bounding boxes, as benchmarks/interactive.py prompts)"
+)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -395,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
+    t.add_argument("--box-jitter", type=float, default=0.05, help=BOX_JITTER_HELP)
     t.add_argument(
         "--freeze-bn",
         action="store_true",
@@ -480,13 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="corrective rounds after each simulated point or box (0: first prompts only, for a refiner shipped "
         "beside a correction refiner: tools/bundle_nuclei_model.py --keep-for-corrections)",
     )
-    tr.add_argument(
-        "--box-jitter",
-        type=float,
-        default=0.05,
-        help="each edge of a simulated box moves by up to this fraction of the box's longer side (default 0.05, "
-        "like a hand-drawn box; 0: exact bounding boxes, as benchmarks/interactive.py prompts)",
-    )
+    tr.add_argument("--box-jitter", type=float, default=0.05, help=BOX_JITTER_HELP)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument(
         "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
@@ -818,6 +820,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         device=args.device,
         check_sync=args.check_sync,
         prompt_weight=args.prompt_weight,
+        box_jitter=args.box_jitter,
         freeze_bn=args.freeze_bn,
         task=getattr(args, "task_kind", "nuclei"),
         decoder_only=getattr(args, "decoder_only", False),

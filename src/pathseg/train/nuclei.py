@@ -25,7 +25,7 @@ from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, Sample, load_samples
 from pathseg.train.losses import ais_loss
-from pathseg.train.prompts import prompt_loss
+from pathseg.train.prompts import check_box_jitter, prompt_loss
 
 
 @dataclass
@@ -51,6 +51,8 @@ class TrainConfig:
     prompt_weight: float = 1.0  #: weight of the interactive (prompt) loss; 0 trains the AIS path only
     prompts_per_image: int = 4
     corrections: int = 2  #: corrective rounds per prompt (micro-sam uses 7 on GPUs)
+    #: each edge of a simulated box moves by up to this fraction of the box's longer side (0: exact boxes)
+    box_jitter: float = 0.05
     device: str = "auto"  #: "auto" (CUDA if available), "cpu" or "cuda"
     check_sync: bool = False  #: at the end, verify that all distributed replicas hold identical weights
     task: str = "nuclei"  #: "nuclei" (AIS + prompts) or "classes" (adds the semantic decoder, class-weighted CE)
@@ -317,6 +319,7 @@ class _TrainStep(torch.nn.Module):
                     self.cfg.corrections,
                     step=step,
                     box_candidates=self.model.box_fit,
+                    box_jitter=self.cfg.box_jitter,
                 )
             loss = loss + self.cfg.prompt_weight * l_prompt.float()
             parts["prompt"] = float(l_prompt.detach())
@@ -340,6 +343,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     trained = _trained_decoder(cfg)  # a --decoder-only that does not fit the task stops before any data is read
     if cfg.mix and (cfg.task != "classes" or cfg.decoder_only):  # likewise a --mix that does not fit
         raise PathsegError("--mix joins data without classes to a class run of the whole model (no --decoder-only)")
+    check_box_jitter(cfg.box_jitter)
     if cfg.mix_mpp is not None and not cfg.mix:
         raise PathsegError("--mix-mpp sets the pixel size of --mix data: give --mix too")
     if cfg.mix_mpp is not None and cfg.mix_mpp <= 0:

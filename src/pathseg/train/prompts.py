@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pathseg.errors import PathsegError
 from pathseg.models.sam.sam import Sam
 from pathseg.nuclei.boxes import jitter_box
 
@@ -43,6 +44,12 @@ def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> li
     side (uniform; 0: the exact box, as the interactive benchmark prompts)."""
     ys, xs = np.nonzero(mask)
     return jitter_box(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]), jitter, rng).tolist()
+
+
+def check_box_jitter(jitter: float) -> None:
+    """Stop a training run whose box jitter (a fraction of the box's longer side) is outside [0, 0.5)."""
+    if not 0 <= jitter < 0.5:
+        raise PathsegError(f"box jitter must be in [0, 0.5) (of the box's longer side), got {jitter}")
 
 
 def first_prompts(
@@ -77,10 +84,12 @@ def prompt_loss(
     n_corrections: int = 2,
     step: int = 0,
     box_candidates: bool = False,
+    box_jitter: float = 0.05,
 ) -> torch.Tensor:
     """Interactive-segmentation loss over simulated prompts for objects of ``labels`` (B, H, W).
 
-    ``embeddings`` (B, C, h, w) are the encoder outputs of the same (normalised, unpadded) crops.
+    ``embeddings`` (B, C, h, w) are the encoder outputs of the same (normalised, unpadded) crops; boxes are jittered
+    by ``box_jitter`` (see :func:`first_prompts`).
     """
     picks = sample_objects(labels, per_image, rng)
     if not picks:
@@ -92,7 +101,7 @@ def prompt_loss(
     emb = embeddings[[b for b, _ in picks]]
     masks_np = gt[:, 0].numpy().astype(bool)
     use_box = step % 2 == 1
-    points, point_labels, boxes = first_prompts(masks_np, rng, use_box)
+    points, point_labels, boxes = first_prompts(masks_np, rng, use_box, box_jitter)
     total = embeddings.sum() * 0.0
     mask_input = None
     multimask, every = first_outputs(use_box, box_candidates)

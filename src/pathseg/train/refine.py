@@ -27,7 +27,7 @@ from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
 from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, source_groups, split_validation
-from pathseg.train.prompts import _random_point, first_outputs, first_prompts, sample_objects
+from pathseg.train.prompts import _random_point, check_box_jitter, first_outputs, first_prompts, sample_objects
 
 
 @dataclass
@@ -138,8 +138,7 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
 
     if cfg.corrections < 0:  # settings that need no model are checked before loading one
         raise PathsegError(f"corrections must be >= 0, got {cfg.corrections}")
-    if not 0 <= cfg.box_jitter < 0.5:
-        raise PathsegError(f"box jitter must be in [0, 0.5) (of the box's longer side), got {cfg.box_jitter}")
+    check_box_jitter(cfg.box_jitter)
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
     model = get_nucleus_model(cfg.init)
