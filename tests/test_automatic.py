@@ -25,6 +25,19 @@ def test_watershed_recovers_instances_from_ideal_maps(nuclei_image):
     assert instance_scores(labels, seg)["sa50"] > 0.95
 
 
+def test_nuclei_with_a_faint_foreground_can_be_dropped(nuclei_image):
+    _, labels = nuclei_image
+    t = distance_targets(labels)
+    ids = np.unique(labels[labels > 0])
+    faint = np.isin(labels, ids[::2])  # every other nucleus
+    t[0][faint] = 0.6  # still foreground (> 0.5), but less sure than the others (1.0)
+    kept = watershed_from_maps(t[0], t[1], t[2], AISParams())
+    assert kept.max() == len(ids)
+    dropped = watershed_from_maps(t[0], t[1], t[2], AISParams(min_foreground=0.7))
+    assert dropped.max() == len(ids) - len(ids[::2]) and not (dropped[faint] > 0).any()
+    assert np.array_equal(dropped > 0, (kept > 0) & ~faint)
+
+
 def _fake_predictor(rgb: np.ndarray) -> np.ndarray:
     """Maps computed from the tile alone (as a network would): nuclei are the dark pixels."""
     from scipy import ndimage as ndi

@@ -28,6 +28,7 @@ class AISParams:
     foreground_smoothing: float = 1.0
     distance_smoothing: float = 1.6
     min_size: int = 0  #: objects smaller than this (pixels at the model's resolution) are removed
+    min_foreground: float = 0.0  #: objects whose mean foreground probability is below this are removed (0: none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +61,12 @@ def watershed_from_maps(
         small = sizes < p.min_size * scale * scale
         small[0] = False
         labels[small[labels]] = 0
+    if p.min_foreground > 0:
+        flat = labels.ravel()
+        mean = np.bincount(flat, weights=foreground.ravel()) / np.maximum(np.bincount(flat), 1)
+        faint = mean < p.min_foreground
+        faint[0] = False
+        labels[faint[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
 
 
