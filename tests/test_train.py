@@ -292,14 +292,21 @@ def test_freeze_bn_keeps_the_running_statistics_while_weights_train(data, tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
 
 
-def test_prompt_loss_trains_every_box_candidate_for_box_fitting_models(monkeypatch):
+def _prompt_inputs():
+    """A random compact model's SAM, labels of 3 synthetic nuclei (1, 64, 64) and their image embedding."""
     from pathseg.models.nucleus_sam import compact_config
-    from pathseg.train.prompts import prompt_loss
 
     sam = SamNucleusModel(compact_config(mpp=0.5, tile=128)).sam
     labels = torch.from_numpy(synthetic_nuclei((64, 64), n=3, radius=8, seed=2)[1].astype(np.int64))[None]
     with torch.no_grad():
         embedding = sam.image_encoder(torch.randn(1, 3, 64, 64))
+    return sam, labels, embedding
+
+
+def test_prompt_loss_trains_every_box_candidate_for_box_fitting_models(monkeypatch):
+    from pathseg.train.prompts import prompt_loss
+
+    sam, labels, embedding = _prompt_inputs()
     calls = []
     decode = sam.decode
 
@@ -321,17 +328,14 @@ def test_prompt_loss_trains_every_box_candidate_for_box_fitting_models(monkeypat
 
 
 def test_prompt_loss_prompts_exact_boxes_without_jitter(monkeypatch):
-    from pathseg.models.nucleus_sam import compact_config
+    from pathseg.nuclei.boxes import mask_box
     from pathseg.train.prompts import prompt_loss
 
-    sam = SamNucleusModel(compact_config(mpp=0.5, tile=128)).sam
-    labels = torch.from_numpy(synthetic_nuclei((64, 64), n=3, radius=8, seed=2)[1].astype(np.int64))[None]
-    with torch.no_grad():
-        embedding = sam.image_encoder(torch.randn(1, 3, 64, 64))
+    sam, labels, embedding = _prompt_inputs()
     exact = []
     for lab in torch.unique(labels)[1:]:
-        ys, xs = np.nonzero(labels[0].numpy() == int(lab))
-        exact.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        y0, x0, y1, x1 = mask_box(labels[0].numpy() == int(lab), (0, 0, 64, 64))
+        exact.append([x0, y0, x1, y1])
     boxes = []
     decode = sam.decode
 
