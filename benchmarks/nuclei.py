@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 import pathseg
+from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.models.zoo import default_nucleus_model, get_nucleus_model
 from pathseg.table import format_table
+from pathseg.train.data import find_pairs
 
 COLUMNS = ["image", "n_gt", "n_pred", "msa", "sa50", "aji", "pq", "dice", "seconds", "mpx_per_s", "metric_s"]
 
@@ -51,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    images = sorted((args.data / "images").glob("*.png"))
-    if not images:
-        print(f"no images in {args.data / 'images'}", file=sys.stderr)
+    try:
+        pairs = find_pairs(args.data)  # images/ of any image format with instance_masks/ of the same stem
+    except PathsegError as e:
+        print(e, file=sys.stderr)
         return 2
-    images = images[: args.limit] if args.limit else images
+    pairs = pairs[: args.limit] if args.limit else pairs
     name = args.model or default_nucleus_model()
     if name.startswith("random:"):  # architecture speed only: a SAM of this size with random weights
         from pathseg.models.nucleus_sam import SamNucleusModel, default_config
@@ -64,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = get_nucleus_model(name)
     mpp = args.mpp
-    rows = []
-    for path in images:
+    rows, pixels = [], []
+    for path, mask_path in pairs:
         rgb = read_image(path).pixels
-        gt = read_labels(args.data / "instance_masks" / path.name)
+        gt = read_labels(mask_path)
+        pixels.append(gt.size)
         start = time.perf_counter()
         pred = model.segment(rgb, mpp, mode=args.mode) if args.mode != "ais" else model.segment(rgb, mpp)
         seconds = time.perf_counter() - start
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     keys = [c for c in COLUMNS if c != "image"]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    total_mpx = sum(read_labels(args.data / "instance_masks" / p.name).size for p in images) / 1e6
+    total_mpx = sum(pixels) / 1e6
     mean["mpx_per_s"] = total_mpx / sum(r["seconds"] for r in rows)  # pooled throughput
     print(f"\nmodel {name} on {args.data} ({len(rows)} images, {mpp:g} µm/px, torch threads {torch.get_num_threads()})")
     print(
