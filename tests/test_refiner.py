@@ -305,3 +305,16 @@ def test_simulated_boxes_are_exact_without_jitter_and_bounded_with_it():
     _, _, loose = first_prompts([mask] * 200, rng, use_box=True, box_jitter=0.1)
     moved = (loose - exact[:1]).abs()
     assert moved.max() <= 2.0 and moved.max() > 1.5  # each edge moves by up to 0.1 x 20 px
+
+
+def test_a_jittered_box_of_a_thin_object_never_inverts():
+    from pathseg.nuclei.boxes import jitter_box
+
+    rng = np.random.default_rng(0)
+    thin = np.array([10.0, 5.0, 11.0, 25.0])  # 1 px wide, 20 px tall: edges may move by up to 2 px
+    boxes = np.array([jitter_box(thin, 0.1, rng) for _ in range(500)])
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert np.abs(boxes - thin).max() <= 2.0 + 1e-9  # swapping crossed edges keeps them within the jitter
+    square = np.array([0.0, 0.0, 20.0, 20.0])  # edges that cannot cross are moved exactly as before the swap existed
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert np.allclose(jitter_box(square, 0.1, a), square + b.uniform(-2.0, 2.0, 4))

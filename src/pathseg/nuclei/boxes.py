@@ -21,10 +21,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def jitter_box(box: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
     """``box`` (x0, y0, x1, y1, px) with each edge moved by up to ``jitter`` x the box's longer side (uniform from
-    ``rng``, which always advances by 4 draws; 0: the box as it is), as a hand-drawn box."""
+    ``rng``, which always advances by 4 draws; 0: the box as it is), as a hand-drawn box. Edges that would cross
+    (a thin object's box moved by more than its width) are swapped, so the box stays a box."""
     box = np.asarray(box, dtype=np.float64)
     d = jitter * max(box[2] - box[0], box[3] - box[1])
-    return box + rng.uniform(-d, d, 4)
+    x0, y0, x1, y1 = box + rng.uniform(-d, d, 4)
+    return np.array([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)])
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
