@@ -52,6 +52,7 @@ from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.interactive import OVERLAPS, Predictor, paint_objects
 from pathseg.nuclei.simulate import KINDS, prompt_objects
 from pathseg.table import format_table
+from pathseg.train.data import find_pairs
 
 
 def _images(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -63,11 +64,8 @@ def _images(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray]
         samples = load_samples([str(args.data)], args.mpp, args.mpp)
         _, val = split_validation(samples, args.val_fraction, args.seed, source_groups([str(args.data)]))
         return [(s.name, s.image, s.labels.astype(np.int64)) for s in val][: args.limit]
-    paths = sorted((args.data / "images").glob("*.png"))[: args.limit]
-    return [
-        (p.stem, read_image(p).pixels, read_labels(args.data / "instance_masks" / p.name).astype(np.int64))
-        for p in paths
-    ]
+    pairs = find_pairs(args.data)[: args.limit]  # images/ of any image format with instance_masks/ of the same stem
+    return [(img.stem, read_image(img).pixels, read_labels(mask).astype(np.int64)) for img, mask in pairs]
 
 
 def score(model, images, args: argparse.Namespace, kinds: tuple[str, ...]) -> list[dict]:
