@@ -116,3 +116,26 @@ def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PathsegError, match="folder holds no image files"):
         expand_inputs([tmp_path / "empty"])
+
+
+def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypatch, capsys):
+    from pathseg.models.nucleus_sam import SamNucleusModel
+
+    rgb, _ = synthetic_nuclei()
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    passes = []
+    original = SamNucleusModel._maps_once
+    monkeypatch.setattr(SamNucleusModel, "_maps_once", lambda self, x: passes.append(1) or original(self, x))
+    counts = {}
+    for views in (1, 4):
+        passes.clear()
+        out = tmp_path / f"o{views}"
+        assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(out), "--ais-views", str(views), "-q"]) == 0
+        assert (out / "t_instances.tif").is_file()
+        counts[views] = len(passes)
+    assert counts[1] >= 1 and counts[4] == 4 * counts[1]
+    assert (
+        main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c"), "--model", "classical", "--ais-views", "2"])
+        == 2
+    )
+    assert "--ais-views needs a SAM-family model" in capsys.readouterr().err
