@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     model = get_nucleus_model(args.model)
     name = model.name
     if args.no_refiner and getattr(model, "refiner", None) is not None:
-        model.refiner = model.correction_refiner = None
+        model.refiner = model.correction_refiner = model.box_refiner = None
         name += "_no_refiner"
     if args.box_margin < 0:
         name += "_unbounded_box"

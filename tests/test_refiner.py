@@ -318,3 +318,58 @@ def test_a_jittered_box_of_a_thin_object_never_inverts():
     square = np.array([0.0, 0.0, 20.0, 20.0])  # edges that cannot cross are moved exactly as before the swap existed
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     assert np.allclose(jitter_box(square, 0.1, a), square + b.uniform(-2.0, 2.0, 4))
+
+
+def test_a_box_refiner_is_trained_on_boxes_shipped_beside_the_refiner_and_answers_boxes_alone(
+    data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    import pathseg.train.refine as refine_module
+    from tests.conftest import load_tool
+
+    cfg = refined_model().config
+    cfg["mask_refiner"].update(prompt_channels=3, feature_in=32, feature_channels=2)
+    bundled = SamNucleusModel(cfg).eval()
+    folder = save_with_add_on_refiner(bundled, tmp_path / "bundled")
+    # training on boxes alone: every simulated first prompt is a box, the feature projection stays frozen
+    kinds = []
+    loss = refine_module.refiner_loss
+    monkeypatch.setattr(refine_module, "refiner_loss", lambda *a: kinds.append(a[7]) or loss(*a))
+    best = train_refiner(small_run(data, tmp_path / "box", folder, prompts="box", lr=1e-2), log=lambda *a: None)
+    assert kinds == [True, True] and "msa_box" in best
+    last = torch.load(tmp_path / "box" / "checkpoint.pt", weights_only=True)["refiner"]
+    assert torch.equal(last["project.weight"], bundled.refiner.project.weight)
+    assert not torch.equal(last["out.weight"], bundled.refiner.out.weight)
+    with pytest.raises(PathsegError, match="prompts must be"):
+        train_refiner(small_run(data, tmp_path / "bad", folder, prompts="points"), log=lambda *a: None)
+    # shipped beside the bundled refiner (its projection not stored again); a moved projection is refused
+    run = SamNucleusModel.from_pretrained(folder)
+    run.refiner.load_state_dict(last)
+    with torch.no_grad():  # a box refiner that blanks everything: its effect must show in the masks
+        run.refiner.out.bias.fill_(-100.0)
+    moved = SamNucleusModel.from_pretrained(folder)
+    with torch.no_grad():
+        moved.refiner.project.bias.add_(1.0)
+    tool = load_tool("bundle_nuclei_model")
+    with pytest.raises(SystemExit, match="feature projection differs"):
+        tool.add_box_refiner(moved.save_pretrained(tmp_path / "moved"), folder)
+    tool.add_box_refiner(run.save_pretrained(tmp_path / "run"), folder)
+    with pytest.raises(SystemExit, match="no box refiner yet"):
+        tool.add_box_refiner(tmp_path / "run", folder)
+    shipped = SamNucleusModel.from_pretrained(folder)
+    assert shipped.box_refiner.project is None
+    for k, v in shipped.box_refiner.state_dict().items():
+        assert torch.equal(v, run.refiner.state_dict()[k]), k
+    for k, v in shipped.refiner.state_dict().items():
+        assert torch.equal(v, bundled.refiner.state_dict()[k]), k
+    # a box alone takes the box refiner; a point, or a box with a point, the bundled refiner
+    rgb, _ = synthetic_nuclei((200, 230), n=10, radius=10, seed=5)
+    p = Predictor(shipped, box_fit=False, box_from_ais=None)
+    p.set_image(rgb, mpp=0.5)
+    box = np.array([30, 40, 70, 80])
+    assert not p.predict(box=box).masks.any()
+    assert p.predict(points=np.array([[50, 60]]), labels=np.array([1])).masks.any()
+    assert p.predict(box=box, points=np.array([[50, 60]]), labels=np.array([1])).masks.any()
+    with pytest.raises(PathsegError, match="box_refiner needs a mask_refiner"):
+        SamNucleusModel({**cfg, "box_refiner": {**cfg["mask_refiner"], "feature_channels": 4, "feature_in": 32}})

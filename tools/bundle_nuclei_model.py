@@ -7,7 +7,9 @@ safetensors in ``src/pathseg/weights/<name>/``.
 ``--add-refiner REFINER_RUN/best`` instead adds a prompt-mask refiner (trained with ``pathseg train nuclei-refiner
 --init <name>``) to the bundled model as a small add-on file ``refiner.safetensors``, leaving ``model.safetensors``
 untouched (every copy of it stays in git history). With ``--keep-for-corrections`` the refiner it replaces stays, as
-``correction_refiner.safetensors``, the refiner of corrective prompts (those feeding back an earlier mask).
+``correction_refiner.safetensors``, the refiner of corrective prompts (those feeding back an earlier mask). With
+``--for-boxes`` the run's refiner (``train nuclei-refiner --prompts box``) is added as ``box_refiner.safetensors``,
+the refiner of box prompts alone; the bundled refiner keeps point prompts.
 
 ``--replace-ais AIS_RUN/best`` likewise ships an AIS decoder retrained on the bundled model's frozen encoder
 (``pathseg train nuclei --init <name> --decoder-only --model-mpp M``, thresholds then tuned with
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --add-refiner: the bundled refiner stays as the refiner of corrective prompts",
     )
+    ap.add_argument(
+        "--for-boxes",
+        action="store_true",
+        help="with --add-refiner: the run's refiner (train nuclei-refiner --prompts box) answers box prompts alone "
+        "(box_refiner.safetensors); the bundled refiner keeps the other first prompts",
+    )
     ap.add_argument("--replace-ais", type=Path, default=None, help="AIS decoder run folder (--decoder-only) to ship")
     ap.add_argument("--replace-mask", type=Path, default=None, help="prompt-path run folder (--decoder-only mask)")
     ap.add_argument("--fold", action="store_true", help="fold the bundled model's replace_weights into its main file")
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="pathseg_nuclei_cpu")
     ap.add_argument("--description", default="pathseg's compact CPU nucleus model (SAM family), trained on MoNuSeg")
     args = ap.parse_args(argv)
+    if args.add_refiner is not None and args.for_boxes:
+        return add_box_refiner(args.add_refiner, WEIGHTS / args.name)
     if args.add_refiner is not None:
         return add_refiner(args.add_refiner, WEIGHTS / args.name, args.keep_for_corrections)
     if args.replace_ais is not None:
@@ -132,6 +142,30 @@ def add_refiner(run: Path, folder: Path, keep_for_corrections: bool = False) -> 
     if keep_for_corrections:
         write_weights(folder / "correction_refiner.safetensors", kept)
     update_config(folder, {"mask_refiner": trained.config["mask_refiner"], **entries, "extra_weights": extra})
+    return 0
+
+
+def add_box_refiner(run: Path, folder: Path) -> int:
+    """Write ``run``'s refiner (``train nuclei-refiner --init <name> --prompts box``) beside the bundled model in
+    ``folder`` as its box refiner; it reads the bundled refiner's guide, so its feature projection must be the
+    bundled one's (that training keeps it frozen) and is not stored again."""
+    from safetensors.torch import load_file
+
+    from pathseg.models.folder import read_config, update_config, write_weights
+
+    config = read_config(folder)
+    if not config.get("mask_refiner") or config.get("box_refiner"):
+        raise SystemExit(f"{folder}: --for-boxes needs a refiner and no box refiner yet")
+    file = folder / "box_refiner.safetensors"
+    trained = _part_file(run, folder, "refiner.", file.name, None)
+    tensors = load_file(str(file))
+    project = {k: v for k, v in load_file(str(folder / "refiner.safetensors")).items() if ".project." in k}
+    if any(not torch.equal(v, tensors[k]) for k, v in project.items()):
+        file.unlink()
+        raise SystemExit(f"{run}: its refiner's feature projection differs from the bundled one; use --prompts box")
+    write_weights(file, {"box_" + k: v for k, v in tensors.items() if ".project." not in k})
+    extra = list(dict.fromkeys([*config.get("extra_weights", []), file.name]))
+    update_config(folder, {"box_refiner": trained.config["mask_refiner"], "extra_weights": extra})
     return 0
 
 

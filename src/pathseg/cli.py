@@ -499,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "beside a correction refiner: tools/bundle_nuclei_model.py --keep-for-corrections)",
     )
     tr.add_argument("--box-jitter", type=float, default=0.05, help=BOX_JITTER_HELP)
+    tr.add_argument(
+        "--prompts",
+        choices=["both", "box"],
+        default="both",
+        help="both = points and boxes in turn (default); box = boxes alone: --init's refiner is fine-tuned into a "
+        "refiner for box prompts (its AIS-feature projection frozen; the best by validation box mSA is kept), "
+        "shipped beside the point refiner by tools/bundle_nuclei_model.py --add-refiner RUN/best --for-boxes",
+    )
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument(
         "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
@@ -866,6 +874,7 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         width=args.width,
         dilations=tuple(args.dilations),
         feature_channels=args.feature_channels,
+        prompts=args.prompts,
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         seed=args.seed,

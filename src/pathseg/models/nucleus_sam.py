@@ -166,6 +166,25 @@ def _build_correction_refiner(config: dict, refiner: nn.Module | None) -> nn.Mod
     return _build_refiner(cfg)
 
 
+def _build_box_refiner(config: dict, refiner: nn.Module | None) -> nn.Module | None:
+    """The refiner of box prompts alone (config ``box_refiner``), if any: shaped as the main refiner, it reads the
+    main refiner's guide (the AIS features projected by the main refiner), so it has no projection of its own."""
+    cfg = config.get("box_refiner")
+    if not cfg:
+        return None
+    same = refiner is not None and all(
+        int(cfg.get(k, 0)) == getattr(refiner, k) for k in ("feature_in", "feature_channels", "prompt_channels")
+    )
+    if not same:
+        raise PathsegError(
+            f"model {config.get('name', 'sam')!r}: a box_refiner needs a mask_refiner with the same feature and "
+            "prompt channels"
+        )
+    box = _build_refiner(cfg)
+    box.project = None
+    return box
+
+
 class SamNucleusModel(nn.Module):
     """SAM + AIS decoder. ``segment(rgb, mpp)`` gives nucleus labels; ``sam`` serves interactive prompts."""
 
@@ -181,6 +200,7 @@ class SamNucleusModel(nn.Module):
         self.ais = _build_ais(config.get("ais_decoder"))
         self.refiner = _build_refiner(config.get("mask_refiner"))
         self.correction_refiner = _build_correction_refiner(config, self.refiner)
+        self.box_refiner = _build_box_refiner(config, self.refiner)
         self._channels_last = False
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -219,11 +239,14 @@ class SamNucleusModel(nn.Module):
         the pixel size the class decoder was trained at."""
         return float(self.config.get("class_mpp") or self.mpp)
 
-    def refiner_for(self, feedback: bool) -> nn.Module | None:
+    def refiner_for(self, feedback: bool, box_alone: bool = False) -> nn.Module | None:
         """The mask refiner of a prompt: with mask ``feedback`` (a corrective round), the model's
-        ``correction_refiner`` when it has one, else its ``refiner`` (None: no refiner)."""
+        ``correction_refiner`` when it has one; for a box alone its ``box_refiner`` when it has one; else its
+        ``refiner`` (None: no refiner)."""
         if feedback and self.correction_refiner is not None:
             return self.correction_refiner
+        if box_alone and not feedback and self.box_refiner is not None:
+            return self.box_refiner
         return self.refiner
 
     @property

@@ -437,7 +437,8 @@ class Predictor:
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
-            refiner = self.model.refiner_for(feedback=mask_input is not None)
+            box_alone = local_box is not None and local_pts is None
+            refiner = self.model.refiner_for(feedback=mask_input is not None, box_alone=box_alone)
             if guide is not None and refiner is not None:
                 from pathseg.models.refine import GUIDE_CHANNELS, paste_roi, prompt_roi, refine_roi
 

@@ -57,6 +57,9 @@ class RefinerConfig:
     prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
     #: a new refiner's guide also holds this many channels projected from the AIS decoder's last features (0: none)
     feature_channels: int = 0
+    #: "both": points and boxes in turn (a first-prompt refiner); "box": boxes alone, for a model's box_refiner
+    #: (init's refiner fine-tuned with its feature projection frozen; the best by validation box mSA is kept)
+    prompts: str = "both"
 
 
 def refiner_loss(
@@ -141,10 +144,17 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     check_box_jitter(cfg.box_jitter)
     if cfg.width < 1 or not cfg.dilations or min(cfg.dilations) < 1:
         raise PathsegError(f"a refiner needs width >= 1 and dilations >= 1, got {cfg.width} and {list(cfg.dilations)}")
+    if cfg.prompts not in ("both", "box"):
+        raise PathsegError(f"prompts must be 'both' or 'box', got {cfg.prompts!r}")
     model = get_nucleus_model(cfg.init)
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
     own = model.refiner is not None
+    if cfg.prompts == "box" and (not own or model.box_refiner is not None):
+        raise PathsegError(
+            f"--init {cfg.init!r}: --prompts box fine-tunes a model's refiner into a box refiner, so it needs a model "
+            "with a refiner and without a box refiner yet"
+        )
     if cfg.feature_channels < 0 or (cfg.feature_channels and not hasattr(model.ais, "features")):
         raise PathsegError(f"feature channels need >= 0 and a U-Net AIS decoder, got {cfg.feature_channels}")
     asked = (cfg.width, tuple(cfg.dilations), cfg.feature_channels)
@@ -172,6 +182,8 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
         p.requires_grad_(False)
     for p in model.refiner.parameters():
         p.requires_grad_(True)
+    if cfg.prompts == "box" and model.refiner.project is not None:  # a box refiner reads the main refiner's guide
+        model.refiner.project.requires_grad_(False)
     return model.eval(), own
 
 
@@ -184,10 +196,10 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     samples = load_samples(cfg.data, cfg.mpp_in, model.prompt_mpp)  # the refiner learns where it will work
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
-    params = list(model.refiner.parameters())
+    params = [p for p in model.refiner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    key = "msa_prompts"
+    key = "msa_box" if cfg.prompts == "box" else "msa_prompts"
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
     resumed = resume(ckpt_path, model.refiner, "refiner", opt, sched)
@@ -211,7 +223,15 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
             emb, maps, features = model.guide_inputs(x)
         guide = model.refiner.guide(x, maps, features)  # a feature projection learns with the refiner
         loss = refiner_loss(
-            model, emb, guide, labels, rng, cfg.prompts_per_image, cfg.corrections, it % 2 == 1, cfg.box_jitter
+            model,
+            emb,
+            guide,
+            labels,
+            rng,
+            cfg.prompts_per_image,
+            cfg.corrections,
+            cfg.prompts == "box" or it % 2 == 1,
+            cfg.box_jitter,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
