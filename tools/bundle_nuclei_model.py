@@ -131,7 +131,7 @@ def add_refiner(run: Path, folder: Path, keep_for_corrections: bool = False) -> 
     from pathseg.models.folder import read_config, update_config, write_weights
 
     config = read_config(folder)
-    extra = list(dict.fromkeys([*config.get("extra_weights", []), "refiner.safetensors"]))  # others stay listed
+    extra = _add_ons(config, "refiner.safetensors")
     entries = {}
     if keep_for_corrections:
         if not config.get("mask_refiner") or config.get("correction_refiner"):
@@ -143,6 +143,11 @@ def add_refiner(run: Path, folder: Path, keep_for_corrections: bool = False) -> 
         write_weights(folder / "correction_refiner.safetensors", kept)
     update_config(folder, {"mask_refiner": trained.config["mask_refiner"], **entries, "extra_weights": extra})
     return 0
+
+
+def _add_ons(config: dict, name: str) -> list[str]:
+    """The folder's ``extra_weights`` with ``name`` added (the other add-on files stay listed, each once)."""
+    return list(dict.fromkeys([*config.get("extra_weights", []), name]))
 
 
 def add_box_refiner(run: Path, folder: Path) -> int:
@@ -164,8 +169,7 @@ def add_box_refiner(run: Path, folder: Path) -> int:
         file.unlink()
         raise SystemExit(f"{run}: its refiner's feature projection differs from the bundled one; use --prompts box")
     write_weights(file, {"box_" + k: v for k, v in tensors.items() if ".project." not in k})
-    extra = list(dict.fromkeys([*config.get("extra_weights", []), file.name]))
-    update_config(folder, {"box_refiner": trained.config["mask_refiner"], "extra_weights": extra})
+    update_config(folder, {"box_refiner": trained.config["mask_refiner"], "extra_weights": _add_ons(config, file.name)})
     return 0
 
 

@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a small network that turns the mask decoder's quarter-resolution logits into full-resolution masks, "
         "guided by the pixels and the AIS maps, and predicts their IoU. Everything else stays frozen, so automatic "
         "segmentation is unchanged. Prompts are simulated (a point or a box, then corrective points). The best "
-        "model by validation mSA of box and point prompts is saved to OUT/best. Re-running resumes.",
+        "model by validation mSA of box and point prompts (of boxes alone with --prompts box) is saved to OUT/best. "
+        "Re-running resumes.",
     )
     tr.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     tr.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoints, best model, log)")

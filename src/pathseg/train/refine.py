@@ -6,7 +6,8 @@ simulated as in :mod:`pathseg.train.prompts` (a point or a box, then corrective 
 errors). Loss per round: Dice + binary cross-entropy (in the refined region) of the best candidate, + MSE of the
 predicted IoU. For a model that fits a box's candidates to the box (``box_fit``), a first box prompt is answered
 with 3 candidates as in the predictor, and all of them learn. Resumable (``<out>/checkpoint.pt``); the best refiner
-by validation mSA of box and point prompts is saved with its model to ``<out>/best``.
+by validation mSA of box and point prompts (of boxes alone with ``prompts="box"``, a box refiner) is saved with
+its model to ``<out>/best``.
 """
 
 from __future__ import annotations
