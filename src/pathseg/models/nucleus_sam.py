@@ -153,24 +153,6 @@ def _build_refiner(cfg: dict | None) -> nn.Module | None:
     )
 
 
-def _build_ais_head(config: dict) -> nn.Module | None:
-    """The residual head on the AIS decoder (config ``ais_head``), if any: compact models with a UNet AIS decoder."""
-    cfg = config.get("ais_head")
-    if not cfg:
-        return None
-    ais = config.get("ais_decoder") or {}
-    if ais.get("type") != "unet":
-        raise PathsegError(f"model {config.get('name', 'sam')!r}: an ais_head needs a compact model's UNet AIS decoder")
-    from pathseg.models.ais_head import AISHead
-
-    return AISHead(
-        int(ais["widths"][-1]),
-        int(ais["out_channels"]),
-        int(cfg.get("width", 32)),
-        tuple(cfg.get("dilations", (1, 2, 4, 8))),
-    )
-
-
 def _build_correction_refiner(config: dict, refiner: nn.Module | None) -> nn.Module | None:
     """The refiner of corrective prompts (config ``correction_refiner``), if any: it reads the first 6 guide channels
     (pixels and AIS maps) of the main refiner's guide, so it has no feature projection of its own."""
@@ -216,7 +198,6 @@ class SamNucleusModel(nn.Module):
             config["encoder"].get("out_chans", 256),
         )
         self.ais = _build_ais(config.get("ais_decoder"))
-        self.ais_head = _build_ais_head(config)
         self.refiner = _build_refiner(config.get("mask_refiner"))
         self.correction_refiner = _build_correction_refiner(config, self.refiner)
         self.box_refiner = _build_box_refiner(config, self.refiner)
@@ -452,20 +433,13 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r} has no semantic (class) decoder")
         if self.is_compact:
             embedding, skips = self.sam.image_encoder.forward_features(x)
-            maps = self._ais_maps(x, embedding, skips)
+            maps = self.ais(embedding, skips)
             logits = self.semantic(embedding, skips) if with_semantic else None
         else:
             embedding = self.sam.image_encoder(x)
             maps = self.ais(embedding)
             logits = self.semantic(embedding) if with_semantic else None
         return maps, embedding, logits
-
-    def _ais_maps(self, x: torch.Tensor, embedding: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """The automatic path's maps of a compact model: the AIS decoder's, corrected by :attr:`ais_head` if any."""
-        if self.ais_head is None:
-            return self.ais(embedding, skips)
-        features = self.ais.features(embedding, skips)
-        return torch.sigmoid(self.ais_head(features, self.ais.out_conv(features), x))
 
     def segmenter(self) -> AutomaticSegmenter:
         return AutomaticSegmenter(

@@ -150,23 +150,7 @@ def evaluate_prompts(model: SamNucleusModel, samples: list[Sample]) -> dict[str,
 
 
 #: the modules each ``decoder_only`` choice trains (True: the task's own decoder)
-_DECODER_PARTS = {
-    "ais": ("ais",),
-    "ais-head": ("ais_head",),
-    "semantic": ("semantic",),
-    "mask": ("sam.prompt_encoder", "sam.mask_decoder"),
-}
-
-
-def _with_ais_head(model: SamNucleusModel) -> SamNucleusModel:
-    """``model`` with a new :class:`~pathseg.models.ais_head.AISHead` (default size), every other weight kept."""
-    if model.ais is None or model.config["ais_decoder"].get("type") != "unet":
-        raise PathsegError("--decoder-only ais-head needs --init a compact model with a UNet AIS decoder")
-    config = {**model.config, "ais_head": {"width": 32, "dilations": [1, 2, 4, 8]}}
-    headed = SamNucleusModel(config)
-    missing, unexpected = headed.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("ais_head.") for k in missing), (missing, unexpected)
-    return headed
+_DECODER_PARTS = {"ais": ("ais",), "semantic": ("semantic",), "mask": ("sam.prompt_encoder", "sam.mask_decoder")}
 
 
 def _trained_decoder(cfg: TrainConfig) -> str | None:
@@ -180,8 +164,7 @@ def _trained_decoder(cfg: TrainConfig) -> str | None:
         allowed = (
             "--decoder-only alone (the class decoder)"
             if cfg.task == "classes"
-            else "--decoder-only alone or 'ais' (the AIS decoder), 'ais-head' (a residual head on it), or 'mask' "
-            "(the prompt path's decoder)"
+            else "--decoder-only alone or 'ais' (the AIS decoder), or 'mask' (the prompt path's decoder)"
         )
         raise PathsegError(f"--decoder-only {choice!r} does not apply to task {cfg.task!r}: use {allowed}")
     return choice
@@ -404,7 +387,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             model.config["class_mpp"] = cfg.model_mpp
         elif model.semantic is not None:
             model.config["class_mpp"] = model.class_mpp
-        if trained in ("ais", "ais-head"):
+        if trained == "ais":
             model.config["ais_mpp"] = cfg.model_mpp  # only the automatic path moves to the new pixel size
         elif trained == "mask":
             model.config["prompt_mpp"] = cfg.model_mpp  # only the prompt path moves
@@ -430,11 +413,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     if trained is not None:  # with decoder_only: the one decoder that learns
         if not cfg.init:
             raise PathsegError(f"--decoder-only needs --init: the model whose encoder the {trained} decoder reads")
-        if trained == "ais-head" and model.ais_head is None:  # a new head starts as the identity
-            model = _with_ais_head(model)
-        if (
-            trained not in ("mask", "ais-head") and getattr(model, trained) is None
-        ):  # every SAM-family model has a mask decoder
+        if trained != "mask" and getattr(model, trained) is None:  # every SAM-family model has a mask decoder
             raise PathsegError(f"--init {cfg.init!r} has no {trained} decoder to train")
         if trained == "mask" and cfg.prompt_weight <= 0:
             raise PathsegError("--decoder-only mask trains by the prompt loss: --prompt-weight must be > 0")
