@@ -338,7 +338,8 @@ def test_a_box_refiner_is_trained_on_boxes_shipped_beside_the_refiner_and_answer
     monkeypatch.setattr(refine_module, "refiner_loss", lambda *a: kinds.append(a[7]) or loss(*a))
     best = train_refiner(small_run(data, tmp_path / "box", folder, prompts="box", lr=1e-2), log=lambda *a: None)
     assert kinds == [True, True] and "msa_box" in best
-    last = torch.load(tmp_path / "box" / "checkpoint.pt", weights_only=True)["refiner"]
+    saved = torch.load(tmp_path / "box" / "checkpoint.pt", weights_only=True)["refiners"]
+    last = {k.removeprefix("refiner."): v for k, v in saved.items()}
     assert torch.equal(last["project.weight"], bundled.refiner.project.weight)
     assert not torch.equal(last["out.weight"], bundled.refiner.out.weight)
     with pytest.raises(PathsegError, match="prompts must be"):
@@ -373,3 +374,34 @@ def test_a_box_refiner_is_trained_on_boxes_shipped_beside_the_refiner_and_answer
     assert p.predict(box=box, points=np.array([[50, 60]]), labels=np.array([1])).masks.any()
     with pytest.raises(PathsegError, match="box_refiner needs a mask_refiner"):
         SamNucleusModel({**cfg, "box_refiner": {**cfg["mask_refiner"], "feature_channels": 4, "feature_in": 32}})
+
+
+def test_each_refiner_learns_the_prompts_it_answers(data, tmp_path):  # noqa: F811
+    cfg = refined_model().config
+    cfg["mask_refiner"].update(prompt_channels=3, feature_in=32, feature_channels=2)
+    cfg["correction_refiner"] = {"width": 4, "dilations": [1], "prompt_channels": 3}
+    cfg["box_refiner"] = dict(cfg["mask_refiner"])
+    base = SamNucleusModel(cfg)
+    folder = base.save_pretrained(tmp_path / "bundled")  # shaped as the bundled model
+
+    def learnt(run) -> dict[str, bool]:
+        """Which refiners the run's last checkpoint moved."""
+        state = torch.load(run / "checkpoint.pt", weights_only=True)["refiners"]
+        return {
+            n: not all(torch.equal(v, state[f"{n}.{k}"]) for k, v in getattr(base, n).state_dict().items())
+            for n in ("refiner", "correction_refiner", "box_refiner")
+        }
+
+    # points, boxes, corrections with and without mask feedback: every refiner answers some round and learns
+    lines: list[str] = []
+    train_refiner(small_run(data, tmp_path / "all", folder, lr=1e-2, iterations=4, val_every=100), log=lines.append)
+    assert "training refiner, correction_refiner, box_refiner" in lines
+    assert learnt(tmp_path / "all") == {"refiner": True, "correction_refiner": True, "box_refiner": True}
+    # boxes alone, no corrections: the box refiner alone (the main refiner's projection, which it reads, stays)
+    run = small_run(data, tmp_path / "box", folder, prompts="box", corrections=0, lr=1e-2, val_every=100)
+    train_refiner(run, log=lambda *a: None)
+    assert learnt(tmp_path / "box") == {"refiner": False, "correction_refiner": False, "box_refiner": True}
+    # a checkpoint of an older pathseg (the refiner alone) stops with a message rather than a key error
+    torch.save({"refiner": {}, "iteration": 1}, tmp_path / "box" / "checkpoint.pt")
+    with pytest.raises(PathsegError, match="holds no 'refiners' weights"):
+        train_refiner(run, log=lambda *a: None)

@@ -504,9 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts",
         choices=["both", "box"],
         default="both",
-        help="both = points and boxes in turn (default); box = boxes alone: --init's refiner is fine-tuned into a "
-        "refiner for box prompts (its AIS-feature projection frozen; the best by validation box mSA is kept), "
-        "shipped beside the point refiner by tools/bundle_nuclei_model.py --add-refiner RUN/best --for-boxes",
+        help="both = points and boxes in turn (default); box = boxes alone, the best by validation box mSA kept: "
+        "--init's box refiner if it has one (as the bundled model does), else its refiner fine-tuned into one "
+        "(shipped beside the point refiner by tools/bundle_nuclei_model.py --add-refiner RUN/best --for-boxes); "
+        "the main refiner's AIS-feature projection stays frozen. Each of --init's refiners learns the prompts it "
+        "answers: a box alone its box refiner, a corrective round its correction refiner",
     )
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
 
 
@@ -30,6 +31,11 @@ def resume(path: Path, module: torch.nn.Module, key: str, opt, sched) -> tuple[i
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if key not in state:
+        raise PathsegError(
+            f"{path}: holds no {key!r} weights (written by another trainer or an older pathseg); "
+            "start the run in a new output folder"
+        )
     module.load_state_dict(state[key])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

@@ -3,7 +3,9 @@
 The image encoder, AIS decoder, prompt encoder and mask decoder stay exactly as in ``init`` (so automatic
 segmentation is unchanged); only the small :class:`~pathseg.models.refine.MaskRefiner` learns, from prompts
 simulated as in :mod:`pathseg.train.prompts` (a point or a box, then corrective points from the refined mask's
-errors). Loss per round: Dice + binary cross-entropy (in the refined region) of the best candidate, + MSE of the
+errors). A model with several refiners (for corrections, for boxes alone) trains each on the prompts it answers in
+the predictor, so fine-tuning the bundled model on new data moves every refiner its users' prompts reach.
+Loss per round: Dice + binary cross-entropy (in the refined region) of the best candidate, + MSE of the
 predicted IoU. For a model that fits a box's candidates to the box (``box_fit``), a first box prompt is answered
 with 3 candidates as in the predictor, and all of them learn. Resumable (``<out>/checkpoint.pt``); the best refiner
 by validation mSA of box and point prompts (of boxes alone with ``prompts="box"``, a box refiner) is saved with
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
-from pathseg.models.refine import prompt_roi, refine_roi
+from pathseg.models.refine import GUIDE_CHANNELS, prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
@@ -58,8 +60,9 @@ class RefinerConfig:
     prompt_channels: int = 3  #: the refiner also sees the prompts (box, positive and negative points)
     #: a new refiner's guide also holds this many channels projected from the AIS decoder's last features (0: none)
     feature_channels: int = 0
-    #: "both": points and boxes in turn (a first-prompt refiner); "box": boxes alone, for a model's box_refiner
-    #: (init's refiner fine-tuned with its feature projection frozen; the best by validation box mSA is kept)
+    #: "both": points and boxes in turn; "box": boxes alone, the best by validation box mSA kept: init's box_refiner
+    #: if it has one, else init's refiner fine-tuned into one (shipped by tools/bundle_nuclei_model.py --for-boxes);
+    #: the main refiner's feature projection stays frozen
     prompts: str = "both"
 
 
@@ -78,9 +81,8 @@ def refiner_loss(
     (B, C, H, W) come from the frozen model on the same crops; boxes are jittered by ``box_jitter`` (see
     :func:`~pathseg.train.prompts.first_prompts`)."""
     picks = sample_objects(labels, per_image, rng)
-    refiner = model.refiner
     if not picks:
-        return sum(p.sum() for p in refiner.parameters()) * 0.0
+        return sum(p.sum() for p in model.refiner.parameters()) * 0.0
     h, w = labels.shape[-2:]
     masks = [(labels[b] == lab).numpy() for b, lab in picks]
     emb = embeddings[[b for b, _ in picks]]
@@ -97,6 +99,9 @@ def refiner_loss(
         with torch.no_grad():
             low, _ = model.sam.decode(emb, pts, boxes, mask_input, multimask_output=multimask)
             coarse = F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w]
+        # the refiner that answers this round in the predictor (a box alone, a correction with mask feedback)
+        refiner = model.refiner_for(feedback=mask_input is not None, box_alone=boxes is not None and pts is None)
+        channels = GUIDE_CHANNELS + refiner.feature_channels  # a correction refiner reads pixels and AIS maps only
         chosen_low, refined = [], []
         for i, (b, _) in enumerate(picks):
             gt = torch.from_numpy(masks[i]).float()
@@ -104,7 +109,9 @@ def refiner_loss(
             box_i = None if boxes is None else boxes[i].numpy()
             roi = prompt_roi((coarse[i] > 0).numpy(), (h, w), pts_i, box_i)
             y0, x0, y1, x1 = roi
-            logits, iou = refine_roi(refiner, coarse[i], guide[b], roi, pts_i, point_labels[i] or None, box_i)
+            logits, iou = refine_roi(
+                refiner, coarse[i], guide[b, :channels], roi, pts_i, point_labels[i] or None, box_i
+            )
             gt_roi = gt[y0:y1, x0:x1]
             outside = float(gt.sum() - gt_roi.sum())  # object pixels the region misses count as misses
             p = torch.sigmoid(logits)
@@ -151,10 +158,10 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
     own = model.refiner is not None
-    if cfg.prompts == "box" and (not own or model.box_refiner is not None):
+    if cfg.prompts == "box" and not own:
         raise PathsegError(
-            f"--init {cfg.init!r}: --prompts box fine-tunes a model's refiner into a box refiner, so it needs a model "
-            "with a refiner and without a box refiner yet"
+            f"--init {cfg.init!r}: --prompts box fine-tunes a model's refiner (into a box refiner, or its box "
+            "refiner), so it needs a model with a refiner"
         )
     if cfg.feature_channels < 0 or (cfg.feature_channels and not hasattr(model.ais, "features")):
         raise PathsegError(f"feature channels need >= 0 and a U-Net AIS decoder, got {cfg.feature_channels}")
@@ -181,11 +188,17 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
         model.refiner = _build_refiner(model.config["mask_refiner"])
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.refiner.parameters():
-        p.requires_grad_(True)
+    for refiner in _refiners(model).values():  # each learns the prompts it answers in the predictor
+        refiner.requires_grad_(True)
     if cfg.prompts == "box" and model.refiner.project is not None:  # a box refiner reads the main refiner's guide
         model.refiner.project.requires_grad_(False)
     return model.eval(), own
+
+
+def _refiners(model: SamNucleusModel) -> torch.nn.ModuleDict:
+    """The model's refiners by attribute name: the main one, and its correction and box refiners if it has them."""
+    names = ("refiner", "correction_refiner", "box_refiner")
+    return torch.nn.ModuleDict({n: getattr(model, n) for n in names if getattr(model, n) is not None})
 
 
 def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, log=print) -> dict:
@@ -197,13 +210,15 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     samples = load_samples(cfg.data, cfg.mpp_in, model.prompt_mpp)  # the refiner learns where it will work
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
-    params = [p for p in model.refiner.parameters() if p.requires_grad]
+    refiners = _refiners(model)
+    log(f"training {', '.join(refiners)}")
+    params = [p for p in refiners.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     key = "msa_box" if cfg.prompts == "box" else "msa_prompts"
     start, best = 0, {key: -1.0}
     ckpt_path = out / "checkpoint.pt"
-    resumed = resume(ckpt_path, model.refiner, "refiner", opt, sched)
+    resumed = resume(ckpt_path, refiners, "refiners", opt, sched)
     if resumed:
         start, best = resumed
         trim_history(out / "history.jsonl", start)
@@ -255,7 +270,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-            save_checkpoint(ckpt_path, model.refiner, "refiner", opt, sched, step, best)
+            save_checkpoint(ckpt_path, refiners, "refiners", opt, sched, step, best)
         if progress:
             progress(step, cfg.iterations, f"loss {record['loss']:.3f} best {key} {best.get(key, -1.0):.3f}")
     if not val:
