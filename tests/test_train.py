@@ -155,11 +155,11 @@ def test_mix_data_can_train_at_its_own_pixel_size(data, tmp_path, monkeypatch):
 
     def load(folders, mpp_in, mpp, **kw):
         out = real_load(folders, mpp_in, mpp, **kw)
-        shapes[folders[0]] = (mpp, out[0].image.shape[:2])
+        shapes.setdefault(folders[0], (mpp, out[0].image.shape[:2]))  # the first load: the training images
         return out
 
     def evaluate(model, samples, mpp):
-        evaluated.append((samples[0].name, mpp))
+        evaluated.append((samples[0].name, mpp, samples[0].image.shape[:2]))
         return real_eval(model, samples, mpp)
 
     monkeypatch.setattr(tn, "load_samples", load)
@@ -170,7 +170,8 @@ def test_mix_data_can_train_at_its_own_pixel_size(data, tmp_path, monkeypatch):
     # the class data at --model-mpp (160 px at 0.25 -> 80 at 0.5), the mix at its own 0.4 (-> 100 px)
     assert shapes[str(data)] == (0.5, (80, 80)) and shapes[str(mix)] == (0.4, (100, 100))
     assert "--mix data at 0.4 µm/px, --data at 0.5 µm/px" in logs
-    assert [mpp for name, mpp in evaluated if name.startswith("m")] == [0.4]  # its validation mSA at 0.4 too
+    # validation is scored where the benchmarks score it: the images at their own 0.25 µm/px
+    assert [(mpp, shape) for name, mpp, shape in evaluated if name.startswith("m")] == [(0.25, (160, 160))]
     assert np.isfinite(best["msa_mix"])
     with pytest.raises(PathsegError, match="--mix-mpp"):
         train_nuclei(small_config(data, tmp_path / "y", task="classes", mix_mpp=0.4), log=lambda *a: None)

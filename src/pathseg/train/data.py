@@ -58,13 +58,20 @@ def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
 
 
 def load_samples(
-    folders: list[str | os.PathLike], mpp_in: float, mpp_model: float, with_types: bool = False
+    folders: list[str | os.PathLike],
+    mpp_in: float,
+    mpp_model: float,
+    with_types: bool = False,
+    names: set[str] | None = None,
 ) -> list[Sample]:
-    """Every pair in ``folders``, resampled from ``mpp_in`` to ``mpp_model`` µm/px. ``with_types`` also reads
-    ``type_masks/<stem>.png`` (per-pixel class ids, the CoNSeP layout)."""
+    """Every pair in ``folders`` (only those whose image stem is in ``names``, if given), resampled from ``mpp_in``
+    to ``mpp_model`` µm/px. ``with_types`` also reads ``type_masks/<stem>.png`` (per-pixel class ids, the CoNSeP
+    layout)."""
     samples = []
     for folder in folders:
         for img_path, mask_path in find_pairs(folder):
+            if names is not None and img_path.stem not in names:
+                continue
             image = read_image(img_path).pixels
             labels = read_labels(mask_path).astype(np.int32)
             if labels.shape != image.shape[:2]:

@@ -29,7 +29,7 @@ from pathseg.models.refine import GUIDE_CHANNELS, prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
-from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, source_groups, split_validation
+from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, native_validation, source_groups, split_validation
 from pathseg.train.prompts import _random_point, check_box_jitter, first_outputs, first_prompts, sample_objects
 
 
@@ -210,6 +210,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
     samples = load_samples(cfg.data, cfg.mpp_in, model.prompt_mpp)  # the refiner learns where it will work
     train, val = split_validation(samples, cfg.val_fraction, cfg.seed, source_groups(cfg.data))
     log(f"{len(train)} training and {len(val)} validation images ({', '.join(s.name for s in val)})")
+    val = native_validation(cfg.data, cfg.mpp_in, val)  # scored where the benchmarks score them
     refiners = _refiners(model)
     log(f"training {', '.join(refiners)}")
     params = [p for p in refiners.parameters() if p.requires_grad]
@@ -224,7 +225,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         trim_history(out / "history.jsonl", start)
         log(f"resumed from {ckpt_path} at iteration {start} (best validation {key} {best.get(key, -1.0):.4f})")
     elif fine_tune and val:  # the refiner to beat is init's own: best starts as it, so a worse run ships nothing new
-        best = {**evaluate_prompts(model, val), "iteration": 0}
+        best = {**evaluate_prompts(model, val, cfg.mpp_in), "iteration": 0}
         model.save_pretrained(out / "best")
         log(f"init's refiner: validation mSA box {best['msa_box']:.4f} point {best['msa_point']:.4f}")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -257,7 +258,7 @@ def train_refiner(cfg: RefinerConfig, progress: ProgressCallback | None = None, 
         step = it + 1
         record = {"iteration": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
         if val and (step % cfg.val_every == 0 or step == cfg.iterations):
-            scores = evaluate_prompts(model, val)
+            scores = evaluate_prompts(model, val, cfg.mpp_in)
             record["val"] = scores
             if scores[key] > best.get(key, -1.0):
                 best = {**scores, "iteration": step}
