@@ -127,7 +127,7 @@ def source_groups(folders: list[str]) -> dict[str, str]:
 
 def native_validation(folders: list[str], mpp_in: float, val: list[Sample]) -> list[Sample]:
     """The images and masks of ``val`` read again at their own pixel size ``mpp_in`` (µm/px), where the benchmarks
-    score them: masks resampled to the model's pixel size lose outline detail (up to ~0.01 mSA)."""
+    score them: masks resampled to the model's pixel size lose outline detail (up to ~0.013 mSA)."""
     return load_samples(folders, mpp_in, mpp_in, names={s.name for s in val}) if val else []
 
 
