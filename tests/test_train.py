@@ -215,6 +215,13 @@ def test_decoder_only_ais_training_moves_only_the_automatic_path(data, tmp_path)
     assert all("prompt" not in r for r in history)
     with pytest.raises(PathsegError, match="needs --init"):
         train_nuclei(small_config(data, tmp_path / "x", decoder_only=True), log=lambda *a: None)
+    # a model whose refiner reads the AIS maps is told that its prompt answers move with the decoder
+    SamNucleusModel({**base.config, "mask_refiner": {"width": 4, "dilations": [1]}}).save_pretrained(tmp_path / "r")
+    for init, told in ((tmp_path / "base" / "best", False), (tmp_path / "r", True)):
+        logs: list[str] = []
+        cfg = small_config(data, tmp_path / f"ais_{told}", decoder_only=True, init=str(init), iterations=1)
+        train_nuclei(cfg, log=logs.append)
+        assert any("prompt answers read the AIS decoder" in line for line in logs) == told
 
 
 def test_decoder_only_mask_training_moves_only_the_prompt_path(data, tmp_path):

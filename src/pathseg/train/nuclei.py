@@ -426,6 +426,12 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             raise PathsegError(f"--init {cfg.init!r} has no {trained} decoder to train")
         if trained == "mask" and cfg.prompt_weight <= 0:
             raise PathsegError("--decoder-only mask trains by the prompt loss: --prompt-weight must be > 0")
+        if trained == "ais" and (model.refiner is not None or model.box_from_ais is not None):
+            log(
+                "note: this model's prompt answers read the AIS decoder (its refiners' guide; box prompts may take "
+                "an automatic nucleus), so they move with it: check them with benchmarks/interactive.py, or retrain "
+                "the refiners with `pathseg train nuclei-refiner --init RUN/best`"
+            )
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith(tuple(f"{m}." for m in _DECODER_PARTS[trained])))
         params = [p for p in model.parameters() if p.requires_grad]
