@@ -30,6 +30,7 @@ from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
 from pathseg.models.folder import update_config
 from pathseg.models.nucleus_sam import SamNucleusModel
+from pathseg.stain import reference_stats
 from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
 
@@ -63,8 +64,9 @@ def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = N
     """Score every point of ``space`` (default GRID) on the validation samples with the network at the model's
     ``ais_mpp`` and ``ais_tta``."""
     space = space or GRID
-    setting = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta}
-    name = f"ais_mpp {model.ais_mpp:g}, ais_tta {model.ais_tta}"
+    stain = "reinhard" if model.ais_stain else "off"
+    setting = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": stain}
+    name = f"ais_mpp {model.ais_mpp:g}, ais_tta {model.ais_tta}, stain {stain}"
     segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in val]
     keys = list(space)
     grid = list(itertools.product(*(space[k] for k in keys)))
@@ -90,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ais-tta", type=int, nargs="+", default=None, choices=(1, 2, 4), help="views to average the maps over"
     )
+    ap.add_argument(
+        "--stain",
+        nargs="+",
+        default=None,
+        choices=("off", "reinhard"),
+        help="colour normalisation before the network: reinhard matches each image to the mean LAB statistics of "
+        "the run's training images (ais_stain); off: none",
+    )
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="values to search for a parameter")
     ap.add_argument("--tag", default="", help="suffix of the results file (tune_ais_<model>_<tag>.json)")
     args = ap.parse_args(argv)
@@ -98,14 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
     samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
-    _, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
+    train, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
     print(f"validation split: {', '.join(s.name for s in val)}")
-    current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta}
+    own_stain = model.ais_stain
+    current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": "reinhard" if own_stain else "off"}
     current.update({k: model.config["ais_params"].get(k) for k in GRID})
-    settings = list(itertools.product(args.ais_mpp or [model.ais_mpp], args.ais_tta or [model.ais_tta]))
+    stains = {"off": None}
+    if "reinhard" in (args.stain or []):  # the training images' colours: never the validation images'
+        stains["reinhard"] = reference_stats([s.image for s in train])
+        print(f"reinhard reference (LAB mean, std of {len(train)} training images): {json.dumps(stains['reinhard'])}")
+    elif own_stain:
+        stains["reinhard"] = own_stain
+    settings = list(
+        itertools.product(
+            args.ais_mpp or [model.ais_mpp], args.ais_tta or [model.ais_tta], args.stain or [current["stain"]]
+        )
+    )
     results = []
-    for ais_mpp, ais_tta in settings:
-        model.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta)
+    for ais_mpp, ais_tta, stain in settings:
+        model.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta, ais_stain=stains[stain])
         results += search(model, val, cfg["mpp_in"], space)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
@@ -117,15 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         per_setting = {
-            f"ais_mpp {m:g}, ais_tta {v}": max(
-                (r for r in results if (r["params"]["ais_mpp"], r["params"]["ais_tta"]) == (m, v)),
+            f"ais_mpp {m:g}, ais_tta {v}, stain {c}": max(
+                (
+                    r
+                    for r in results
+                    if (r["params"]["ais_mpp"], r["params"]["ais_tta"], r["params"]["stain"]) == (m, v, c)
+                ),
                 key=lambda r: r["score"],
             )
-            for m, v in settings
+            for m, v, c in settings
         }
         json.dump(
             {
                 "validation": [s.name for s in val],
+                "stain_reference": stains.get("reinhard"),
                 "grid": space,
                 "best": best,
                 "best_per_setting": per_setting,
@@ -136,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.write:
         params = dict(best["params"])
-        ais_mpp, ais_tta = params.pop("ais_mpp"), params.pop("ais_tta")
+        ais_mpp, ais_tta, stain = params.pop("ais_mpp"), params.pop("ais_tta"), params.pop("stain")
         entries = {"ais_params": {**model.config.get("ais_params", {}), **params}}
         if args.ais_mpp:
             entries["ais_mpp"] = ais_mpp
         if args.ais_tta:
             entries["ais_tta"] = ais_tta
+        if args.stain:
+            entries["ais_stain"] = stains[stain]
         print(f"wrote {', '.join(entries)} into {update_config(model_dir, entries)}")
     return 0
 

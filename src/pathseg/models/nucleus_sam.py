@@ -278,6 +278,23 @@ class SamNucleusModel(nn.Module):
         return bool(self.config.get("box_fit", False))
 
     @property
+    def ais_stain(self) -> dict[str, list[float]] | None:
+        """Reference LAB statistics (``{"mean", "std"}``, config ``ais_stain``) the automatic path matches each
+        image's colours to before the network (:func:`pathseg.stain.reinhard`; prompts and classes see the image
+        as it is); None (default): no normalisation. ``benchmarks/tune_ais.py --stain`` computes it from the
+        training images and judges it on the validation split."""
+        return self.config.get("ais_stain") or None
+
+    def stain_stats(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The LAB statistics the automatic path normalises ``rgb`` (H, W, 3 uint8) from, or None without
+        :attr:`ais_stain`. Pass a whole image's to :meth:`segment` for a crop of it (``stain=``)."""
+        if self.ais_stain is None:
+            return None
+        from pathseg.stain import lab_stats
+
+        return lab_stats(rgb)
+
+    @property
     def ais_tta(self) -> int:
         """Views the AIS maps are averaged over (config ``ais_tta``): 1 (default: none), 2 (+ the left-right
         mirror) or 4 (+ the upside-down and both mirrors); each view costs one network pass. Picked with its
@@ -447,12 +464,20 @@ class SamNucleusModel(nn.Module):
         )
 
     def segment(
-        self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None, mode: str = "ais", **params: float
+        self,
+        rgb: np.ndarray,
+        mpp: float,
+        progress: ProgressCallback | None = None,
+        mode: str = "ais",
+        stain: tuple[np.ndarray, np.ndarray] | None = None,
+        **params: float,
     ) -> np.ndarray:
         """Nucleus labels (H, W) uint32 of ``rgb`` at ``mpp`` µm/px (resampled to the model's pixel size).
 
         ``mode``: ``ais`` (decoder maps + watershed, default), ``apg`` (SAM prompts at AIS seeds) or ``amg``
-        (SAM's point grid). ``params`` override the mode's post-processing thresholds.
+        (SAM's point grid). ``params`` override the mode's post-processing thresholds. ``stain``: for a model with
+        :attr:`ais_stain`, the LAB statistics to normalise from (:meth:`stain_stats` of the whole image ``rgb`` is
+        cut from; default: ``rgb``'s own).
         """
         if mode in ("amg", "apg"):
             from pathseg.nuclei.interactive import Predictor
@@ -465,16 +490,25 @@ class SamNucleusModel(nn.Module):
             return gen.generate(**params)  # APG seeds from the model's tuned AIS thresholds
         if mode != "ais":
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
-        return self.initialized_segmenter(rgb, mpp, progress).generate(**{**self.ais_params, **params})
+        return self.initialized_segmenter(rgb, mpp, progress, stain).generate(**{**self.ais_params, **params})
 
     def initialized_segmenter(
-        self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None
+        self,
+        rgb: np.ndarray,
+        mpp: float,
+        progress: ProgressCallback | None = None,
+        stain: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> AutomaticSegmenter:
         """An :class:`AutomaticSegmenter` holding the maps of ``rgb`` at ``mpp`` µm/px: the network runs at
-        :attr:`ais_mpp` and the maps are resampled back to ``rgb``'s pixels, so ``generate`` labels ``rgb``'s
+        :attr:`ais_mpp` (on colours normalised to :attr:`ais_stain`, from ``stain`` or ``rgb``'s own statistics,
+        if the model has one) and the maps are resampled back to ``rgb``'s pixels, so ``generate`` labels ``rgb``'s
         pixels; its σ and min_size stay in pixels at the model's :attr:`mpp` whatever ``ais_mpp`` is."""
         factor = mpp / self.ais_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
+        if self.ais_stain is not None:
+            from pathseg.stain import reinhard
+
+            rgb = reinhard(rgb, self.ais_stain, stain)
         work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
         seg = self.segmenter()
         seg.initialize(work, progress=progress)

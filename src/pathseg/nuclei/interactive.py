@@ -191,6 +191,7 @@ class Predictor:
         self.mpp: float | None = None
         #: automatic segmentations (labels, objects) by region (y0, x0, y1, x1), most recently used last
         self._automatic: _Recent = _Recent()
+        self._stain: tuple[np.ndarray, np.ndarray] | None = None  # the image's colour statistics (``ais_stain``)
         self._regions: list[Tile] = []
 
     # -- embeddings ----------------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Predictor:
         mpp = self.model.mpp if mpp is None else mpp
         self.image, self.mpp = rgb, mpp
         self._automatic.clear()
+        self._stain = None
         self._regions = tile_grid(rgb.shape[:2], self.ais_region, self.ais_halo)
         self.factor = mpp / self.model.prompt_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
@@ -349,7 +351,9 @@ class Predictor:
         got = self._automatic.get(region)
         if got is None:
             y0, x0, y1, x1 = region
-            labels = self.model.segment(self.image[y0:y1, x0:x1], self.mpp)
+            if self._stain is None:  # a region is normalised as its whole image is (models with ais_stain)
+                self._stain = self.model.stain_stats(self.image)
+            labels = self.model.segment(self.image[y0:y1, x0:x1], self.mpp, stain=self._stain)
             got = self._automatic.put(region, (labels, ndi.find_objects(labels)))
         labels, objects = got
         oy, ox = region[:2]

@@ -1,0 +1,67 @@
+"""Reinhard stain normalisation: an H&E image's colours matched to a reference in CIE-LAB.
+
+Each LAB channel of the image is shifted and scaled so that its mean and standard deviation over tissue pixels
+equal the reference's (Reinhard et al. 2001). Statistics are taken over tissue only (not near-white background),
+so an image with much glass is matched by its tissue. Used by nucleus models with ``ais_stain`` in their config, which
+holds the mean statistics of their training images.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from skimage.color import lab2rgb, rgb2lab
+
+from pathseg.errors import PathsegError
+
+#: pixels lighter than this L* (0-100) and closer to grey than ``_GREY`` (a*b* chroma) are background
+_WHITE, _GREY = 85.0, 10.0
+
+
+def tissue_pixels(lab: np.ndarray) -> np.ndarray:
+    """Boolean mask (H, W) of the pixels of a LAB image (H, W, 3) that are not near-white background."""
+    return ~((lab[..., 0] > _WHITE) & (np.hypot(lab[..., 1], lab[..., 2]) < _GREY))
+
+
+def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the L*, a*, b* channels over the tissue pixels of ``rgb`` (H, W, 3 uint8); all pixels when
+    fewer than 1% are tissue."""
+    return _stats(rgb2lab(rgb))
+
+
+def _stats(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = tissue_pixels(lab)
+    pixels = lab[mask] if mask.mean() >= 0.01 else lab.reshape(-1, 3)
+    return pixels.mean(0), pixels.std(0)
+
+
+def reference_stats(images: list[np.ndarray]) -> dict[str, list[float]]:
+    """The reference of a set of training images: the mean of their :func:`lab_stats` (``{"mean", "std"}``)."""
+    if not images:
+        raise PathsegError("a stain reference needs at least one image")
+    stats = [lab_stats(im) for im in images]
+    return {
+        "mean": [round(float(v), 4) for v in np.mean([m for m, _ in stats], axis=0)],
+        "std": [round(float(v), 4) for v in np.mean([s for _, s in stats], axis=0)],
+    }
+
+
+def reinhard(
+    rgb: np.ndarray, reference: dict[str, list[float]], stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """``rgb`` (H, W, 3 uint8) with its LAB statistics matched to ``reference`` (``{"mean", "std"}``, 3 values each);
+    returns uint8. ``stats``: the (mean, std) to match from, e.g. a whole image's :func:`lab_stats` for a crop of it
+    (default: ``rgb``'s own). Colours outside sRGB after the match are clipped."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise PathsegError(f"stain normalisation needs an RGB image (H, W, 3), got shape {rgb.shape}")
+    mean, std = (np.asarray(reference[k], dtype=np.float64) for k in ("mean", "std"))
+    if mean.shape != (3,) or std.shape != (3,) or (std <= 0).any():
+        raise PathsegError(f"a stain reference holds 3 means and 3 positive stds, got {reference}")
+    lab = rgb2lab(rgb)
+    m, s = stats if stats is not None else _stats(lab)
+    matched = (lab - m) / np.maximum(s, 1e-6) * std + mean
+    with warnings.catch_warnings():  # lab2rgb warns about the out-of-gamut colours it clips
+        warnings.simplefilter("ignore", UserWarning)
+        out = lab2rgb(matched)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
