@@ -139,3 +139,23 @@ def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypat
         == 2
     )
     assert "--ais-views needs a SAM-family model" in capsys.readouterr().err
+
+
+def test_no_stain_turns_the_automatic_paths_normalisation_off(tmp_path, monkeypatch):
+    import pathseg.stain
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    rgb, _ = synthetic_nuclei()
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    cfg["ais_stain"] = pathseg.stain.reference_stats([rgb])
+    folder = SamNucleusModel(cfg).save_pretrained(tmp_path / "m")
+    calls = []
+    original = pathseg.stain.reinhard
+    monkeypatch.setattr(pathseg.stain, "reinhard", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for flags, normalised in (([], True), (["--no-stain"], False)):
+        calls.clear()
+        out = tmp_path / f"o{len(flags)}"
+        assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(out), "--model", str(folder), "-q", *flags]) == 0
+        assert (out / "t_instances.tif").is_file() and bool(calls) == normalised

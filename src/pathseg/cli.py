@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "MoNuSeg its thresholds suit 1 view (2 views: test mSA 0.381 against 0.395)",
     )
     p.add_argument(
+        "--no-stain",
+        action="store_true",
+        help="the automatic path sees the image's colours as they are (a model with 'ais_stain' in its config, as "
+        "pathseg_nuclei_cpu, otherwise matches each image's LAB colour statistics to its training images' first)",
+    )
+    p.add_argument(
         "--classes",
         action="store_true",
         help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
@@ -691,6 +697,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         if getattr(model, "ais", None) is None:
             raise PathsegError(f"--ais-views needs a SAM-family model with an AIS decoder; {model.name!r} has none")
         model.config["ais_tta"] = args.ais_views
+    if args.no_stain and getattr(model, "ais_stain", None) is not None:
+        model.config["ais_stain"] = None
     prompts = None
     if args.prompts is not None:
         from pathseg.io.prompts import read_prompts
