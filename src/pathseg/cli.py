@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-stain",
         action="store_true",
-        help="the automatic path sees the image's colours as they are (a model with 'ais_stain' in its config, as "
-        "pathseg_nuclei_cpu, otherwise matches each image's LAB colour statistics to its training images' first)",
+        help="the automatic path sees the image's colours as they are: a model with 'ais_stain' in its config "
+        "(written by benchmarks/tune_ais.py --stain reinhard --write; pathseg_nuclei_cpu has none) otherwise "
+        "matches each image's LAB colour statistics to its training images' first",
     )
     p.add_argument(
         "--classes",
