@@ -58,3 +58,20 @@ def test_a_model_with_ais_stain_normalises_its_automatic_path_only():
     stats = normed.stain_stats(rgb)  # a crop segmented as its whole image is normalised
     crop = normed.initialized_segmenter(rgb[:64, :64], 0.5, stain=stats).maps
     assert np.array_equal(crop, plain.initialized_segmenter(reinhard(rgb, reference)[:64, :64], 0.5).maps)
+
+
+def test_a_slide_is_normalised_by_its_own_statistics_in_every_chunk():
+    cfg = compact_config(mpp=0.5, tile=128)
+    cfg["halo"] = 16
+    rgb, _ = synthetic_nuclei((96, 112), n=8, radius=9, seed=4)
+    model = SamNucleusModel({**cfg, "ais_stain": reference_stats([recoloured(rgb)])}).eval()
+    plain = SamNucleusModel(cfg).eval()
+    plain.fit_slide([rgb], 0.5)  # without ais_stain: nothing to fix
+    assert plain._slide_stain is None
+    samples = [rgb[:48], rgb[48:]]
+    model.fit_slide(samples, 0.5)
+    pooled = lab_stats(rgb)
+    assert all(np.allclose(a, b) for a, b in zip(model._slide_stain, pooled, strict=True))
+    chunk = rgb[:64, :64]  # a chunk is normalised by the slide's statistics, not its own
+    maps = model.initialized_segmenter(chunk, 0.5).maps
+    assert np.array_equal(maps, model.initialized_segmenter(chunk, 0.5, stain=pooled).maps)

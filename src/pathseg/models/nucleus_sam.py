@@ -202,6 +202,7 @@ class SamNucleusModel(nn.Module):
         self.correction_refiner = _build_correction_refiner(config, self.refiner)
         self.box_refiner = _build_box_refiner(config, self.refiner)
         self._channels_last = False
+        self._slide_stain: tuple[np.ndarray, np.ndarray] | None = None  # set by fit_slide
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
 
@@ -293,6 +294,16 @@ class SamNucleusModel(nn.Module):
         from pathseg.stain import lab_stats
 
         return lab_stats(rgb)
+
+    def fit_slide(self, samples: list[np.ndarray], mpp: float) -> None:
+        """Fix the colour statistics the automatic path normalises from (models with :attr:`ais_stain`) from tissue
+        samples of a whole slide (RGB uint8), so that every chunk of the slide is normalised alike; the model then
+        uses them for every image it segments without ``stain=``. No effect without ``ais_stain``."""
+        if self.ais_stain is None or not samples:
+            return
+        from pathseg.stain import lab_stats
+
+        self._slide_stain = lab_stats(np.concatenate([s[..., :3].reshape(-1, 3) for s in samples])[:, None])
 
     @property
     def ais_tta(self) -> int:
@@ -500,15 +511,16 @@ class SamNucleusModel(nn.Module):
         stain: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> AutomaticSegmenter:
         """An :class:`AutomaticSegmenter` holding the maps of ``rgb`` at ``mpp`` µm/px: the network runs at
-        :attr:`ais_mpp` (on colours normalised to :attr:`ais_stain`, from ``stain`` or ``rgb``'s own statistics,
-        if the model has one) and the maps are resampled back to ``rgb``'s pixels, so ``generate`` labels ``rgb``'s
-        pixels; its σ and min_size stay in pixels at the model's :attr:`mpp` whatever ``ais_mpp`` is."""
+        :attr:`ais_mpp` (on colours normalised to :attr:`ais_stain` if the model has one, from ``stain``,
+        :meth:`fit_slide`'s or ``rgb``'s own statistics) and the maps are resampled back to ``rgb``'s pixels, so
+        ``generate`` labels ``rgb``'s pixels; its σ and min_size stay in pixels at the model's :attr:`mpp` whatever
+        ``ais_mpp`` is."""
         factor = mpp / self.ais_mpp  # network pixels per image pixel
         h, w = rgb.shape[:2]
         if self.ais_stain is not None:
             from pathseg.stain import reinhard
 
-            rgb = reinhard(rgb, self.ais_stain, stain)
+            rgb = reinhard(rgb, self.ais_stain, stain if stain is not None else self._slide_stain)
         work = rgb if abs(factor - 1) < 1e-3 else resize_rgb(rgb, scaled_size((h, w), factor))
         seg = self.segmenter()
         seg.initialize(work, progress=progress)
