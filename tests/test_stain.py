@@ -75,3 +75,15 @@ def test_a_slide_is_normalised_by_its_own_statistics_in_every_chunk():
     chunk = rgb[:64, :64]  # a chunk is normalised by the slide's statistics, not its own
     maps = model.initialized_segmenter(chunk, 0.5).maps
     assert np.array_equal(maps, model.initialized_segmenter(chunk, 0.5, stain=pooled).maps)
+
+
+def test_large_images_are_converted_in_blocks_and_measured_on_a_subsample(monkeypatch):
+    import pathseg.stain as stain
+
+    rgb, _ = synthetic_nuclei((96, 112), n=8, radius=9, seed=6)
+    reference = reference_stats([recoloured(rgb)])
+    whole = reinhard(rgb, reference)
+    monkeypatch.setattr(stain, "_BLOCK_PIXELS", 1000)  # 8 rows at a time: the same pixels
+    assert np.array_equal(reinhard(rgb, reference), whole)
+    monkeypatch.setattr(stain, "_STATS_PIXELS", 96 * 112 // 4)  # every other row and column
+    assert all(np.allclose(a, b) for a, b in zip(lab_stats(rgb), lab_stats(rgb[::2, ::2]), strict=True))

@@ -17,6 +17,10 @@ from pathseg.errors import PathsegError
 
 #: pixels lighter than this L* (0-100) and closer to grey than ``_GREY`` (a*b* chroma) are background
 _WHITE, _GREY = 85.0, 10.0
+#: statistics of larger images come from an evenly strided subsample of about this many pixels
+_STATS_PIXELS = 4_000_000
+#: rows converted at a time, so that memory stays bounded on large images (LAB is float64, 24 bytes per pixel)
+_BLOCK_PIXELS = 2_000_000
 
 
 def tissue_pixels(lab: np.ndarray) -> np.ndarray:
@@ -26,8 +30,9 @@ def tissue_pixels(lab: np.ndarray) -> np.ndarray:
 
 def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of the L*, a*, b* channels over the tissue pixels of ``rgb`` (H, W, 3 uint8); all pixels when
-    fewer than 1% are tissue."""
-    return _stats(rgb2lab(rgb))
+    fewer than 1% are tissue. Images over 4 Mpx are measured on an evenly strided subsample."""
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / _STATS_PIXELS))))
+    return _stats(rgb2lab(rgb[::step, ::step]))
 
 
 def _stats(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +60,15 @@ def reinhard(
     (default: ``rgb``'s own). Colours outside sRGB after the match are clipped."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise PathsegError(f"stain normalisation needs an RGB image (H, W, 3), got shape {rgb.shape}")
-    mean, std = (np.asarray(reference[k], dtype=np.float64) for k in ("mean", "std"))
+    mean, std = (np.asarray(reference.get(k, ()), dtype=np.float64) for k in ("mean", "std"))
     if mean.shape != (3,) or std.shape != (3,) or (std <= 0).any():
         raise PathsegError(f"a stain reference holds 3 means and 3 positive stds, got {reference}")
-    lab = rgb2lab(rgb)
-    m, s = stats if stats is not None else _stats(lab)
-    matched = (lab - m) / np.maximum(s, 1e-6) * std + mean
+    m, s = stats if stats is not None else lab_stats(rgb)
+    out = np.empty_like(rgb, dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(rgb.shape[1], 1))
     with warnings.catch_warnings():  # lab2rgb warns about the out-of-gamut colours it clips
         warnings.simplefilter("ignore", UserWarning)
-        out = lab2rgb(matched)
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+        for y in range(0, rgb.shape[0], rows):
+            matched = (rgb2lab(rgb[y : y + rows]) - m) / np.maximum(s, 1e-6) * std + mean
+            out[y : y + rows] = np.clip(lab2rgb(matched), 0, 1) * 255 + 0.5
+    return out
