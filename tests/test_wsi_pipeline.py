@@ -300,3 +300,16 @@ def test_wsi_classes_in_every_output(tmp_path):
     assert set(np.unique(classes[labels > 0])) == {1, 2} and (classes[labels == 0] == 0).all()
     for lab in np.unique(labels[labels > 0])[:50]:
         assert len(np.unique(classes[labels == lab])) == 1  # one class per nucleus
+
+
+def test_a_sam_models_automatic_settings_are_part_of_the_resume_check():
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+    from pathseg.wsi.pipeline import _model_parameters
+
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128))
+    before = _model_parameters(model)
+    assert before["ais_stain"] is None and before["ais_tta"] == 1 and before["ais_mpp"] == 0.5
+    assert "center_distance_threshold" in before  # the thresholds as before
+    model.config["ais_stain"] = {"mean": [60.0, 20.0, -10.0], "std": [15.0, 7.0, 7.0]}
+    assert _model_parameters(model)["ais_stain"] == model.config["ais_stain"]  # a resumed run would stop
+    assert _model_parameters(ClassicalModel()) == ClassicalModel().params.as_dict()

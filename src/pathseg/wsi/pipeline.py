@@ -373,9 +373,14 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
 
 
 def _model_parameters(model) -> dict:
+    """What shapes a nucleus model's automatic output besides its weights: thresholds, and for SAM-family models the
+    network's pixel size, views and stain reference (a resumed run with other values stops instead of mixing)."""
     if hasattr(model, "params"):
         return model.params.as_dict()
-    return getattr(model, "ais_params", {})
+    params = dict(getattr(model, "ais_params", {}))
+    if hasattr(model, "ais_stain"):
+        params.update(ais_mpp=model.ais_mpp, ais_tta=model.ais_tta, ais_stain=model.ais_stain)
+    return params
 
 
 def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
