@@ -68,6 +68,23 @@ def first_prompts(
     return points, point_labels, None
 
 
+def add_corrective_points(
+    masks: list[np.ndarray] | np.ndarray,
+    predicted: list[np.ndarray] | np.ndarray,
+    points: list[list],
+    point_labels: list[list],
+    rng: np.random.Generator,
+) -> None:
+    """Append one corrective point per object to ``points`` / ``point_labels``: in the larger error of its
+    ``predicted`` mask against its true one (positive in missed pixels, negative in false ones), or anywhere on the
+    object when the prediction is exact."""
+    for i, m in enumerate(masks):
+        fn, fp = m & ~predicted[i], ~m & predicted[i]
+        take_fn = fn.sum() >= fp.sum()
+        points[i].append(_random_point(fn if take_fn else fp, rng) or _random_point(m, rng))
+        point_labels[i].append(1 if take_fn else 0)
+
+
 def first_outputs(use_box: bool, box_candidates: bool) -> tuple[bool, bool]:
     """(multimask, every) for a first prompt: a point gets 3 candidates (the best learns); a box gets the single mask,
     or with ``box_candidates`` 3 candidates that all learn (``every``). Later rounds: (False, False)."""
@@ -126,12 +143,7 @@ def prompt_loss(
         # corrective point from the error of the best candidate, at full crop resolution
         chosen = low[torch.arange(low.shape[0]), best][:, None]
         pred_full = (F.interpolate(chosen.detach(), (h, w), mode="bilinear", align_corners=False) > 0)[:, 0].numpy()
-        for i, m in enumerate(masks_np):
-            fn, fp = m & ~pred_full[i], ~m & pred_full[i]
-            take_fn = fn.sum() >= fp.sum()
-            p = _random_point(fn if take_fn else fp, rng) or _random_point(m, rng)
-            points[i].append(p)
-            point_labels[i].append(1 if take_fn else 0)
+        add_corrective_points(masks_np, pred_full, points, point_labels, rng)
         mask_input = chosen.detach() if rng.random() < 0.5 else None
         multimask = every = False
     return total / (n_corrections + 1)

@@ -30,7 +30,13 @@ from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
 from pathseg.train.nuclei import _lr_lambda, evaluate_prompts, native_validation, source_groups, split_validation
-from pathseg.train.prompts import _random_point, check_box_jitter, first_outputs, first_prompts, sample_objects
+from pathseg.train.prompts import (
+    add_corrective_points,
+    check_box_jitter,
+    first_outputs,
+    first_prompts,
+    sample_objects,
+)
 
 
 @dataclass
@@ -133,11 +139,7 @@ def refiner_loss(
             refined.append(full)
         if round_ == n_corrections:
             break
-        for i, m in enumerate(masks):
-            fn, fp = m & ~refined[i], ~m & refined[i]
-            take_fn = fn.sum() >= fp.sum()
-            points[i].append(_random_point(fn if take_fn else fp, rng) or _random_point(m, rng))
-            point_labels[i].append(1 if take_fn else 0)
+        add_corrective_points(masks, refined, points, point_labels, rng)
         mask_input = torch.stack(chosen_low)[:, None] if rng.random() < 0.5 else None
         multimask = every = False
     return total / (len(picks) * (n_corrections + 1))
