@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.sam.sam import Sam
-from pathseg.nuclei.boxes import jitter_box
+from pathseg.nuclei.boxes import jitter_box, mask_box
 
 
 def sample_objects(labels: torch.Tensor, per_image: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -42,8 +42,8 @@ def _random_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, fl
 def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> list[float]:
     """The mask's bounding box (x0, y0, x1, y1; x1, y1 exclusive), each edge moved by up to ``jitter`` x its longer
     side (uniform; 0: the exact box, as the interactive benchmark prompts)."""
-    ys, xs = np.nonzero(mask)
-    return jitter_box(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]), jitter, rng).tolist()
+    y0, x0, y1, x1 = mask_box(mask, (0, 0, 0, 0))
+    return jitter_box(np.array([x0, y0, x1, y1]), jitter, rng).tolist()
 
 
 def check_box_jitter(jitter: float) -> None:
