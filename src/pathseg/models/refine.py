@@ -166,12 +166,14 @@ def refine_roi(
     box: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine candidate logits ``coarse`` (K, H, W) with ``guide`` (C, H, W) inside ``roi`` (y0, x0, y1, x1).
+    The refiner reads the guide's first ``GUIDE_CHANNELS + refiner.feature_channels`` channels (a refiner without a
+    feature projection, e.g. a correction refiner, reads pixels and AIS maps of a main refiner's guide), as float32.
     The prompts (``points`` (N, 2) x, y with ``labels``; ``box`` x0, y0, x1, y1; same pixels) are drawn with
     :func:`prompt_maps` when the refiner takes them. Returns the region's logits (K, h, w) and IoU (K,)."""
     y0, x0, y1, x1 = roi
     k = coarse.shape[0]
     crop = coarse[:, y0:y1, x0:x1][:, None]
-    g = guide[:, y0:y1, x0:x1][None].expand(k, -1, -1, -1)
+    g = guide[: GUIDE_CHANNELS + refiner.feature_channels, y0:y1, x0:x1].float()[None].expand(k, -1, -1, -1)
     pm = prompt_maps(roi, points, labels, box)[None].expand(k, -1, -1, -1) if refiner.prompt_channels else None
     logits, iou = refiner(crop, g, pm)
     return logits[:, 0], iou

@@ -444,10 +444,9 @@ class Predictor:
             box_alone = local_box is not None and local_pts is None
             refiner = self.model.refiner_for(feedback=mask_input is not None, box_alone=box_alone)
             if guide is not None and refiner is not None:
-                from pathseg.models.refine import GUIDE_CHANNELS, paste_roi, prompt_roi, refine_roi
+                from pathseg.models.refine import paste_roi, prompt_roi, refine_roi
 
                 roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
-                guide = guide[: GUIDE_CHANNELS + refiner.feature_channels].float()  # a correction refiner reads 6
                 logits, r_iou = refine_roi(refiner, full, guide, roi, local_pts, lbl, local_box)
                 full = paste_roi(full, roi, logits)
                 if self.model.prompt_iou == "refiner":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, _build_refiner
-from pathseg.models.refine import GUIDE_CHANNELS, prompt_roi, refine_roi
+from pathseg.models.refine import prompt_roi, refine_roi
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, load_samples
@@ -107,7 +107,6 @@ def refiner_loss(
             coarse = F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w]
         # the refiner that answers this round in the predictor (a box alone, a correction with mask feedback)
         refiner = model.refiner_for(feedback=mask_input is not None, box_alone=boxes is not None and pts is None)
-        channels = GUIDE_CHANNELS + refiner.feature_channels  # a correction refiner reads pixels and AIS maps only
         chosen_low, refined = [], []
         for i, (b, _) in enumerate(picks):
             gt = torch.from_numpy(masks[i]).float()
@@ -115,9 +114,7 @@ def refiner_loss(
             box_i = None if boxes is None else boxes[i].numpy()
             roi = prompt_roi((coarse[i] > 0).numpy(), (h, w), pts_i, box_i)
             y0, x0, y1, x1 = roi
-            logits, iou = refine_roi(
-                refiner, coarse[i], guide[b, :channels], roi, pts_i, point_labels[i] or None, box_i
-            )
+            logits, iou = refine_roi(refiner, coarse[i], guide[b], roi, pts_i, point_labels[i] or None, box_i)
             gt_roi = gt[y0:y1, x0:x1]
             outside = float(gt.sum() - gt_roi.sum())  # object pixels the region misses count as misses
             p = torch.sigmoid(logits)
