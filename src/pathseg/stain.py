@@ -63,12 +63,16 @@ def reinhard(
     mean, std = (np.asarray(reference.get(k, ()), dtype=np.float64) for k in ("mean", "std"))
     if mean.shape != (3,) or std.shape != (3,) or (std <= 0).any():
         raise PathsegError(f"a stain reference holds 3 means and 3 positive stds, got {reference}")
-    m, s = stats if stats is not None else lab_stats(rgb)
+    lab = rgb2lab(rgb) if rgb.shape[0] * rgb.shape[1] <= _BLOCK_PIXELS else None  # one block: converted once
+    if stats is None:
+        stats = _stats(lab) if lab is not None else lab_stats(rgb)
+    m, s = stats
     out = np.empty_like(rgb, dtype=np.uint8)
     rows = max(1, _BLOCK_PIXELS // max(rgb.shape[1], 1))
     with warnings.catch_warnings():  # lab2rgb warns about the out-of-gamut colours it clips
         warnings.simplefilter("ignore", UserWarning)
         for y in range(0, rgb.shape[0], rows):
-            matched = (rgb2lab(rgb[y : y + rows]) - m) / np.maximum(s, 1e-6) * std + mean
+            block = lab[y : y + rows] if lab is not None else rgb2lab(rgb[y : y + rows])
+            matched = (block - m) / np.maximum(s, 1e-6) * std + mean
             out[y : y + rows] = np.clip(lab2rgb(matched), 0, 1) * 255 + 0.5
     return out
