@@ -57,3 +57,16 @@ def test_tissue_model_in_bf16_stays_close_to_float32_and_is_a_saved_setting(tmp_
         model.precision = "fp16"
     with pytest.raises(PathsegError, match="tissue model config: precision must be one of"):
         TissueModel({**model.config, "precision": "fp16"}, backbone=model.backbone)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_takes_bf16_by_default_only_where_it_is_native(monkeypatch, native):
+    from pathseg.train.nuclei import TrainConfig, training_amp
+
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert TrainConfig(data=[], out="x").precision == "auto"
+    assert training_amp("auto", cpu) is native  # emulated bfloat16 trains several times slower than float32
+    assert training_amp("bf16", cpu) and not training_amp("fp32", cpu)
+    with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32, got 'half'"):
+        training_amp("half", cpu)

@@ -21,6 +21,7 @@ from pathseg.errors import PathsegError
 from pathseg.metrics import instance_scores
 from pathseg.metrics.semantic import IGNORE
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+from pathseg.models.precision import resolve_precision
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
 from pathseg.train.data import CropSampler, Sample, load_samples
@@ -56,7 +57,9 @@ class TrainConfig:
     device: str = "auto"  #: "auto" (CUDA if available), "cpu" or "cuda"
     check_sync: bool = False  #: at the end, verify that all distributed replicas hold identical weights
     task: str = "nuclei"  #: "nuclei" (AIS + prompts) or "classes" (adds the semantic decoder, class-weighted CE)
-    precision: str = "bf16"  #: "bf16" (mixed precision autocast; ~3x faster on CPUs with AVX512-BF16) or "fp32"
+    #: "auto" (bf16 where the device computes it natively, else fp32), "bf16" (mixed precision autocast; ~3x faster
+    #: on CPUs with AVX512-BF16, ~7x slower where it is emulated) or "fp32"
+    precision: str = "auto"
     #: train one decoder alone on ``init``'s frozen encoder. Task "classes": the class decoder (the nuclei outputs
     #: stay exactly as in ``init``, so the class decoder is a small add-on). Task "nuclei": the AIS decoder at
     #: ``model_mpp``, which becomes the model's ``ais_mpp`` (the prompt path and the class decoder keep the pixel size
@@ -340,6 +343,15 @@ def _path_mpps(model: SamNucleusModel) -> dict[str, float]:
     return out
 
 
+def training_amp(precision: str, device: torch.device) -> bool:
+    """Whether a run trains under bf16 autocast: ``bf16`` always, ``fp32`` never, ``auto`` where ``device`` computes
+    bfloat16 natively (:func:`pathseg.models.precision.resolve_precision`; emulated bfloat16 is several times
+    slower)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and resolve_precision("auto", device) == "bfloat16")
+
+
 def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log=print) -> dict:
     """Run (or resume) training; returns the best validation scores.
 
@@ -366,6 +378,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     if device.type == "cuda" and world > 1:
         torch.cuda.set_device(rank % torch.cuda.device_count())
         device = torch.device("cuda", rank % torch.cuda.device_count())
+    amp = training_amp(cfg.precision, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -462,7 +475,7 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
     model = model.to(device, memory_format=torch.channels_last)
     mean = model.sam.pixel_mean
     std = model.sam.pixel_std
-    amp = cfg.precision == "bf16"
+    log(f"precision: {'bf16 mixed' if amp else 'fp32'} ({cfg.precision})")
     net = _TrainStep(model, cfg, class_weights)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
