@@ -83,5 +83,6 @@ def test_the_tool_splits_lenses_only_in_masks_of_the_named_source(tmp_path):
     assert np.array_equal(np.array(Image.open(out / "images" / "rendered.png")), rgb)
     with open(out / "lenses.csv", newline="") as f:
         assert [(r["id"], r["lenses_split"]) for r in csv.DictReader(f)] == [("drawn", "0"), ("rendered", "1")]
+    assert (out / "manifest.csv").read_bytes() == (tmp_path / "data" / "manifest.csv").read_bytes()
     assert not (tmp_path / "clean.partial").exists()
     assert _tool().main(["--data", str(data), "-o", str(out)]) == 2  # never overwrites

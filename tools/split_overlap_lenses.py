@@ -5,7 +5,8 @@ they sit between (:func:`pathseg.nuclei.overlaps.split_overlap_lenses`).
 
 With a ``manifest.csv`` that has an ``instance_source`` column beside ``images/`` or one folder up (MoNuSeg's), only
 masks whose source is ``--source`` (default ``derived_from_colour_mask``: rebuilt from colour renderings) change;
-``--source any`` changes every mask. Images are copied unchanged; ``lenses.csv`` lists the lenses split per image.
+``--source any`` changes every mask. Images and the manifest are copied unchanged; ``lenses.csv`` lists the
+lenses split per image.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from pathseg.nuclei.overlaps import split_overlap_lenses
 from pathseg.train.data import find_pairs
 
 
-def mask_sources(data: Path) -> dict[str, str]:
-    """Image id -> ``instance_source`` from the first ``manifest.csv`` in ``data`` or its parent ({} if none)."""
-    for manifest in (data / "manifest.csv", data.parent / "manifest.csv"):
-        if manifest.is_file():
-            with manifest.open(newline="") as f:
-                return {r["id"]: r["instance_source"] for r in csv.DictReader(f) if r.get("instance_source")}
-    return {}
+def find_manifest(data: Path) -> Path | None:
+    """The ``manifest.csv`` beside ``data``'s sub-folders or one folder up (where the trainer looks), if any."""
+    return next((m for m in (data / "manifest.csv", data.parent / "manifest.csv") if m.is_file()), None)
+
+
+def mask_sources(manifest: Path | None) -> dict[str, str]:
+    """Image id -> ``instance_source`` from ``manifest`` ({} if there is none or it has no such column)."""
+    if manifest is None:
+        return {}
+    with manifest.open(newline="") as f:
+        return {r["id"]: r["instance_source"] for r in csv.DictReader(f) if r.get("instance_source")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.output} exists; give a new folder", file=sys.stderr)
         return 2
     pairs = find_pairs(args.data)
-    sources = mask_sources(args.data)
+    manifest = find_manifest(args.data)
+    sources = mask_sources(manifest)
     if args.source != "any" and not sources:
         print(f"error: no manifest.csv with instance_source for {args.data}; use --source any", file=sys.stderr)
         return 2
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     (work / "images").mkdir(parents=True)
     (work / "instance_masks").mkdir()
+    if manifest is not None:  # keeps the trainer's grouping of tiles by source image (CoNSeP-style manifests)
+        shutil.copyfile(manifest, work / "manifest.csv")
     total = 0
     with open(work / "lenses.csv", "w", newline="") as f:
         rows = csv.writer(f)

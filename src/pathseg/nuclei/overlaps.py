@@ -3,8 +3,8 @@
 Where two drawn outlines overlap, a mask rebuilt from a colour rendering (one colour per outline, one instance per
 connected colour) holds the overlap as a third, lens-shaped instance between the two nuclei. Masks rasterised
 from the outlines themselves give the overlap to one of the two nuclei instead (the later outline). MoNuSeg's 17
-training masks rebuilt from colour renderings hold 430 such small lenses; its 13 XML-rasterised training masks 0 to
-8 each (most of them nested outlines) and its 14 test masks 4 in all.
+training masks rebuilt from colour renderings hold 430 such small lenses (:func:`overlap_lenses`), its 13
+XML-rasterised training masks 2 in all and its 14 test masks none.
 """
 
 from __future__ import annotations
