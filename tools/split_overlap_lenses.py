@@ -22,12 +22,7 @@ from PIL import Image
 
 from pathseg.io.images import read_labels
 from pathseg.nuclei.overlaps import split_overlap_lenses
-from pathseg.train.data import find_pairs
-
-
-def find_manifest(data: Path) -> Path | None:
-    """The ``manifest.csv`` beside ``data``'s sub-folders or one folder up (where the trainer looks), if any."""
-    return next((m for m in (data / "manifest.csv", data.parent / "manifest.csv") if m.is_file()), None)
+from pathseg.train.data import find_manifest, find_pairs
 
 
 def mask_sources(manifest: Path | None) -> dict[str, str]:

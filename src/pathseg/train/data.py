@@ -49,6 +49,13 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def find_manifest(folder: str | os.PathLike) -> Path | None:
+    """The ``manifest.csv`` describing a data folder's images: beside its ``images/`` or one folder up (the
+    ``../shared/data`` layout); None when there is none."""
+    folder = Path(folder)
+    return next((m for m in (folder / "manifest.csv", folder.parent / "manifest.csv") if m.is_file()), None)
+
+
 def resample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Scale by ``factor`` (output px per input px): bilinear/antialiased image, nearest-neighbour labels."""
     if abs(factor - 1) < 1e-3:

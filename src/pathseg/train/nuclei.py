@@ -24,7 +24,7 @@ from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.models.precision import resolve_precision
 from pathseg.progress import ProgressCallback
 from pathseg.train.checkpoint import resume, save_checkpoint, trim_history
-from pathseg.train.data import CropSampler, Sample, load_samples
+from pathseg.train.data import CropSampler, Sample, find_manifest, load_samples
 from pathseg.train.losses import ais_loss
 from pathseg.train.prompts import check_box_jitter, prompt_loss
 
@@ -118,13 +118,12 @@ def source_groups(folders: list[str]) -> dict[str, str]:
 
     groups: dict[str, str] = {}
     for folder in folders:
-        for f in (Path(folder) / "manifest.csv", Path(folder).parent / "manifest.csv"):
-            if f.is_file():
-                with open(f, newline="") as fh:
-                    for row in csv.DictReader(fh):
-                        if "source_image" in row and "id" in row:
-                            groups[row["id"]] = row["source_image"]
-                break
+        manifest = find_manifest(folder)
+        if manifest is not None:
+            with open(manifest, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if "source_image" in row and "id" in row:
+                        groups[row["id"]] = row["source_image"]
     return groups
 
 
@@ -343,13 +342,17 @@ def _path_mpps(model: SamNucleusModel) -> dict[str, float]:
     return out
 
 
+#: a run's ``precision`` as the inference precision it resolves like (:mod:`pathseg.models.precision`)
+_TRAINING_PRECISIONS = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}
+
+
 def training_amp(precision: str, device: torch.device) -> bool:
     """Whether a run trains under bf16 autocast: ``bf16`` always, ``fp32`` never, ``auto`` where ``device`` computes
     bfloat16 natively (:func:`pathseg.models.precision.resolve_precision`; emulated bfloat16 is several times
     slower)."""
-    if precision not in ("auto", "bf16", "fp32"):
+    if precision not in _TRAINING_PRECISIONS:
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and resolve_precision("auto", device) == "bfloat16")
+    return resolve_precision(_TRAINING_PRECISIONS[precision], device) == "bfloat16"
 
 
 def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log=print) -> dict:
