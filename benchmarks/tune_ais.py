@@ -62,8 +62,9 @@ def parse_grid(specs: list[str]) -> dict[str, list[float]]:
 
 def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = None) -> list[dict]:
     """Score every point of ``space`` (default GRID) on the validation samples with the network at the model's
-    ``ais_mpp`` and ``ais_tta``."""
+    ``ais_mpp`` and ``ais_tta``; parameters the grid does not search keep the model's own (config ``ais_params``)."""
     space = space or GRID
+    fixed = {k: v for k, v in model.ais_params.items() if k not in space}
     stain = "reinhard" if model.ais_stain else "off"
     setting = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": stain}
     name = f"ais_mpp {model.ais_mpp:g}, ais_tta {model.ais_tta}, stain {stain}"
@@ -74,7 +75,7 @@ def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = N
     for i, values in enumerate(grid):
         if i % 100 == 0:
             print(f"{name}: {i}/{len(grid)} parameter sets", flush=True)
-        params = dict(zip(keys, values, strict=True))
+        params = {**fixed, **dict(zip(keys, values, strict=True))}
         rows = [instance_scores(gt, seg.generate(**params)) for seg, gt in segmenters]
         mean = {m: float(np.mean([r[m] for r in rows])) for m in ("msa", "aji", "pq")}
         results.append({"params": {**setting, **params}, **mean, "score": sum(mean.values())})
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     own_stain = model.ais_stain
     current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": "reinhard" if own_stain else "off"}
     current.update({k: model.config["ais_params"].get(k) for k in GRID})
+    current.update({k: v for k, v in model.ais_params.items() if k not in GRID})  # kept by every search
     stains = {"off": None}
     if "reinhard" in (args.stain or []):  # the training images' colours: never the validation images'
         stains["reinhard"] = reference_stats([s.image for s in train])

@@ -38,6 +38,33 @@ def test_nuclei_with_a_faint_foreground_can_be_dropped(nuclei_image):
     assert np.array_equal(dropped > 0, (kept > 0) & ~faint)
 
 
+def _disk_with_halo(radius: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of two nuclei whose foreground falls steeply at ``radius`` (0.9 -> 0.55 within 1 px), then slowly to 0
+    over 8 px (a halo): where a nucleus ends is the steep edge, whatever level a global threshold sits at."""
+    yy, xx = np.mgrid[:64, :128]
+    r = np.minimum(np.hypot(yy - 32, xx - 32), np.hypot(yy - 32, xx - 96))
+    fg = np.interp(r, [0, radius, radius + 1, radius + 9], [0.9, 0.9, 0.55, 0.0]).astype(np.float32)
+    dist = np.clip(r / radius, 0, 1).astype(np.float32)
+    return fg, dist
+
+
+def test_each_outline_can_take_the_level_where_the_foreground_is_steepest():
+    fg, dist = _disk_with_halo(10.0)
+    base = dict(foreground_threshold=0.4, foreground_smoothing=0.0, distance_smoothing=0.0)
+    plain = watershed_from_maps(fg, dist, dist, AISParams(**base))
+    levels = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    steep = watershed_from_maps(fg, dist, dist, AISParams.of({**base, "outline_levels": levels}))
+    assert plain.max() == steep.max() == 2
+    true_area = np.pi * 10.5**2  # the steep edge runs from r = 10 to 11
+    areas = np.bincount(steep.ravel())[1:]
+    assert np.all(np.abs(areas - true_area) < 0.1 * true_area)  # on the edge, not in the halo
+    assert np.all(np.bincount(plain.ravel())[1:] > 1.4 * true_area)  # the global 0.4 cuts into the halo
+    assert np.array_equal(steep > 0, (plain > 0) & (fg > 0.55))  # each nucleus is its own region, cut
+    # levels from a config file (a JSON list) and an empty list (off) are accepted
+    assert AISParams.of({"outline_levels": []}).outline_levels == ()
+    assert np.array_equal(watershed_from_maps(fg, dist, dist, AISParams.of({**base, "outline_levels": []})), plain)
+
+
 def _fake_predictor(rgb: np.ndarray) -> np.ndarray:
     """Maps computed from the tile alone (as a network would): nuclei are the dark pixels."""
     from scipy import ndimage as ndi

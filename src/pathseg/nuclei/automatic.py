@@ -29,9 +29,19 @@ class AISParams:
     distance_smoothing: float = 1.6
     min_size: int = 0  #: objects smaller than this (pixels at the model's resolution) are removed
     min_foreground: float = 0.0  #: objects whose mean foreground probability is below this are removed (0: none)
+    #: foreground probability levels each nucleus may take its outline at (empty: every nucleus at
+    #: ``foreground_threshold``); with levels, each takes the one its outline finds the map steepest on
+    outline_levels: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def of(cls, params: dict) -> AISParams:
+        """The defaults with ``params`` (e.g. a model's config ``ais_params``, lists allowed) over them."""
+        merged = {**asdict(cls()), **params}
+        merged["outline_levels"] = tuple(float(v) for v in merged["outline_levels"] or ())
+        return cls(**merged)
 
 
 def watershed_from_maps(
@@ -54,8 +64,12 @@ def watershed_from_maps(
         boundary = ndi.gaussian_filter(boundary, p.distance_smoothing * scale)
     fg = foreground > p.foreground_threshold
     seeds = (center < p.center_distance_threshold) & (boundary < p.boundary_distance_threshold) & fg
-    markers, _ = ndi.label(seeds)
-    labels = watershed(boundary, markers=markers, mask=fg)
+    markers, n = ndi.label(seeds)
+    if p.outline_levels:
+        labels = watershed(boundary, markers=markers, mask=foreground > min(p.outline_levels))
+        labels = steepest_outlines(labels, n, foreground, p.outline_levels)
+    else:
+        labels = watershed(boundary, markers=markers, mask=fg)
     if p.min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < p.min_size * scale * scale
@@ -68,6 +82,33 @@ def watershed_from_maps(
         faint[0] = False
         labels[faint[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def _inner_outline(labels: np.ndarray) -> np.ndarray:
+    """Object pixels with a 4-neighbour of another label (background included); the image edge is no outline."""
+    out = np.zeros(labels.shape, bool)
+    out[1:] |= labels[1:] != labels[:-1]
+    out[:-1] |= labels[:-1] != labels[1:]
+    out[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    out[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    return out & (labels > 0)
+
+
+def steepest_outlines(labels: np.ndarray, n: int, foreground: np.ndarray, levels) -> np.ndarray:
+    """Cut each object of ``labels`` (1..n, regions grown at the lowest level) at the level of ``levels`` whose
+    outline has the largest mean foreground gradient: the outline goes where the map is steepest, however sure the
+    network is of the nucleus as a whole."""
+    grad = np.hypot(ndi.sobel(foreground, 0), ndi.sobel(foreground, 1))
+    levels = np.sort(np.asarray(levels, dtype=np.float32))
+    score = np.full((levels.size, n + 1), -np.inf)
+    for i, level in enumerate(levels):
+        cut = np.where(foreground > level, labels, 0)
+        edge = _inner_outline(cut)
+        count = np.bincount(cut[edge], minlength=n + 1)
+        total = np.bincount(cut[edge], weights=grad[edge], minlength=n + 1)
+        np.divide(total, count, out=score[i], where=count > 0)
+    chosen = levels[score.argmax(0)]
+    return np.where(foreground > chosen[labels], labels, 0)
 
 
 #: ``predict(rgb_tile) -> (3, h, w) float32`` maps (foreground, centre distance, boundary distance) for a tile.
@@ -114,5 +155,5 @@ class AutomaticSegmenter:
         """Labels (uint32) from the stitched maps with :class:`AISParams` fields overridden by ``params``."""
         if self.maps is None:
             raise RuntimeError("call initialize(image) first")
-        p = AISParams(**{**AISParams().as_dict(), **params})
+        p = AISParams.of(params)
         return watershed_from_maps(self.maps[0], self.maps[1], self.maps[2], p, self.scale)

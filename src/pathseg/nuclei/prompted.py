@@ -207,7 +207,7 @@ class AutomaticPromptGenerator:
         if self.maps is None:
             raise RuntimeError("call initialize(image) first")
         tuned = {k: v for k, v in self.predictor.model.ais_params.items() if k != "min_size"}
-        params = AISParams(**{**AISParams().as_dict(), **tuned, **ais})
+        params = AISParams.of({**tuned, **ais})
         cands = []
         for pt in self.seed_points(params):
             pred = self.predictor.predict(points=pt[None], labels=np.ones(1, int), multimask=False)
