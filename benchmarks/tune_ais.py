@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation split: {', '.join(s.name for s in val)}")
     own_stain = model.ais_stain
     current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": "reinhard" if own_stain else "off"}
-    current.update({k: model.config["ais_params"].get(k) for k in GRID})
-    current.update({k: v for k, v in model.ais_params.items() if k not in GRID})  # kept by every search
+    current.update({**dict.fromkeys(GRID), **model.ais_params})  # keys outside GRID are kept by every search
     stains = {"off": None}
     if "reinhard" in (args.stain or []):  # the training images' colours: never the validation images'
         stains["reinhard"] = reference_stats([s.image for s in train])

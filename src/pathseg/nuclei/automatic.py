@@ -7,7 +7,7 @@ the stitched maps with any thresholds, so no nucleus is split or duplicated at a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -95,7 +95,7 @@ def _inner_outline(labels: np.ndarray) -> np.ndarray:
     return out & (labels > 0)
 
 
-def steepest_outlines(labels: np.ndarray, n: int, foreground: np.ndarray, levels) -> np.ndarray:
+def steepest_outlines(labels: np.ndarray, n: int, foreground: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """Cut each object of ``labels`` (1..n, regions grown at the lowest level) at the level of ``levels`` whose
     outline has the largest mean foreground gradient: the outline goes where the map is steepest, however sure the
     network is of the nucleus as a whole."""
@@ -105,8 +105,9 @@ def steepest_outlines(labels: np.ndarray, n: int, foreground: np.ndarray, levels
     for i, level in enumerate(levels):
         cut = np.where(foreground > level, labels, 0)
         edge = _inner_outline(cut)
-        count = np.bincount(cut[edge], minlength=n + 1)
-        total = np.bincount(cut[edge], weights=grad[edge], minlength=n + 1)
+        ids = cut[edge]
+        count = np.bincount(ids, minlength=n + 1)
+        total = np.bincount(ids, weights=grad[edge], minlength=n + 1)
         np.divide(total, count, out=score[i], where=count > 0)
     chosen = levels[score.argmax(0)]
     return np.where(foreground > chosen[labels], labels, 0)
