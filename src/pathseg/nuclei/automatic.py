@@ -88,10 +88,12 @@ def _inner_outline(labels: np.ndarray) -> np.ndarray:
     """Object pixels with a 4-neighbour of another label (background included); the image edge is no outline.
     The same pixels as ``skimage.segmentation.find_boundaries(labels, mode="inner")``, ~10x faster (run per level)."""
     out = np.zeros(labels.shape, bool)
-    out[1:] |= labels[1:] != labels[:-1]
-    out[:-1] |= labels[:-1] != labels[1:]
-    out[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    out[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    rows = labels[1:] != labels[:-1]  # each neighbour pair compared once, marked on both sides
+    out[1:] |= rows
+    out[:-1] |= rows
+    cols = labels[:, 1:] != labels[:, :-1]
+    out[:, 1:] |= cols
+    out[:, :-1] |= cols
     return out & (labels > 0)
 
 
