@@ -12,6 +12,9 @@ over (1, 2 or 4; default: the model's own). Writes the best parameters into the 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--ais-mpp 0.5 0.42] [--write]
     python benchmarks/tune_ais.py --run RUN --model pathseg_nuclei_cpu_folder --ais-tta 1 2 4
 
+``--data DIR --mpp 0.25`` tunes on every image + instance mask pair in DIR instead of a run's validation split (your
+own annotated images; images the model was trained on make optimistic figures).
+
 ``--grid KEY=V1,V2 ...`` replaces the values searched for a parameter (e.g. to move past a grid edge), and
 ``--tag`` names the results file ``tune_ais_<model>_<tag>.json`` so that an earlier search is kept.
 """
@@ -86,7 +89,9 @@ def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="training run folder (holds train_config.json)")
+    ap.add_argument("--run", type=Path, default=None, help="training run folder (holds train_config.json)")
+    ap.add_argument("--data", type=Path, default=None, help="tune on this folder's pairs, not --run's split")
+    ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of --data's images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
@@ -105,12 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the results file (tune_ais_<model>_<tag>.json)")
     args = ap.parse_args(argv)
     space = parse_grid(args.grid)
-    cfg = json.loads((args.run / "train_config.json").read_text())
+    if (args.run is None) == (args.data is None):
+        raise SystemExit("give exactly one of --run (its validation split) or --data (a folder of images + masks)")
+    if args.data is not None and (args.model is None or "reinhard" in (args.stain or [])):
+        raise SystemExit("--data needs --model, and no --stain reinhard (its reference is a run's training images)")
+    if args.run is not None:
+        cfg = json.loads((args.run / "train_config.json").read_text())
+        samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
+        train, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
+        mpp = cfg["mpp_in"]
+    else:
+        train, val, mpp = [], load_samples([args.data], args.mpp, args.mpp), args.mpp
+        if not val:
+            raise SystemExit(f"--data {args.data}: no image + instance mask pairs found")
     model_dir = args.model or args.run / "best"
     model = SamNucleusModel.from_pretrained(model_dir)
-    samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
-    train, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
-    print(f"validation split: {', '.join(s.name for s in val)}")
+    print(f"tuning images: {', '.join(s.name for s in val)}")
     own_stain = model.ais_stain
     current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": "reinhard" if own_stain else "off"}
     current.update({**dict.fromkeys(GRID), **model.ais_params})  # keys outside GRID are kept by every search
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for ais_mpp, ais_tta, stain in settings:
         model.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta, ais_stain=stains[stain])
-        results += search(model, val, cfg["mpp_in"], space)
+        results += search(model, val, mpp, space)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
     default = next((r for r in results if r["params"] == current), None)
