@@ -12,8 +12,13 @@ over (1, 2 or 4; default: the model's own). Writes the best parameters into the 
     python benchmarks/tune_ais.py --run ~/.cache/pathseg/train/run2 [--model RUN/best] [--ais-mpp 0.5 0.42] [--write]
     python benchmarks/tune_ais.py --run RUN --model pathseg_nuclei_cpu_folder --ais-tta 1 2 4
 
-``--data DIR --mpp 0.25`` tunes on every image + instance mask pair in DIR instead of a run's validation split (your
-own annotated images; images the model was trained on make optimistic figures).
+``--data DIR --model FOLDER --mpp 0.25`` tunes on every image + instance mask pair in DIR instead of a run's
+validation split (your own annotated images; images the model was trained on make optimistic figures). Several
+folders pair with as many models, each folder's images scored with its own model, for cross-validation: models
+trained with one fold of images left out each, every image scored by the model that never saw it, and the
+parameters chosen on all of them together (``--write`` then writes into the first model's folder).
+
+    python benchmarks/tune_ais.py --data FOLD_A FOLD_B --model RUN_A/best RUN_B/best --ais-mpp 0.38
 
 ``--grid KEY=V1,V2 ...`` replaces the values searched for a parameter (e.g. to move past a grid edge), and
 ``--tag`` names the results file ``tune_ais_<model>_<tag>.json`` so that an earlier search is kept.
@@ -63,15 +68,17 @@ def parse_grid(specs: list[str]) -> dict[str, list[float]]:
     return grid
 
 
-def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = None) -> list[dict]:
-    """Score every point of ``space`` (default GRID) on the validation samples with the network at the model's
-    ``ais_mpp`` and ``ais_tta``; parameters the grid does not search keep the model's own (config ``ais_params``)."""
+def search(groups: list[tuple[SamNucleusModel, list]], mpp: float, space: dict | None = None) -> list[dict]:
+    """Score every point of ``space`` (default GRID) on the samples of every (model, samples) group, each with its
+    model's network at the first model's ``ais_mpp`` and ``ais_tta``, scores averaged over all samples; parameters
+    the grid does not search keep the first model's own (config ``ais_params``)."""
     space = space or GRID
+    model = groups[0][0]
     fixed = {k: v for k, v in model.ais_params.items() if k not in space}
     stain = "reinhard" if model.ais_stain else "off"
     setting = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": stain}
     name = f"ais_mpp {model.ais_mpp:g}, ais_tta {model.ais_tta}, stain {stain}"
-    segmenters = [(model.initialized_segmenter(s.image, mpp), s.labels) for s in val]
+    segmenters = [(m.initialized_segmenter(s.image, mpp), s.labels) for m, samples in groups for s in samples]
     keys = list(space)
     grid = list(itertools.product(*(space[k] for k in keys)))
     results = []
@@ -90,9 +97,13 @@ def search(model: SamNucleusModel, val: list, mpp: float, space: dict | None = N
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=None, help="training run folder (holds train_config.json)")
-    ap.add_argument("--data", type=Path, default=None, help="tune on this folder's pairs, not --run's split")
+    ap.add_argument(
+        "--data", type=Path, nargs="+", default=None, help="tune on these folders' pairs (one per --model), not --run's"
+    )
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of --data's images in µm/px (MoNuSeg: 0.25)")
-    ap.add_argument("--model", type=Path, default=None, help="model folder (default: RUN/best)")
+    ap.add_argument(
+        "--model", type=Path, nargs="+", default=None, help="model folder (default: RUN/best); with --data, one each"
+    )
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
     ap.add_argument(
@@ -112,19 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     space = parse_grid(args.grid)
     if (args.run is None) == (args.data is None):
         raise SystemExit("give exactly one of --run (its validation split) or --data (a folder of images + masks)")
-    if args.data is not None and (args.model is None or "reinhard" in (args.stain or [])):
-        raise SystemExit("--data needs --model, and no --stain reinhard (its reference is a run's training images)")
+    if args.data is not None and (len(args.model or []) != len(args.data) or "reinhard" in (args.stain or [])):
+        raise SystemExit("--data needs one --model per folder, and no --stain reinhard (its reference is a run's)")
     if args.run is not None:
+        if len(args.model or []) > 1:
+            raise SystemExit("--run takes one --model")
         cfg = json.loads((args.run / "train_config.json").read_text())
         samples = load_samples(cfg["data"], cfg["mpp_in"], cfg["mpp_in"])  # the images' own pixel size
         train, val = split_validation(samples, cfg["val_fraction"], cfg["seed"], source_groups(cfg["data"]))
-        mpp = cfg["mpp_in"]
+        mpp, folds = cfg["mpp_in"], [val]
     else:
-        train, val, mpp = [], load_samples([args.data], args.mpp, args.mpp), args.mpp
-        if not val:
-            raise SystemExit(f"--data {args.data}: no image + instance mask pairs found")
-    model_dir = args.model or args.run / "best"
-    model = SamNucleusModel.from_pretrained(model_dir)
+        train, mpp, folds = [], args.mpp, [load_samples([d], args.mpp, args.mpp) for d in args.data]
+        for folder, fold in zip(args.data, folds, strict=True):
+            if not fold:
+                raise SystemExit(f"--data {folder}: no image + instance mask pairs found")
+    dirs = args.model or [args.run / "best"]
+    model_dir = dirs[0]
+    models = [SamNucleusModel.from_pretrained(d) for d in dirs]
+    model = models[0]
+    val = [s for fold in folds for s in fold]
     print(f"tuning images: {', '.join(s.name for s in val)}")
     own_stain = model.ais_stain
     current = {"ais_mpp": model.ais_mpp, "ais_tta": model.ais_tta, "stain": "reinhard" if own_stain else "off"}
@@ -142,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     for ais_mpp, ais_tta, stain in settings:
-        model.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta, ais_stain=stains[stain])
-        results += search(model, val, mpp, space)
+        for m in models:
+            m.config.update(ais_mpp=ais_mpp, ais_tta=ais_tta, ais_stain=stains[stain])
+        results += search(list(zip(models, folds, strict=True)), mpp, space)
     results.sort(key=lambda r: -r["score"])
     best = results[0]
     default = next((r for r in results if r["params"] == current), None)
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(
             {
                 "validation": [s.name for s in val],
+                "models": {str(d): [s.name for s in fold] for d, fold in zip(dirs, folds, strict=True)},
                 "stain_reference": stains.get("reinhard"),
                 "grid": space,
                 "best": best,
