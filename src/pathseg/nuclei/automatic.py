@@ -70,17 +70,16 @@ def watershed_from_maps(
         labels = steepest_outlines(labels, n, foreground, p.outline_levels)
     else:
         labels = watershed(boundary, markers=markers, mask=fg)
-    if p.min_size > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < p.min_size * scale * scale
-        small[0] = False
-        labels[small[labels]] = 0
-    if p.min_foreground > 0:
+    if p.min_size > 0 or p.min_foreground > 0:
         flat = labels.ravel()
-        mean = np.bincount(flat, weights=foreground.ravel()) / np.maximum(np.bincount(flat), 1)
-        faint = mean < p.min_foreground
-        faint[0] = False
-        labels[faint[labels]] = 0
+        sizes = np.bincount(flat)  # each object's pixels, counted once for both filters
+        drop = np.zeros(sizes.shape, bool)
+        if p.min_size > 0:
+            drop |= sizes < p.min_size * scale * scale
+        if p.min_foreground > 0:
+            drop |= np.bincount(flat, weights=foreground.ravel()) / np.maximum(sizes, 1) < p.min_foreground
+        drop[0] = False
+        labels[drop[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
 
 
