@@ -69,9 +69,9 @@ def parse_grid(specs: list[str]) -> dict[str, list[float]]:
 
 
 def search(groups: list[tuple[SamNucleusModel, list]], mpp: float, space: dict | None = None) -> list[dict]:
-    """Score every point of ``space`` (default GRID) on the samples of every (model, samples) group, each with its
-    model's network at the first model's ``ais_mpp`` and ``ais_tta``, scores averaged over all samples; parameters
-    the grid does not search keep the first model's own (config ``ais_params``)."""
+    """Score every point of ``space`` (default GRID) on the samples of every (model, samples) group, each sample
+    with its group's model (``main`` gives every model the same ``ais_mpp``, ``ais_tta`` and stain), scores averaged
+    over all samples; parameters the grid does not search keep the first model's own (config ``ais_params``)."""
     space = space or GRID
     model = groups[0][0]
     fixed = {k: v for k, v in model.ais_params.items() if k not in space}
