@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
+from pathseg.nuclei.object_filter import filter_objects
 from pathseg.progress import ProgressCallback
 from pathseg.tiling import tile_grid
 
@@ -32,6 +33,9 @@ class AISParams:
     #: foreground probability levels each nucleus may take its outline at (empty: every nucleus at
     #: ``foreground_threshold``); with levels, each takes the one its outline finds the map steepest on
     outline_levels: tuple[float, ...] = ()
+    #: a learned filter (:mod:`pathseg.nuclei.object_filter`: logistic model + ``threshold``) that removes objects
+    #: unlikely to be nuclei, judged on the unsmoothed maps after the size filters (None: no filter)
+    object_filter: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +61,7 @@ def watershed_from_maps(
     model px). Returns uint32 labels 1..N.
     """
     p = params or AISParams()
+    raw = (foreground, center, boundary)
     if p.foreground_smoothing > 0:
         foreground = ndi.gaussian_filter(foreground, p.foreground_smoothing * scale)
     if p.distance_smoothing > 0:
@@ -80,7 +85,10 @@ def watershed_from_maps(
             drop |= np.bincount(flat, weights=foreground.ravel()) / np.maximum(sizes, 1) < p.min_foreground
         drop[0] = False
         labels[drop[labels]] = 0
-    return relabel_sequential(labels)[0].astype(np.uint32)
+    labels = relabel_sequential(labels)[0]
+    if p.object_filter:
+        labels = relabel_sequential(filter_objects(labels, raw, p.object_filter, scale))[0]
+    return labels.astype(np.uint32)
 
 
 def _inner_outline(labels: np.ndarray) -> np.ndarray:
