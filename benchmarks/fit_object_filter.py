@@ -5,7 +5,8 @@ trained with that fold left out). Every image's maps come from its own model at 
 watershed with the ``--write`` model's ``ais_params`` (else the first model's); each object is labelled kept when
 it matches a true nucleus at IoU >= 0.5. Cross-fitting judges the filter: each folder's objects are scored by a
 filter fit on the other folders' objects, the ``--check`` folders (scored by ``--check-model``) by a filter fit on
-every folder. The keep-probability threshold with the best mean mSA + AJI + PQ over all images is chosen, the
+every folder. Objects of ``--extra`` folders (scored by ``--check-model``, e.g. another dataset whose annotations
+the filter should respect) join every fit and are never scored. The keep-probability threshold with the best mean mSA + AJI + PQ over all images is chosen, the
 filter is refit on every folder's objects, and ``--write FOLDER`` stores it in FOLDER's config.json
 (``ais_params["object_filter"]``). Results: ``benchmarks/results/object_filter_<tag>.json``.
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, nargs="+", required=True, help="one model folder per --data folder")
     ap.add_argument("--check", type=Path, nargs="*", default=[], help="more folders, scored by --check-model")
     ap.add_argument("--check-model", default=None, help="model (folder or name) for --check (the one written to)")
+    ap.add_argument("--extra", type=Path, nargs="*", default=[], help="folders whose objects join every fit")
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument("--ais-mpp", type=float, default=None, help="pixel size the networks run at (default: own)")
     ap.add_argument("--write", type=Path, default=None, help="model folder whose config.json receives the filter")
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.data) < 2 or len(args.model) != len(args.data):
         raise SystemExit("give 2 or more --data folds and one --model per fold")
-    if args.check and args.check_model is None:
-        raise SystemExit("--check needs --check-model")
+    if (args.check or args.extra) and args.check_model is None:
+        raise SystemExit("--check and --extra need --check-model")
     models = [SamNucleusModel.from_pretrained(d) for d in args.model]
     check_model = get_nucleus_model(args.check_model) if args.check_model else None
     target = SamNucleusModel.from_pretrained(args.write) if args.write else check_model or models[0]
@@ -92,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             m.config["ais_mpp"] = args.ais_mpp
     folds = [objects(m, d, args.mpp, params) for m, d in zip(models, args.data, strict=True)]
     checks = [im for d in args.check for im in objects(check_model, d, args.mpp, params)]
-    full = pooled_fit(folds)
+    extra = [im for d in args.extra for im in objects(check_model, d, args.mpp, params)]
+    full = pooled_fit([*folds, extra])
     images, fits = [], []
     for i, fold in enumerate(folds):  # cross-fit: each fold scored by a filter that never saw its objects
-        fit = pooled_fit(folds[:i] + folds[i + 1 :])
+        fit = pooled_fit([*folds[:i], *folds[i + 1 :], extra])
         images += fold
         fits += [fit] * len(fold)
     images += checks
@@ -112,9 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best threshold {best['threshold']}: mSA + AJI + PQ {best['score']:.4f} (no filter {table[0]['score']:.4f})")
     out = Path("benchmarks/results") / f"object_filter{'_' + args.tag if args.tag else ''}.json"
     with atomic_open(out, "w") as f:
-        json.dump({"folds": {str(d): [im["name"] for im in fold] for d, fold in zip(args.data, folds, strict=True)},
-                   "check": [im["name"] for im in checks], "ais_params": params.as_dict(), "table": table,
-                   "best": best, "filter": model}, f, indent=2)
+        json.dump(
+            {
+                "folds": {str(d): [im["name"] for im in fold] for d, fold in zip(args.data, folds, strict=True)},
+                "check": [im["name"] for im in checks],
+                "extra": [im["name"] for im in extra],
+                "ais_params": params.as_dict(),
+                "table": table,
+                "best": best,
+                "filter": model,
+            },
+            f,
+            indent=2,
+        )
     if args.write and best["threshold"] > 0:
         update_config(args.write, {"ais_params": {**target.ais_params, "object_filter": model}})
         print(f"wrote the filter into {args.write / 'config.json'}")

@@ -17,7 +17,9 @@ from skimage.measure import regionprops
 
 #: Per-object features, in this order: mean / max foreground probability, log area (pixels at the model's
 #: resolution), solidity, mean boundary and centre distance, minimum centre distance, mean foreground probability
-#: in a ring of 2 model pixels outside the object (0 for an object with no background around it).
+#: in a ring of 2 model pixels outside the object (0 for an object with no background around it); mean and max
+#: foreground divided by their medians over the image's objects (so that a stain the network is less sure of as a
+#: whole does not make every nucleus look faint).
 FEATURES = (
     "mean_foreground",
     "max_foreground",
@@ -27,6 +29,8 @@ FEATURES = (
     "mean_center",
     "min_center",
     "ring_foreground",
+    "relative_mean_foreground",
+    "relative_max_foreground",
 )
 
 
@@ -48,16 +52,19 @@ def object_features(
     ring_sum = np.bincount(ring.ravel(), weights=foreground.ravel(), minlength=n + 1)[1:]
     ring_fg = np.divide(ring_sum, ring_area, out=np.zeros(n), where=ring_area > 0)
     solidity = np.array([p.solidity for p in regionprops(labels)])
+    mean_fg, max_fg = ndi.mean(foreground, labels, idx), ndi.maximum(foreground, labels, idx)
     return np.stack(
         [
-            ndi.mean(foreground, labels, idx),
-            ndi.maximum(foreground, labels, idx),
+            mean_fg,
+            max_fg,
             np.log(area / scale**2),
             solidity,
             ndi.mean(boundary, labels, idx),
             ndi.mean(center, labels, idx),
             ndi.minimum(center, labels, idx),
             ring_fg,
+            mean_fg / max(float(np.median(mean_fg)), 1e-6),
+            max_fg / max(float(np.median(max_fg)), 1e-6),
         ],
         axis=1,
     )
