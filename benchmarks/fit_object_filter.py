@@ -6,9 +6,10 @@ watershed with the ``--write`` model's ``ais_params`` (else the first model's); 
 it matches a true nucleus at IoU >= 0.5. Cross-fitting judges the filter: each folder's objects are scored by a
 filter fit on the other folders' objects, the ``--check`` folders (scored by ``--check-model``) by a filter fit on
 every folder. Objects of ``--extra`` folders (scored by ``--check-model``, e.g. another dataset whose annotations
-the filter should respect) join every fit and are never scored. The keep-probability threshold with the best mean mSA + AJI + PQ over all images is chosen, the
-filter is refit on every folder's objects, and ``--write FOLDER`` stores it in FOLDER's config.json
-(``ais_params["object_filter"]``). Results: ``benchmarks/results/object_filter_<tag>.json``.
+the filter should respect) join every fit and are never scored. The keep-probability threshold with the best mean
+mSA + AJI + PQ over the folds and ``--check`` images is chosen, the filter is refit on every folder's objects (folds
+and ``--extra``), and ``--write FOLDER`` stores it in FOLDER's config.json (``ais_params["object_filter"]``).
+Results: ``benchmarks/results/object_filter_<tag>.json``.
 
     python benchmarks/fit_object_filter.py --data FOLD_A FOLD_B --model RUN_A/best RUN_B/best \\
         --check VAL --check-model pathseg_nuclei_cpu --ais-mpp 0.38 --write FOLDER
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     check_model = get_nucleus_model(args.check_model) if args.check_model else None
     target = SamNucleusModel.from_pretrained(args.write) if args.write else check_model or models[0]
     params = AISParams.of({**target.ais_params, "object_filter": None})
-    for m in [*models, *([check_model] if check_model else [])]:
-        if args.ais_mpp:
+    if args.ais_mpp:
+        for m in [*models, *([check_model] if check_model else [])]:
             m.config["ais_mpp"] = args.ais_mpp
     folds = [objects(m, d, args.mpp, params) for m, d in zip(models, args.data, strict=True)]
     checks = [im for d in args.check for im in objects(check_model, d, args.mpp, params)]

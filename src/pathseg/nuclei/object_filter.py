@@ -79,7 +79,7 @@ def keep_probability(features: np.ndarray, model: Mapping) -> np.ndarray:
 def filter_objects(
     labels: np.ndarray, maps: tuple[np.ndarray, np.ndarray, np.ndarray], model: Mapping, scale: float = 1.0
 ) -> np.ndarray:
-    """``labels`` (1..n without gaps) with the objects whose keep probability is below ``model["threshold"]`` set to 0."""
+    """``labels`` (1..n without gaps) with the objects of keep probability under ``model["threshold"]`` set to 0."""
     if list(model.get("features", FEATURES)) != list(FEATURES):
         raise ValueError(f"object filter was fit on features {model.get('features')}, this version computes {FEATURES}")
     p = keep_probability(object_features(labels, *maps, scale=scale), model)
