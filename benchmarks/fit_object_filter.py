@@ -26,7 +26,7 @@ import numpy as np
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
 from pathseg.metrics.overlap import Overlap
-from pathseg.models.folder import update_config
+from pathseg.models.folder import read_config, update_config
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.automatic import AISParams, watershed_from_maps
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--check and --extra need --check-model")
     models = [SamNucleusModel.from_pretrained(d) for d in args.model]
     check_model = get_nucleus_model(args.check_model) if args.check_model else None
-    target = SamNucleusModel.from_pretrained(args.write) if args.write else check_model or models[0]
-    params = AISParams.of({**target.ais_params, "object_filter": None})
+    # the thresholds of the model written to (only its config is read), else of the check model or the first model
+    own = read_config(args.write).get("ais_params", {}) if args.write else (check_model or models[0]).ais_params
+    params = AISParams.of({**own, "object_filter": None})
     if args.ais_mpp:
         for m in [*models, *([check_model] if check_model else [])]:
             m.config["ais_mpp"] = args.ais_mpp
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     if args.write and best["threshold"] > 0:
-        update_config(args.write, {"ais_params": {**target.ais_params, "object_filter": model}})
+        update_config(args.write, {"ais_params": {**own, "object_filter": model}})
         print(f"wrote the filter into {args.write / 'config.json'}")
     return 0
 

@@ -47,20 +47,25 @@ def object_features(
     r = max(1, round(2 * scale))
     ring = ndi.grey_dilation(labels, footprint=np.ones((2 * r + 1, 2 * r + 1), bool))
     ring[labels > 0] = 0
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)  # > 0: labels have no gaps
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:] / area
+
     ring_area = np.bincount(ring.ravel(), minlength=n + 1)[1:]
     ring_sum = np.bincount(ring.ravel(), weights=foreground.ravel(), minlength=n + 1)[1:]
     ring_fg = np.divide(ring_sum, ring_area, out=np.zeros(n), where=ring_area > 0)
     solidity = np.array([p.solidity for p in regionprops(labels)])
-    mean_fg, max_fg = ndi.mean(foreground, labels, idx), ndi.maximum(foreground, labels, idx)
+    mean_fg, max_fg = mean(foreground), ndi.maximum(foreground, labels, idx)
     return np.stack(
         [
             mean_fg,
             max_fg,
             np.log(area / scale**2),
             solidity,
-            ndi.mean(boundary, labels, idx),
-            ndi.mean(center, labels, idx),
+            mean(boundary),
+            mean(center),
             ndi.minimum(center, labels, idx),
             ring_fg,
             mean_fg / max(float(np.median(mean_fg)), 1e-6),
