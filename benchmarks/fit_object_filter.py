@@ -3,12 +3,14 @@
 Each ``--data`` folder (images + instance masks) pairs with a ``--model`` that never saw its images (e.g. decoders
 trained with that fold left out). Every image's maps come from its own model at ``--ais-mpp`` and are cut by the
 watershed with the ``--write`` model's ``ais_params`` (else the first model's); each object is labelled kept when
-it matches a true nucleus at IoU >= 0.5. Cross-fitting judges the filter: each folder's objects are scored by a
-filter fit on the other folders' objects, the ``--check`` folders (scored by ``--check-model``) by a filter fit on
-every folder. Objects of ``--extra`` folders (scored by ``--check-model``, e.g. another dataset whose annotations
-the filter should respect) join every fit and are never scored. The keep-probability threshold with the best mean
-mSA + AJI + PQ over the folds and ``--check`` images is chosen, the filter is refit on every folder's objects (folds
-and ``--extra``), and ``--write FOLDER`` stores it in FOLDER's config.json (``ais_params["object_filter"]``).
+its best IoU with a true nucleus is at least ``--target-iou`` (default 0.5: a match; 0.1 keeps every object over a
+nucleus, so only objects over no annotated nucleus are learnt as the drop class). Cross-fitting judges the filter:
+each folder's objects are scored by a filter fit on the other folders' objects, the ``--check`` folders (scored by
+``--check-model``) by a filter fit on every folder. Objects of ``--extra`` folders (scored by ``--check-model``,
+e.g. another dataset whose annotations the filter should respect) join every fit and are never scored. The
+keep-probability threshold with the best mean mSA + AJI + PQ over the folds and ``--check`` images is chosen, the
+filter is refit on every folder's objects (folds and ``--extra``), and ``--write FOLDER`` stores it in FOLDER's
+config.json (``ais_params["object_filter"]``).
 Results: ``benchmarks/results/object_filter_<tag>.json``.
 
     python benchmarks/fit_object_filter.py --data FOLD_A FOLD_B --model RUN_A/best RUN_B/best \\
@@ -44,14 +46,15 @@ def best_iou(gt: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return best
 
 
-def objects(model: SamNucleusModel, folder: Path, mpp: float, params: AISParams) -> list[dict]:
-    """Per image of ``folder``: true labels, watershed labels, object features and 0/1 matches."""
+def objects(model: SamNucleusModel, folder: Path, mpp: float, params: AISParams, target_iou: float) -> list[dict]:
+    """Per image of ``folder``: true labels, watershed labels, object features and 0/1 keep targets."""
     out = []
     for s in load_samples([folder], mpp, mpp):
         seg = model.initialized_segmenter(s.image, mpp)
         labels = watershed_from_maps(*seg.maps, params, seg.scale).astype(np.int64)
         x = object_features(labels, *seg.maps, scale=seg.scale)
-        out.append({"name": s.name, "gt": s.labels, "labels": labels, "x": x, "y": best_iou(s.labels, labels) >= 0.5})
+        y = best_iou(s.labels, labels) >= target_iou
+        out.append({"name": s.name, "gt": s.labels, "labels": labels, "x": x, "y": y})
     return out
 
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument("--ais-mpp", type=float, default=None, help="pixel size the networks run at (default: own)")
     ap.add_argument("--write", type=Path, default=None, help="model folder whose config.json receives the filter")
+    ap.add_argument("--target-iou", type=float, default=0.5, help="best IoU at which an object is a keep target")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
     if len(args.data) < 2 or len(args.model) != len(args.data):
@@ -94,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ais_mpp:
         for m in [*models, *([check_model] if check_model else [])]:
             m.config["ais_mpp"] = args.ais_mpp
-    folds = [objects(m, d, args.mpp, params) for m, d in zip(models, args.data, strict=True)]
-    checks = [im for d in args.check for im in objects(check_model, d, args.mpp, params)]
-    extra = [im for d in args.extra for im in objects(check_model, d, args.mpp, params)]
+    folds = [objects(m, d, args.mpp, params, args.target_iou) for m, d in zip(models, args.data, strict=True)]
+    checks = [im for d in args.check for im in objects(check_model, d, args.mpp, params, args.target_iou)]
+    extra = [im for d in args.extra for im in objects(check_model, d, args.mpp, params, args.target_iou)]
     full = pooled_fit([*folds, extra])
     images, fits = [], []
     for i, fold in enumerate(folds):  # cross-fit: each fold scored by a filter that never saw its objects
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "check": [im["name"] for im in checks],
                 "extra": [im["name"] for im in extra],
                 "ais_params": params.as_dict(),
+                "target_iou": args.target_iou,
                 "table": table,
                 "best": best,
                 "filter": model,
