@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.data) < 2 or len(args.model) != len(args.data):
         raise SystemExit("give 2 or more --data folds and one --model per fold")
+    if not 0 < args.target_iou <= 1:
+        raise SystemExit(f"--target-iou must be in (0, 1], got {args.target_iou}")
     if (args.check or args.extra) and args.check_model is None:
         raise SystemExit("--check and --extra need --check-model")
     models = [SamNucleusModel.from_pretrained(d) for d in args.model]
