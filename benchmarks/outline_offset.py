@@ -42,6 +42,12 @@ def matched_offsets(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5) -> n
     return cp - cg
 
 
+def mean_offset(d: np.ndarray) -> tuple[float, float]:
+    """Mean (dy, dx) of (k, 2) offsets; NaN when there are none."""
+    dy, dx = d.mean(0) if len(d) else (np.nan, np.nan)
+    return float(dy), float(dx)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, nargs="+", required=True, help="folders of images + instance masks")
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-iou", type=float, default=0.5, help="IoU at which a nucleus counts as matched")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
+    if not 0.5 <= args.min_iou <= 1:
+        raise SystemExit(f"--min-iou must be in [0.5, 1] (one-to-one pairs), got {args.min_iou}")
     model = get_nucleus_model(args.model)
     samples = load_samples(args.data, args.mpp, args.mpp)
     if not samples:
@@ -62,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         for s in samples:
             d = matched_offsets(s.labels, model.segment(s.image, args.mpp), args.min_iou)
             pooled.append(d)
-            dy, dx = d.mean(0) if len(d) else (float("nan"), float("nan"))
-            rows.append({"image": s.name, "matched": len(d), "dy": float(dy), "dx": float(dx)})
+            dy, dx = mean_offset(d)
+            rows.append({"image": s.name, "matched": len(d), "dy": dy, "dx": dx})
             print(f"ais_mpp {ais_mpp:.2f}  {s.name:28s} {len(d):5d} matched  dy {dy:+.3f}  dx {dx:+.3f}", flush=True)
         d = np.concatenate(pooled)
-        dy, dx = d.mean(0) if len(d) else (float("nan"), float("nan"))
-        results.append({"ais_mpp": ais_mpp, "matched": len(d), "dy": float(dy), "dx": float(dx), "images": rows})
+        dy, dx = mean_offset(d)
+        results.append({"ais_mpp": ais_mpp, "matched": len(d), "dy": dy, "dx": dx, "images": rows})
         print(f"ais_mpp {ais_mpp:.2f}  {'all (pooled)':28s} {len(d):5d} matched  dy {dy:+.3f}  dx {dx:+.3f}")
     out = Path("benchmarks/results") / f"outline_offset{'_' + args.tag if args.tag else ''}.json"
     with atomic_open(out, "w") as f:
