@@ -144,6 +144,37 @@ def test_ais_tta_averages_mirrored_views_into_mirror_equivariant_maps():
         model.predict_maps(rgb)
 
 
+def test_ais_shift_moves_each_views_maps_back_by_the_decoders_bias():
+    import pytest
+    import torch
+
+    from pathseg.errors import PathsegError
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    torch.manual_seed(0)
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
+    rgb = np.random.default_rng(2).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    plain = model.predict_maps(rgb)
+    assert model.ais_shift is None
+    model.config["ais_shift"] = [1, 2]  # whole pixels: maps read 1 px further down and 2 px further right
+    moved = model.predict_maps(rgb)
+    assert moved.dtype == np.float32 and moved.shape == plain.shape
+    np.testing.assert_allclose(moved[:, :-1, :-2], plain[:, 1:, 2:], atol=1e-6)
+    model.config["ais_shift"] = [0.0, 0.5]  # sub-pixel: bilinear, halfway between neighbours
+    np.testing.assert_allclose(model.predict_maps(rgb)[:, :, :-1], (plain[:, :, :-1] + plain[:, :, 1:]) / 2, atol=1e-5)
+    model.config.update(ais_shift=[0.0, 1.0], ais_tta=2)  # undone in each view's frame, before mirroring back
+    mirrored = model._maps_once(rgb[:, ::-1])
+    expect = (
+        np.pad(plain[:, :, 1:], ((0, 0), (0, 0), (0, 1)), mode="edge")
+        + np.pad(mirrored[:, :, 1:], ((0, 0), (0, 0), (0, 1)), mode="edge")[:, :, ::-1]
+    ) / 2
+    np.testing.assert_allclose(model.predict_maps(rgb), expect, atol=1e-5)
+    for bad in ([0.5], [0.1, 9.0], "0.4,0.4", [True, 0.0]):
+        model.config["ais_shift"] = bad
+        with pytest.raises(PathsegError, match="ais_shift must be"):
+            model.predict_maps(rgb)
+
+
 def test_a_compact_model_still_trains_after_inference():
     """Inference moves the weights to channels-last once; they stay ordinary tensors, so training (e.g. a refiner
     fine-tuned after validating the model it starts from) can still backpropagate through them."""

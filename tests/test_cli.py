@@ -141,6 +141,36 @@ def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypat
     assert "--ais-views needs a SAM-family model" in capsys.readouterr().err
 
 
+def test_ais_shift_reaches_the_maps_and_is_checked_before_any_image(tmp_path, monkeypatch, capsys):
+    from pathseg.models.nucleus_sam import SamNucleusModel
+
+    rgb, _ = synthetic_nuclei()
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    seen = []
+    original = SamNucleusModel.predict_maps
+    monkeypatch.setattr(
+        SamNucleusModel, "predict_maps", lambda self, x: seen.append(self.ais_shift) or original(self, x)
+    )
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "a"), "--ais-shift", "0.4", "0.5", "-q"]) == 0
+    assert seen and set(seen) == {(0.4, 0.5)} and (tmp_path / "a" / "t_instances.tif").is_file()
+    seen.clear()
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "b"), "--ais-shift", "0", "9", "-q"]) == 2
+    assert not seen and "ais_shift must be [dy, dx]" in capsys.readouterr().err
+    args = [
+        "nuclei",
+        str(tmp_path / "t.png"),
+        "-o",
+        str(tmp_path / "c"),
+        "--model",
+        "classical",
+        "--ais-shift",
+        "1",
+        "1",
+    ]
+    assert main(args) == 2
+    assert "--ais-shift needs a SAM-family model" in capsys.readouterr().err
+
+
 def test_no_stain_turns_the_automatic_paths_normalisation_off(tmp_path, monkeypatch):
     import pathseg.stain
     from pathseg.models.nucleus_sam import SamNucleusModel, compact_config

@@ -312,4 +312,7 @@ def test_a_sam_models_automatic_settings_are_part_of_the_resume_check():
     assert "center_distance_threshold" in before  # the thresholds as before
     model.config["ais_stain"] = {"mean": [60.0, 20.0, -10.0], "std": [15.0, 7.0, 7.0]}
     assert _model_parameters(model)["ais_stain"] == model.config["ais_stain"]  # a resumed run would stop
+    assert "ais_shift" not in before  # recorded only when set, so runs recorded before it still resume
+    model.config["ais_shift"] = [0.4, 0.45]
+    assert _model_parameters(model)["ais_shift"] == [0.4, 0.45]
     assert _model_parameters(ClassicalModel()) == ClassicalModel().params.as_dict()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch import nn
 
 from pathseg.errors import PathsegError
@@ -315,12 +316,37 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: ais_tta must be 1, 2 or 4, got {views!r}")
         return views
 
+    @property
+    def ais_shift(self) -> tuple[float, float] | None:
+        """(dy, dx) in model pixels by which the AIS decoder's maps sit displaced from the nuclei it sees (config
+        ``ais_shift``; default None: none). :meth:`predict_maps` moves each view's maps back by it (bilinear), so the
+        automatic path and ``box_from_ais`` outline nuclei where the image shows them. Measured, not tuned: the
+        shift of a decoder relative to one trained without the bias (``benchmarks/outline_offset.py``)."""
+        value = self.config.get("ais_shift")
+        if value is None:
+            return None
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 4 for v in value)
+        ):
+            raise PathsegError(
+                f"model {self.name!r}: ais_shift must be [dy, dx] in model pixels, each within +-4, got {value!r}"
+            )
+        return float(value[0]), float(value[1])
+
     def predict_maps(self, rgb: np.ndarray) -> np.ndarray:
         """(3, H, W) float32 AIS maps for an RGB uint8 tile at the model's pixel size, the mean over
         :attr:`ais_tta` mirrored views (the maps are scalar fields, so a mirrored view's maps mirror back)."""
         if self.ais is None:
             raise PathsegError(f"model {self.name!r} has no AIS decoder; it can only be prompted")
-        views = [np.flip(self._maps_once(np.flip(rgb, ax)), tuple(a + 1 for a in ax)) for ax in _FLIPS[self.ais_tta]]
+        shift = self.ais_shift
+        views = []
+        for ax in _FLIPS[self.ais_tta]:
+            maps = self._maps_once(np.flip(rgb, ax))
+            if shift is not None:  # in the view's own frame, where the decoder's bias lies
+                maps = ndi.shift(maps, (0.0, -shift[0], -shift[1]), order=1, mode="nearest")
+            views.append(np.flip(maps, tuple(a + 1 for a in ax)))
         return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
 
     @torch.inference_mode()

@@ -374,12 +374,15 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
 
 def _model_parameters(model) -> dict:
     """What shapes a nucleus model's automatic output besides its weights: thresholds, and for SAM-family models the
-    network's pixel size, views and stain reference (a resumed run with other values stops instead of mixing)."""
+    network's pixel size, views, stain reference and map shift (a resumed run with other values stops instead of
+    mixing)."""
     if hasattr(model, "params"):
         return model.params.as_dict()
     params = dict(getattr(model, "ais_params", {}))
     if hasattr(model, "ais_stain"):
         params.update(ais_mpp=model.ais_mpp, ais_tta=model.ais_tta, ais_stain=model.ais_stain)
+    if getattr(model, "ais_shift", None) is not None:  # only when set: runs recorded before it still resume
+        params["ais_shift"] = list(model.ais_shift)
     return params
 
 
