@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 "grid": space,
                 "best": best,
                 "best_per_setting": per_setting,
+                # the model's own parameters (None when the grid leaves them out) and their rank among all points
+                "current": default and {**default, "rank": results.index(default) + 1, "of": len(results)},
                 "top10": results[:10],
             },
             f,
