@@ -34,3 +34,17 @@ def test_resized_labels_stay_on_the_resized_image(size):
     for where in (at_lab, at_img):
         offset = (where - expected).mean(axis=0)
         assert np.abs(offset).max() < 0.1, offset
+
+
+def test_shift_maps_is_scipys_bilinear_shift_with_repeated_edges():
+    from scipy import ndimage as ndi
+
+    from pathseg.resize import shift_maps
+
+    maps = np.random.default_rng(0).random((3, 40, 56), dtype=np.float32)
+    for dy, dx in [(0.415, 0.455), (1, 2), (-0.3, 1.7), (0.0, 0.5), (-2.2, -0.1), (0, 0)]:
+        got = shift_maps(maps, dy, dx)
+        assert got.dtype == np.float32 and got.shape == maps.shape
+        want = ndi.shift(maps, (0, -dy, -dx), order=1, mode="nearest")
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(shift_maps(maps, 1, 0)[:, :-1], maps[:, 1:])  # whole pixels: exact

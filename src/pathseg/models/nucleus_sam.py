@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 from torch import nn
 
 from pathseg.errors import PathsegError
@@ -24,7 +23,7 @@ from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, 
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into
 from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
 from pathseg.progress import ProgressCallback
-from pathseg.resize import resize_maps, resize_rgb, scaled_size
+from pathseg.resize import resize_maps, resize_rgb, scaled_size, shift_maps
 
 #: PanNuke's classes as PathoSAM's semantic decoder orders them (index 0 = background), with QuPath-style colours.
 PANNUKE_CLASSES = [
@@ -345,7 +344,7 @@ class SamNucleusModel(nn.Module):
         for ax in _FLIPS[self.ais_tta]:
             maps = self._maps_once(np.flip(rgb, ax))
             if shift is not None:  # in the view's own frame, where the decoder's bias lies
-                maps = ndi.shift(maps, (0.0, -shift[0], -shift[1]), order=1, mode="nearest")
+                maps = shift_maps(maps, *shift)
             views.append(np.flip(maps, tuple(a + 1 for a in ax)))
         return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
 
