@@ -36,8 +36,9 @@ import numpy as np
 
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
-from pathseg.models.folder import update_config
+from pathseg.models.folder import read_config, update_config
 from pathseg.models.nucleus_sam import SamNucleusModel
+from pathseg.models.zoo import WEIGHTS_DIR
 from pathseg.stain import reference_stats
 from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
@@ -94,6 +95,23 @@ def search(groups: list[tuple[SamNucleusModel, list]], mpp: float, space: dict |
     return results
 
 
+def model_folder(arg: Path, write: bool = False) -> Path:
+    """``--model``'s folder: a path, or a bundled nucleus model's name (read-only: ``--write`` wants a copy you own)."""
+    if arg.is_dir():
+        return arg
+    folders = [c.parent for c in WEIGHTS_DIR.glob("*/config.json")]
+    bundled = {f.name: f for f in folders if read_config(f).get("task") == "nuclei"}
+    if str(arg) not in bundled:
+        raise SystemExit(
+            f"--model {arg}: no such folder, and not a bundled nucleus model ({', '.join(sorted(bundled))})"
+        )
+    if write:
+        raise SystemExit(
+            f"--write would change the installed {arg}: copy its folder ({bundled[str(arg)]}) and tune that"
+        )
+    return bundled[str(arg)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=None, help="training run folder (holds train_config.json)")
@@ -102,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of --data's images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument(
-        "--model", type=Path, nargs="+", default=None, help="model folder (default: RUN/best); with --data, one each"
+        "--model",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="model folder or bundled model name (default: RUN/best); with --data, one each",
     )
     ap.add_argument("--write", action="store_true", help="store the best parameters in the model's config.json")
     ap.add_argument("--ais-mpp", type=float, nargs="+", default=None, help="network pixel sizes to try (µm/px)")
@@ -137,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder, fold in zip(args.data, folds, strict=True):
             if not fold:
                 raise SystemExit(f"--data {folder}: no image + instance mask pairs found")
-    dirs = args.model or [args.run / "best"]
+    dirs = [model_folder(d, args.write) for d in args.model] if args.model else [args.run / "best"]
     model_dir = dirs[0]
     models = [SamNucleusModel.from_pretrained(d) for d in dirs]
     model = models[0]

@@ -190,3 +190,23 @@ def test_a_compact_model_still_trains_after_inference():
     assert not any(p.is_inference() for p in model.parameters())
     model.sam.image_encoder(torch.rand(1, 3, 32, 32)).sum().backward()
     assert conv.grad is not None
+
+
+def test_tune_ais_takes_a_folder_or_a_bundled_nucleus_models_name(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    from pathseg.models.zoo import WEIGHTS_DIR
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_ais.py"
+    spec = importlib.util.spec_from_file_location("tune_ais", path)
+    tune_ais = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_ais)
+    assert tune_ais.model_folder(tmp_path) == tmp_path  # a folder as it is
+    assert tune_ais.model_folder(Path("pathseg_nuclei_cpu")) == WEIGHTS_DIR / "pathseg_nuclei_cpu"
+    with pytest.raises(SystemExit, match="copy its folder"):  # --write never changes the installed model
+        tune_ais.model_folder(Path("pathseg_nuclei_cpu"), write=True)
+    with pytest.raises(SystemExit, match="not a bundled nucleus model \\(pathseg_nuclei_cpu\\)"):
+        tune_ais.model_folder(Path("pathseg_tissue"))  # a tissue model is no choice here
