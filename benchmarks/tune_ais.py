@@ -36,9 +36,9 @@ import numpy as np
 
 from pathseg.io.atomic import atomic_open
 from pathseg.metrics import instance_scores
-from pathseg.models.folder import read_config, update_config
+from pathseg.models.folder import update_config
 from pathseg.models.nucleus_sam import SamNucleusModel
-from pathseg.models.zoo import WEIGHTS_DIR
+from pathseg.models.zoo import list_models
 from pathseg.stain import reference_stats
 from pathseg.train.data import load_samples
 from pathseg.train.nuclei import source_groups, split_validation
@@ -99,8 +99,7 @@ def model_folder(arg: Path, write: bool = False) -> Path:
     """``--model``'s folder: a path, or a bundled nucleus model's name (read-only: ``--write`` wants a copy you own)."""
     if arg.is_dir():
         return arg
-    folders = [c.parent for c in WEIGHTS_DIR.glob("*/config.json")]
-    bundled = {f.name: f for f in folders if read_config(f).get("task") == "nuclei"}
+    bundled = {e.name: e.bundled for e in list_models("nuclei") if e.bundled is not None}
     if str(arg) not in bundled:
         raise SystemExit(
             f"--model {arg}: no such folder, and not a bundled nucleus model ({', '.join(sorted(bundled))})"

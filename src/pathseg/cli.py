@@ -701,6 +701,11 @@ def output_stem(path: Path) -> str:
     return path.stem
 
 
+def _needs_ais_decoder(model, flag: str) -> None:
+    if getattr(model, "ais", None) is None:
+        raise PathsegError(f"{flag} needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+
+
 def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
     from pathseg.models.zoo import get_nucleus_model
@@ -708,12 +713,10 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     model = get_nucleus_model(args.model)
     if args.ais_views is not None:
-        if getattr(model, "ais", None) is None:
-            raise PathsegError(f"--ais-views needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+        _needs_ais_decoder(model, "--ais-views")
         model.config["ais_tta"] = args.ais_views
     if args.ais_shift is not None:
-        if getattr(model, "ais", None) is None:
-            raise PathsegError(f"--ais-shift needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+        _needs_ais_decoder(model, "--ais-shift")
         model.config["ais_shift"] = list(args.ais_shift)
         model.ais_shift  # noqa: B018 - checks the values now rather than at the first image
     if args.no_stain and getattr(model, "ais_stain", None) is not None:

@@ -381,8 +381,9 @@ def _model_parameters(model) -> dict:
     params = dict(getattr(model, "ais_params", {}))
     if hasattr(model, "ais_stain"):
         params.update(ais_mpp=model.ais_mpp, ais_tta=model.ais_tta, ais_stain=model.ais_stain)
-    if getattr(model, "ais_shift", None) is not None:  # only when set: runs recorded before it still resume
-        params["ais_shift"] = list(model.ais_shift)
+    shift = getattr(model, "ais_shift", None)
+    if shift is not None:  # only when set: runs recorded before it still resume
+        params["ais_shift"] = list(shift)
     return params
 
 
