@@ -1,0 +1,76 @@
+"""``pathseg models list|convert-ldm``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pathseg.cli._common import (
+    positive_float,
+)
+from pathseg.errors import PathsegError
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``pathseg models`` and its actions."""
+    p = sub.add_parser("models", help="list available models")
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = msub.add_parser("list", parents=[common], help="show every model, where it comes from, and offline status")
+    m.set_defaults(func=cmd_models_list)
+    m = msub.add_parser(
+        "convert-ldm",
+        parents=[common],
+        help="convert an original latent-diffusion checkpoint (.ckpt + YAML) into a pathseg backbone",
+        description="Convert a Large-Image-Diffusion / CompVis latent-diffusion Lightning checkpoint and its YAML "
+        "config into a pathseg diffusion backbone folder (safetensors). Every key is mapped, checked or dropped "
+        "by name (training-only loss weights); any other key stops the conversion. The checkpoint is read with "
+        "weights_only=True, so no code in it runs. Example (after downloading the BRCA 20x model by hand):\n"
+        "  pathseg models convert-ldm brca20x.ckpt --config only_ssl.yaml --name ldm_brca20x\n"
+        "then `pathseg train tissue --backbone ldm_brca20x ...`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("checkpoint", type=Path, help="the .ckpt file (a Lightning checkpoint or a plain state dict)")
+    m.add_argument("--config", type=Path, required=True, metavar="YAML", help="the model's original YAML config")
+    m.add_argument("--name", default=None, help="model name (default: the checkpoint's stem)")
+    m.add_argument(
+        "-o", "--output", type=Path, default=None, help="output folder (default: the model cache, <cache>/models/NAME)"
+    )
+    m.add_argument("--mpp", type=positive_float, default=0.5, help="pixel size it was trained at (µm/px, default 0.5)")
+    m.set_defaults(func=cmd_models_convert_ldm)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pathseg.models.zoo import default_nucleus_model, list_models
+    from pathseg.table import format_table
+
+    default = default_nucleus_model()
+    rows = [
+        {
+            "name": e.name + (" *" if e.name == default else ""),
+            "task": e.task,
+            "µm/px": f"{e.mpp:g}",
+            "offline": "yes" if e.offline() else "no",
+            "source": e.source,
+            "description": e.description,
+        }
+        for e in list_models()
+    ]
+    print(format_table(rows, ["name", "task", "µm/px", "offline", "source", "description"]))
+    print("\n* default nucleus model (the best one available offline)")
+    return 0
+
+
+def cmd_models_convert_ldm(args: argparse.Namespace) -> int:
+    from pathseg.models.diffusion.convert import convert_ldm
+    from pathseg.models.zoo import models_dir
+
+    for path in (args.checkpoint, args.config):
+        if not path.is_file():
+            raise PathsegError(f"{path}: file not found")
+    name = args.name or args.checkpoint.stem
+    out = args.output or models_dir() / name
+    folder, report = convert_ldm(args.checkpoint, args.config, out, name=name, mpp=args.mpp)
+    for family, n in report.items():
+        print(f"  {family}: {n} tensors")
+    print(f"backbone: {folder}")
+    return 0
