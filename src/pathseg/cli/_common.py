@@ -27,12 +27,6 @@ IMAGE_SUFFIXES = {
     ".svslide",
 }
 
-#: help of ``--box-jitter`` (train nuclei, train nuclei-refiner)
-BOX_JITTER_HELP = (
-    "each edge of a simulated box moves by up to this fraction of the box's longer side (default 0.05, like a "
-    "hand-drawn box; 0: exact bounding boxes, as benchmarks/interactive.py prompts)"
-)
-
 
 def positive_float(text: str) -> float:
     try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pathseg.cli._common import (
-    positive_float,
-)
+from pathseg.cli._common import positive_float
 from pathseg.errors import PathsegError
 
 

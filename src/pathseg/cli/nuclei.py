@@ -7,13 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pathseg.cli._common import (
-    add_inputs_and_output,
-    expand_inputs,
-    log,
-    output_stem,
-    positive_float,
-)
+from pathseg.cli._common import add_inputs_and_output, expand_inputs, log, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 

@@ -6,12 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pathseg.cli._common import (
-    add_tissue_inference,
-    log,
-    output_stem,
-    positive_float,
-)
+from pathseg.cli._common import add_tissue_inference, log, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 

@@ -6,13 +6,7 @@ import argparse
 import sys
 import time
 
-from pathseg.cli._common import (
-    add_inputs_and_output,
-    add_tissue_inference,
-    expand_inputs,
-    output_stem,
-    positive_float,
-)
+from pathseg.cli._common import add_inputs_and_output, add_tissue_inference, expand_inputs, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from pathseg.cli._common import (
-    BOX_JITTER_HELP,
-    log,
-    positive_float,
-)
+from pathseg.cli._common import log, positive_float
 from pathseg.progress import Bar
+
+#: help of ``--box-jitter`` (train nuclei, train nuclei-refiner)
+BOX_JITTER_HELP = (
+    "each edge of a simulated box moves by up to this fraction of the box's longer side (default 0.05, like a "
+    "hand-drawn box; 0: exact bounding boxes, as benchmarks/interactive.py prompts)"
+)
 
 
 def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
