@@ -4,4 +4,5 @@ import sys
 
 from pathseg.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing this module (docs tools, package walks) must not run the command
+    sys.exit(main())
