@@ -287,6 +287,15 @@ def add_pretrain_parser(sub: argparse._SubParsersAction, common: argparse.Argume
     pd.set_defaults(func=cmd_pretrain_diffusion)
 
 
+def _train(train, cfg, args: argparse.Namespace) -> int:
+    """Run ``train(cfg)`` under a progress bar, then print its best validation scores and where the model is."""
+    bar = Bar("training", quiet=args.quiet)
+    best = train(cfg, progress=bar, log=lambda m: log.info("%s", m))
+    bar.close()
+    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
+    return 0
+
+
 def cmd_train_nuclei(args: argparse.Namespace) -> int:
     from pathseg.train.nuclei import TrainConfig, train_nuclei
 
@@ -315,11 +324,7 @@ def cmd_train_nuclei(args: argparse.Namespace) -> int:
         mix=[str(d) for d in getattr(args, "mix", [])],
         mix_mpp=getattr(args, "mix_mpp", None),
     )
-    bar = Bar("training", quiet=args.quiet)
-    best = train_nuclei(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
-    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
-    return 0
+    return _train(train_nuclei, cfg, args)
 
 
 def cmd_train_refiner(args: argparse.Namespace) -> int:
@@ -344,11 +349,7 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         seed=args.seed,
     )
-    bar = Bar("training", quiet=args.quiet)
-    best = train_refiner(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
-    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
-    return 0
+    return _train(train_refiner, cfg, args)
 
 
 def cmd_train_tissue(args: argparse.Namespace) -> int:
@@ -378,11 +379,7 @@ def cmd_train_tissue(args: argparse.Namespace) -> int:
         stain=args.stain,
         cache_gb=args.cache_gb,
     )
-    bar = Bar("training", quiet=args.quiet)
-    best = train_tissue(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
-    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
-    return 0
+    return _train(train_tissue, cfg, args)
 
 
 def cmd_pretrain_diffusion(args: argparse.Namespace) -> int:
