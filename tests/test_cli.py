@@ -77,6 +77,17 @@ def test_bad_mpp_is_refused(tmp_path, capsys):
     assert "must be > 0" in capsys.readouterr().err
 
 
+def test_a_magnification_given_as_mpp_is_refused_before_the_model_runs(tmp_path, capsys):
+    rgb, _ = synthetic_nuclei()  # 40x -> resampled 105x a side to 0.38 µm/px: ~GB of memory, refused instead
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "o"), "--mpp", "40", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "t.png: at 40 µm/px" in err and "not the magnification" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("t*"))
+    assert main(["tissue", str(tmp_path / "t.png"), "-o", str(tmp_path / "o"), "--mpp", "40", "-q"]) == 1
+    assert "not the magnification" in capsys.readouterr().err
+
+
 def test_evaluate_reports_missing_predictions(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"

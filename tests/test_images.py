@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from pathseg.errors import InputImageError
-from pathseg.io.images import read_image, read_labels
+from pathseg.io.images import check_resampled_size, read_image, read_labels
 
 
 @pytest.fixture
@@ -167,3 +167,17 @@ def test_read_labels(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(InputImageError, match="2-D label image"):
         read_labels(tmp_path / "rgb.png")
+
+
+def test_resampling_over_the_cap_is_refused_with_the_sizes(monkeypatch):
+    check_resampled_size((1000, 1000, 3), 0.25, 0.38)  # shrunk: fine
+    check_resampled_size((1000, 2000), 0.5, 0.38, max_pixels=3_500_000)  # 1316x2632 = 3.46 Mpx
+    over = r"2000x1000 px image to 2632x1316 px = 3 Mpx, over the cap of 3 Mpx; raise"
+    with pytest.raises(InputImageError, match=over):
+        check_resampled_size((1000, 2000), 0.5, 0.38, max_pixels=3_000_000, name="a.png")
+    monkeypatch.setenv("PATHSEG_MAX_PIXELS", "1e6")  # the default cap follows the environment
+    with pytest.raises(InputImageError, match="over the cap of 1 Mpx"):
+        check_resampled_size((1000, 1000), 0.5, 0.38)
+    # a magnification given as a pixel size: enlarged 105x a side, so the message asks about the unit
+    with pytest.raises(InputImageError, match="Is 40 µm/px right.*not the magnification; if it is right, raise"):
+        check_resampled_size((300, 300, 3), 40, 0.38, name="tile.png")

@@ -110,6 +110,23 @@ def test_slide_without_pixel_size_needs_mpp(tmp_path):
         run_slide(SlideRun(str(path), str(tmp_path / "o"), model="classical"), log=lambda *a: None)
 
 
+def test_chunks_the_model_would_grow_over_the_cap_are_refused_first(tmp_path, monkeypatch):
+    import tifffile
+
+    from pathseg.errors import PathsegError
+
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.full((2048, 2048, 3), 230, np.uint8), tile=(256, 256), photometric="rgb")
+    out = tmp_path / "o"
+    with pytest.raises(PathsegError, match="Is 40 µm/px right"):  # a magnification given as --mpp
+        run_slide(SlideRun(str(path), str(out), mpp=40), log=lambda *a: None)
+    assert not (out / "report.json").exists() and not list(out.glob("parts/*"))
+    monkeypatch.setenv("PATHSEG_MAX_PIXELS", "1e6")  # 0.5 -> 0.38 µm/px: a 2048 px chunk grows to 7.3 Mpx
+    with pytest.raises(PathsegError, match="lower --chunk to 632 or less"):
+        run_slide(SlideRun(str(path), str(tmp_path / "o2"), mpp=0.5), log=lambda *a: None)
+    run_slide(SlideRun(str(path), str(tmp_path / "o3"), mpp=0.5, chunk=632), log=lambda *a: None)
+
+
 def test_cli_wsi(tmp_path, capsys):
     from pathseg.cli import main
 

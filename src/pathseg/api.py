@@ -16,7 +16,7 @@ import numpy as np
 
 from pathseg.errors import PathsegError
 from pathseg.io.export import write_csv, write_geojson, write_label_tiff
-from pathseg.io.images import read_image
+from pathseg.io.images import check_resampled_size, read_image
 from pathseg.models.base import NucleusModel
 from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.measure import geojson_features, measure_nuclei
@@ -73,11 +73,12 @@ def segment_nuclei(
 
     ``model``: a name from ``pathseg models list``, a model object, or ``None`` for the best offline model.
     ``mpp``: pixel size in µm/px; overrides the file's. With neither, the model's own resolution is assumed.
+    ``max_pixels``: images with more pixels, as read or as resampled to the model's pixel size, are refused
+    (default 100e6 or ``PATHSEG_MAX_PIXELS``).
     ``mode``: ``ais`` (default), or for SAM-family models ``apg`` / ``amg`` (prompt-based automatic modes).
     """
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
-    rgb, file_mpp, source = _load(image, max_pixels)
-    used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
+    rgb, used_mpp, mpp_source, source = _load(image, net, mpp, max_pixels)
     if mode != "ais" and not hasattr(net, "sam"):
         raise PathsegError(f"mode {mode!r} needs a SAM-family model; {net.name!r} only does automatic segmentation")
     labels = (
@@ -142,8 +143,7 @@ def segment_nuclei_prompted(
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
     if not hasattr(net, "sam"):
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
-    rgb, file_mpp, source = _load(image, max_pixels)
-    used_mpp, mpp_source = resolve_mpp(mpp, file_mpp, net.mpp)
+    rgb, used_mpp, mpp_source, source = _load(image, net, mpp, max_pixels)
     predictor = Predictor(net, box_margin=box_margin, box_from_ais=box_from_ais, box_fit=box_fit)
     predictor.set_image(rgb, used_mpp)
     objects = []
@@ -157,13 +157,20 @@ def segment_nuclei_prompted(
     return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
 
 
-def _load(image, max_pixels):
+def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.ndarray, float, str, Path | None]:
+    """``image`` (a path or an RGB uint8 array) as (rgb, pixel size used, where it came from, path or None);
+    refused before the model runs if the model would resample it to over ``max_pixels`` pixels."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise PathsegError(f"expected an RGB uint8 array of shape (H, W, 3), got {image.shape} {image.dtype}")
-        return image, None, None
-    loaded = read_image(image, max_pixels=max_pixels)
-    return loaded.pixels, loaded.mpp, loaded.path
+        rgb, file_mpp, path = image, None, None
+    else:
+        loaded = read_image(image, max_pixels=max_pixels)
+        rgb, file_mpp, path = loaded.pixels, loaded.mpp, loaded.path
+    used, source = resolve_mpp(mpp, file_mpp, net.mpp)
+    if getattr(net, "network_mpp", None) is not None:  # models that resample the image to their own pixel size
+        check_resampled_size(rgb.shape, used, net.network_mpp, max_pixels, path or "image")
+    return rgb, used, source, path
 
 
 def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:
@@ -223,8 +230,7 @@ def segment_tissue(
     from pathseg.models.zoo import get_tissue_model
 
     net = model if hasattr(model, "probabilities") else get_tissue_model(model)
-    rgb, file_mpp, path = _load(image, max_pixels)
-    used, source = resolve_mpp(mpp, file_mpp, net.mpp)
+    rgb, used, source, path = _load(image, net, mpp, max_pixels)
     probs = net.probabilities(rgb, used, progress=progress)
     return TissueResult(net.classes(probs, used, clean), probs, net.class_names, used, source, net.name, path)
 

@@ -50,6 +50,17 @@ def add_inputs_and_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
 
 
+def add_max_pixels(p: argparse.ArgumentParser) -> None:
+    """The --max-pixels cap of the image-segmenting commands."""
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this, as read or as resampled to the model's pixel size "
+        "(default 100e6, or $PATHSEG_MAX_PIXELS)",
+    )
+
+
 def add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--tta``, ``--tta-space``, ``--precision``, ``--stride`` and ``--no-clean``: a tissue model's test-time
     views, arithmetic, patch stride and cleaning, for ``pathseg tissue`` and ``pathseg wsi``."""

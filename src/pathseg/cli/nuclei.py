@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pathseg.cli._common import add_inputs_and_output, expand_inputs, log, output_stem, positive_float
+from pathseg.cli._common import add_inputs_and_output, add_max_pixels, expand_inputs, log, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -30,12 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="pixel size in µm/px; overrides the file's. Without it and without file metadata the "
         "model's own resolution is assumed",
     )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="refuse images with more pixels than this (default 100e6, or $PATHSEG_MAX_PIXELS)",
-    )
+    add_max_pixels(p)
     p.add_argument(
         "--prompts",
         type=Path,

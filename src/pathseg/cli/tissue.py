@@ -6,7 +6,14 @@ import argparse
 import sys
 import time
 
-from pathseg.cli._common import add_inputs_and_output, add_tissue_inference, expand_inputs, output_stem, positive_float
+from pathseg.cli._common import (
+    add_inputs_and_output,
+    add_max_pixels,
+    add_tissue_inference,
+    expand_inputs,
+    output_stem,
+    positive_float,
+)
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -29,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=None,
         help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
     )
-    p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    add_max_pixels(p)
     add_tissue_inference(p)
     p.set_defaults(func=cmd_tissue)
 

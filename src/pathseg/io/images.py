@@ -53,6 +53,40 @@ def max_pixels_default() -> int:
         raise InputImageError("PATHSEG_MAX_PIXELS", f"not a number: {value!r}") from exc
 
 
+def check_resampled_size(
+    shape: tuple[int, ...],
+    mpp: float,
+    network_mpp: float,
+    max_pixels: int | None = None,
+    name: object = "image",
+    remedy: str = "raise the cap with --max-pixels or PATHSEG_MAX_PIXELS, or use `pathseg wsi` for large images",
+) -> None:
+    """Refuse an (H, W, ...) image at ``mpp`` µm/px that a model working at ``network_mpp`` µm/px would resample to
+    more than ``max_pixels`` pixels (default :func:`max_pixels_default`), before any memory is spent on it.
+
+    Raises :class:`~pathseg.errors.InputImageError` naming ``name``, both sizes and ``remedy``; when the image would
+    be enlarged more than 4x a side, the message also asks whether ``mpp`` is a pixel size at all (a magnification
+    such as 40 given as ``--mpp`` would otherwise ask for thousands of times the memory of the image).
+    """
+    cap = max_pixels_default() if max_pixels is None else int(max_pixels)
+    factor = mpp / network_mpp
+    h, w = max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+    if h * w <= cap:
+        return
+    reason = (
+        f"at {mpp:g} µm/px, a model working at {network_mpp:g} µm/px would resample this {shape[1]}x{shape[0]} px "
+        f"image to {w}x{h} px = {h * w / 1e6:.0f} Mpx, over the cap of {cap / 1e6:.0f} Mpx"
+    )
+    if factor > 4:
+        reason += (
+            f". Is {mpp:g} µm/px right? The pixel size is µm per pixel (about 0.25 at 40x, 0.5 at 20x), not the "
+            "magnification; if it is right, " + remedy
+        )
+    else:
+        reason += f"; {remedy}"
+    raise InputImageError(name, reason)
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputImageError(path, "file not found")

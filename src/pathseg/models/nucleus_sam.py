@@ -240,6 +240,12 @@ class SamNucleusModel(nn.Module):
         the pixel size the class decoder was trained at."""
         return float(self.config.get("class_mpp") or self.mpp)
 
+    @property
+    def network_mpp(self) -> float:
+        """The finest pixel size (µm/px) any path (automatic, prompts, classes) runs the network at: an image is
+        resampled to at most this resolution, which bounds the memory a run needs."""
+        return min(self.mpp, self.ais_mpp, self.prompt_mpp, self.class_mpp)
+
     def refiner_for(self, feedback: bool, box_alone: bool = False) -> nn.Module | None:
         """The mask refiner of a prompt: with mask ``feedback`` (a corrective round), the model's
         ``correction_refiner`` when it has one; for a box alone its ``box_refiner`` when it has one; else its

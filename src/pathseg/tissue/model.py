@@ -104,6 +104,11 @@ class TissueModel(torch.nn.Module):
         return float(self.config.get("mpp", self.backbone.mpp))
 
     @property
+    def network_mpp(self) -> float:
+        """Pixel size (µm/px) images are resampled to for the network: :attr:`mpp`."""
+        return self.mpp
+
+    @property
     def class_names(self) -> list[dict]:
         return self.config["classes"]
 

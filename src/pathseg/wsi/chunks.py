@@ -13,6 +13,7 @@ import numpy as np
 import pathseg
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_path
+from pathseg.io.images import check_resampled_size, max_pixels_default
 from pathseg.io.slides import Slide, open_slide
 from pathseg.progress import ProgressCallback
 
@@ -79,9 +80,10 @@ class SlidePlan:
     tissue_mask_downsample: float | None
 
 
-def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path) -> SlidePlan:
+def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path, network_mpp: float | None = None) -> SlidePlan:
     """Pick the level closest to ``model_mpp``, the region (``run.roi``), the chunk grid and (unless disabled) the
-    chunks with tissue; the tissue mask is saved as ``out/tissue_mask.png``."""
+    chunks with tissue; the tissue mask is saved as ``out/tissue_mask.png``. With ``network_mpp`` (µm/px the model
+    resamples each chunk to), a chunk that would grow over the pixel cap (``PATHSEG_MAX_PIXELS``) is refused first."""
     from pathseg.wsi.tissue_mask import tissue_mask
 
     if slide.mpp is None:
@@ -97,6 +99,8 @@ def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path) -> Slid
     else:
         region = (0, 0, lv.width, lv.height)
     chunks = chunk_grid(region, (lv.width, lv.height), run.chunk, run.halo)
+    if network_mpp is not None:
+        _check_chunk_size(run, chunks, slide.level_mpp(level), network_mpp)
     keep, tdown = set(range(len(chunks))), None
     if run.use_tissue_mask:
         from PIL import Image
@@ -115,6 +119,19 @@ def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path) -> Slid
             ].any()
         }
     return SlidePlan(level, slide.level_mpp(level), (lv.width, lv.height), lv.downsample, region, chunks, keep, tdown)
+
+
+def _check_chunk_size(run: SlideRun, chunks: list[Chunk], mpp: float, network_mpp: float) -> None:
+    """Refuse chunks that the model, resampling them from ``mpp`` to ``network_mpp`` µm/px, would grow over the
+    pixel cap; the message names the largest ``--chunk`` that fits."""
+    cap = max_pixels_default()
+    largest = max(chunks, key=lambda c: (c.outer[2] - c.outer[0]) * (c.outer[3] - c.outer[1])).outer
+    fits = int(np.sqrt(cap) * network_mpp / mpp) - 2 * run.halo
+    remedy = "raise PATHSEG_MAX_PIXELS"
+    if fits >= 256:
+        remedy = f"lower --chunk to {fits} or less, or {remedy}"
+    shape = (largest[3] - largest[1], largest[2] - largest[0])
+    check_resampled_size(shape, mpp, network_mpp, cap, f"{run.slide} (a chunk)", remedy)
 
 
 _OPEN_SLIDES: dict[tuple[str, float | None], Slide] = {}

@@ -417,7 +417,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     settings = run_settings(run, model, _model_parameters(model))
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
-        plan = plan_slide(run, slide, model.mpp, out)
+        plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
         record_settings(out, settings)
         chunks, keep = plan.chunks, plan.keep
         if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)

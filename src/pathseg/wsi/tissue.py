@@ -227,7 +227,7 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     clean = model.config.get("clean") if run.clean else None
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
-        plan = plan_slide(run, slide, model.mpp, out)
+        plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
         halo, window = clean_window(plan.size[::-1], plan.mpp, CleanParams(**clean)) if clean else (0, 0)
         if window > MAX_CLEAN_WINDOW:
             log(
