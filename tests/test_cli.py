@@ -127,6 +127,13 @@ def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PathsegError, match="folder holds no image files"):
         expand_inputs([tmp_path / "empty"])
+    # each file once, in the order first named; two files that would write under one name are refused
+    a_tif = tmp_path / "set" / "images" / "a.tif"
+    assert expand_inputs([a_tif, tmp_path / "set", tmp_path / "set" / "images" / ".." / "images" / "a.tif"]) == images
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.png").write_bytes(b"")
+    with pytest.raises(PathsegError, match=r"a.tif and .*other/a.png would write their results under one name, 'a'"):
+        expand_inputs([tmp_path / "set", tmp_path / "other"])
 
 
 def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypatch, capsys):

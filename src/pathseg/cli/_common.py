@@ -109,7 +109,9 @@ def add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files they hold (sorted). A dataset folder without image files
-    of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's."""
+    of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's.
+    A file named twice comes once. Two files whose results would take one name (``a/t.png`` and ``b/t.png``, or
+    ``t.png`` and ``t.tif``) are refused before any work, so that neither overwrites the other's."""
 
     def images_in(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -125,7 +127,18 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             out.extend(found)
         else:
             out.append(path)
-    return out
+    unique: dict[Path, Path] = {}  # each file at its first mention
+    for path in out:
+        unique.setdefault(path.resolve(), path)
+    stems: dict[str, Path] = {}
+    for path in unique.values():
+        other = stems.setdefault(output_stem(path), path)
+        if other is not path:
+            raise PathsegError(
+                f"{other} and {path} would write their results under one name, {output_stem(path)!r}; "
+                "give them separate output folders (-o) or rename one"
+            )
+    return list(unique.values())
 
 
 def output_stem(path: Path) -> str:
