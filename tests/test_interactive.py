@@ -231,7 +231,8 @@ def test_box_prompts_segment_only_the_regions_they_fall_in(model, monkeypatch):
     assert got[0].any() and np.array_equal(got, whole.predict(box=big, multimask=False).masks)
     assert crops[-2] == (152, 152) and crops[-1] == (200, 200)  # the region around the box; the whole image
     n = len(crops)
-    assert not near.predict(box=np.array([300, 300, 400, 400.0]), multimask=False).masks.any()  # off the image
+    with pytest.raises(ValueError, match=r"box \(300, 300, 400, 400\) lies outside"):  # refused, nothing run
+        near.predict(box=np.array([300, 300, 400, 400.0]), multimask=False)
     assert len(crops) == n
     with pytest.raises(PathsegError, match="ais_halo must be"):
         Predictor(model, ais_region=100, ais_halo=50)

@@ -1,6 +1,7 @@
 """Prompt files (CSV points, GeoJSON boxes/points) and `pathseg nuclei --prompts`."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pathseg.cli import main
 from pathseg.errors import PathsegError
 from pathseg.io.prompts import read_prompts
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+from pathseg.nuclei.interactive import prompt_error
 from tests.conftest import synthetic_nuclei
 
 
@@ -52,6 +54,35 @@ def test_geojson_polygons_become_boxes(tmp_path):
     f.write_text(json.dumps(fc))
     prompts = read_prompts(f)
     assert prompts[0].box.tolist() == [5, 6, 20, 30] and prompts[1].points.tolist() == [[50, 60]]
+
+
+def test_geojson_errors_name_the_feature(tmp_path):
+    f = tmp_path / "b.geojson"
+    for geometry, problem in (
+        ({"type": "Polygon", "coordinates": [[[1, 2], [3, "a"]]]}, "feature 0: Polygon coordinates are not numbers"),
+        ({"type": "Polygon", "coordinates": None}, "feature 0: Polygon coordinates are not numbers"),
+        ({"type": "Polygon", "coordinates": [[]]}, "feature 0: Polygon has no coordinates"),
+        ({"type": "Point", "coordinates": [1]}, "feature 0: Point coordinates are not numbers"),
+    ):
+        f.write_text(json.dumps({"type": "Feature", "geometry": geometry}))
+        with pytest.raises(PathsegError, match=problem):
+            read_prompts(f)
+    f.write_text("5")
+    with pytest.raises(PathsegError, match="not a GeoJSON FeatureCollection"):
+        read_prompts(f)
+
+
+def test_prompts_off_the_image_are_refused_with_their_reason():
+    shape = (100, 200)  # H, W
+    assert prompt_error(np.array([[0, 0], [200, 100]]), np.array([-20, -5, 30, 40]), shape) is None  # edges; clipped
+    for points, box, reason in (
+        ([[201, 5]], None, r"point \(201, 5\) lies outside the 200x100 px image"),
+        ([[np.nan, 5]], None, "not a pair of finite numbers"),
+        (None, [10, 10, 10, 30], r"box \(10, 10, 10, 30\) has no area"),
+        (None, [200, 0, 300, 50], "lies outside the 200x100 px image"),
+        (None, [0, np.inf, 5, 5], "no finite number"),
+    ):
+        assert re.search(reason, prompt_error(None if points is None else np.array(points), box, shape))
 
 
 def test_cli_prompts(tmp_path, capsys):
@@ -99,6 +130,12 @@ def test_cli_prompts(tmp_path, capsys):
         == 1
     )
     assert "cannot take prompts" in capsys.readouterr().err
+    # a prompt off the image stops the run with the prompt's line, before the network runs and with no outputs
+    (tmp_path / "far.csv").write_text(f"x,y\n{xs.mean():.1f},{ys.mean():.1f}\n5000,3\n")
+    far = [str(tmp_path / "t.png"), "--model", str(tmp_path / "model"), "--prompts", str(tmp_path / "far.csv")]
+    assert main(["nuclei", *far, "-o", str(tmp_path / "o3"), "-q"]) == 1
+    assert "prompt far.csv line 3: point (5000, 3) lies outside the 200x160 px image" in capsys.readouterr().err
+    assert not list((tmp_path / "o3").glob("t*"))
 
 
 def test_cli_modes(tmp_path, capsys):

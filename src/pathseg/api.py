@@ -137,13 +137,17 @@ def segment_nuclei_prompted(
     decoder's mask); with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3,
     that nucleus) whose bounding box best fits the box.
     """
-    from pathseg.nuclei.interactive import Predictor, check_overlap, paint_objects
+    from pathseg.nuclei.interactive import Predictor, check_overlap, paint_objects, prompt_error
 
     check_overlap(overlap, PathsegError)  # before the model loads
     net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
     if not hasattr(net, "sam"):
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
     rgb, used_mpp, mpp_source, source = _load(image, net, mpp, max_pixels)
+    for p in prompts:  # every prompt checked before the network runs
+        problem = prompt_error(p.points, p.box, rgb.shape[:2])
+        if problem:
+            raise PathsegError(f"prompt {p.name or '?'}: {problem}")
     predictor = Predictor(net, box_margin=box_margin, box_from_ais=box_from_ais, box_fit=box_fit)
     predictor.set_image(rgb, used_mpp)
     objects = []

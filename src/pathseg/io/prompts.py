@@ -26,7 +26,7 @@ class Prompt:
     points: np.ndarray | None = None
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
-    name: str = field(default="")
+    name: str = field(default="")  #: where it came from: "pts.csv line 3", "pts.csv object a", "b.geojson feature 0"
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
@@ -58,13 +58,13 @@ def _read_csv(path: Path) -> list[Prompt]:
             raise PathsegError(f"{path}:{i}: not a number ({exc})") from None
         if label not in (0, 1):
             raise PathsegError(f"{path}:{i}: label must be 1 (positive) or 0 (negative), got {label}")
-        key = row[cols["object"]] if "object" in cols else str(i)
+        key = f"{path.name} object {row[cols['object']]}" if "object" in cols else f"{path.name} line {i}"
         groups.setdefault(key, []).append((x, y, label))
     prompts = []
     for key, pts in groups.items():
         arr = np.array(pts, dtype=np.float64)
         if not (arr[:, 2] == 1).any():
-            raise PathsegError(f"{path}: object {key} has no positive point")
+            raise PathsegError(f"{key}: no positive point")
         prompts.append(Prompt(points=arr[:, :2], labels=arr[:, 2].astype(int), name=key))
     return prompts
 
@@ -75,22 +75,26 @@ def _read_geojson(path: Path) -> list[Prompt]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PathsegError(f"{path}: not valid JSON ({exc})") from None
     features = data.get("features", [data] if data.get("type") == "Feature" else []) if isinstance(data, dict) else data
+    if not isinstance(features, list):
+        raise PathsegError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of features")
     prompts = []
     for i, feat in enumerate(features):
-        geom = (feat or {}).get("geometry") or {}
-        kind, coords = geom.get("type"), geom.get("coordinates")
-        if kind == "Point":
-            prompts.append(Prompt(points=np.array([coords[:2]], float), labels=np.array([1]), name=str(i)))
-        elif kind in ("Polygon", "MultiPolygon"):
-            flat = np.array(
-                [
-                    p[:2]
-                    for ring in (coords if kind == "Polygon" else [r for poly in coords for r in poly])
-                    for p in ring
-                ],
-                dtype=np.float64,
-            )
-            prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=str(i)))
+        geom = (feat if isinstance(feat, dict) else {}).get("geometry") or {}
+        kind, coords, name = geom.get("type"), geom.get("coordinates"), f"{path.name} feature {i}"
+        if kind not in ("Point", "Polygon", "MultiPolygon"):
+            continue
+        try:
+            if kind == "Point":
+                point = np.array(coords[:2], float).reshape(1, 2)
+                prompts.append(Prompt(points=point, labels=np.array([1]), name=name))
+                continue
+            rings = coords if kind == "Polygon" else [r for poly in coords for r in poly]
+            flat = np.array([p[:2] for ring in rings for p in ring], dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError, IndexError):
+            raise PathsegError(f"{name}: {kind} coordinates are not numbers as GeoJSON has them") from None
+        if not len(flat):
+            raise PathsegError(f"{name}: {kind} has no coordinates")
+        prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=name))
     if not prompts:
         raise PathsegError(f"{path}: no Point or Polygon features to use as prompts")
     return prompts

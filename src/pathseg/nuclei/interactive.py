@@ -90,6 +90,30 @@ class Prediction:
 OVERLAPS = ("smaller", "first")
 
 
+def prompt_error(points: np.ndarray | None, box: np.ndarray | None, shape: tuple[int, int]) -> str | None:
+    """Why a prompt cannot be answered on an image of ``shape`` (H, W), or None: a coordinate that is no finite
+    number, a point off the image, a box without area or wholly off it. ``points`` (N, 2) x, y and ``box`` x0, y0,
+    x1, y1 in image pixels, from 0 to W and H (pixel edges); a box partly off the image is fine (it is clipped)."""
+    h, w = shape
+    if points is not None:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        for x, y in pts:
+            if not (np.isfinite(x) and np.isfinite(y)):
+                return f"point ({x:g}, {y:g}) is not a pair of finite numbers"
+            if not (0 <= x <= w and 0 <= y <= h):
+                return f"point ({x:g}, {y:g}) lies outside the {w}x{h} px image"
+    if box is not None:
+        x0, y0, x1, y1 = np.asarray(box, dtype=np.float64).reshape(4)
+        text = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if not np.isfinite([x0, y0, x1, y1]).all():
+            return f"{text} holds a coordinate that is no finite number"
+        if x1 <= x0 or y1 <= y0:
+            return f"{text} has no area (x0, y0, x1, y1 with x1 > x0 and y1 > y0)"
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            return f"{text} lies outside the {w}x{h} px image"
+    return None
+
+
 def check_overlap(overlap: str, error: type[Exception] = ValueError) -> None:
     """Stop with ``error`` naming the rules unless ``overlap`` is one of :data:`OVERLAPS`."""
     if overlap not in OVERLAPS:
@@ -294,11 +318,15 @@ class Predictor:
     ) -> Prediction:
         """Segment one object. ``points`` (N, 2) as x, y in image pixels with ``labels`` (N,) 1 = positive,
         0 = negative; ``box`` (4,) as x0, y0, x1, y1; ``mask_input``: an earlier prediction's ``mask_prompt(k)``.
-        Returns 3 candidate masks (``multimask``) or 1."""
+        Returns 3 candidate masks (``multimask``) or 1. A prompt off the image (see :func:`prompt_error`) raises
+        ``ValueError``."""
         if self.image is None:
             raise RuntimeError("call set_image(image) first")
         if points is None and box is None and mask_input is None:
             raise ValueError("give at least one of points, box or mask_input")
+        problem = prompt_error(points, box, self.image.shape[:2])
+        if problem:
+            raise ValueError(problem)
         pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2) * self.factor
         lbl = None if points is None else np.asarray(labels if labels is not None else np.ones(len(pts)), int)
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4) * self.factor
