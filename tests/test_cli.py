@@ -88,6 +88,16 @@ def test_a_magnification_given_as_mpp_is_refused_before_the_model_runs(tmp_path,
     assert "not the magnification" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_cannot_be_made_stops_the_run_first(tmp_path, capsys):
+    rgb, _ = synthetic_nuclei()
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    for out, says in ((tmp_path / "t.png", "is a file, not a folder"), (tmp_path / "t.png" / "o", "cannot be made")):
+        assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(out), "--model", "classical", "-q"]) == 2
+        assert says in capsys.readouterr().err
+    assert main(["train", "nuclei", "--data", str(tmp_path), "-o", str(tmp_path / "t.png")]) == 2  # every -o
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_evaluate_reports_missing_predictions(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pathseg import __version__
 from pathseg.cli import evaluate, models, nuclei, slides, tissue, train
-from pathseg.cli._common import expand_inputs, log, output_stem
+from pathseg.cli._common import check_output_folder, expand_inputs, log, output_stem
 from pathseg.errors import PathsegError
 
 __all__ = ["build_parser", "expand_inputs", "main", "output_stem"]
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
+        if getattr(args, "output", None) is not None:  # every -o is a folder
+            check_output_folder(Path(args.output))
         return int(args.func(args) or 0)
     except PathsegError as exc:
         print(f"pathseg: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from pathseg.errors import PathsegError
@@ -105,6 +106,18 @@ def add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help=prefix + "keep the raw per-pixel argmax: skip the model's cleaning (small holes filled, small specks "
         "absorbed; areas in its config's 'clean', µm²)",
     )
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse an output folder (-o) that cannot be made or written, before any work: a file in its place or on its
+    path, or a folder without write permission. Nothing is created here."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be made: {existing} is a file"
+        raise PathsegError(f"-o {folder}: {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathsegError(f"-o {folder}: {existing} is not writable")
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
