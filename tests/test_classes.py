@@ -147,5 +147,5 @@ def test_nuclei_cli_with_classes(tmp_path, capsys):
         == 0
     )
     no_classes = ["--model", "classical", "--classes", "-q"]
-    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c2"), *no_classes]) == 1
-    assert "has no class decoder" in capsys.readouterr().err
+    assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c2"), *no_classes]) == 2  # before any image
+    assert "--classes needs a model with a class decoder; 'classical' has none" in capsys.readouterr().err

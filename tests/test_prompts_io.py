@@ -165,9 +165,9 @@ def test_cli_modes(tmp_path, capsys):
         assert tifffile.imread(out / "t_instances.tif").shape == rgb.shape[:2]
     assert (
         main(["nuclei", str(tmp_path / "t.png"), "-o", str(tmp_path / "c"), "--model", "classical", "--mode", "amg"])
-        == 1
+        == 2  # refused once, before any image
     )
-    assert "needs a SAM-family model" in capsys.readouterr().err
+    assert "--mode amg needs a SAM-family model" in capsys.readouterr().err
 
 
 def test_cli_box_prompts_take_the_automatic_nucleus_unless_told_not_to(tmp_path, monkeypatch):

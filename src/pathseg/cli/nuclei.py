@@ -135,6 +135,10 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         _needs_ais_decoder(model, "--ais-shift")
         model.config["ais_shift"] = list(args.ais_shift)
         model.ais_shift  # noqa: B018 - checks the values now rather than at the first image
+    if args.classes and getattr(model, "semantic", None) is None:  # said once, not once per image
+        raise PathsegError(f"--classes needs a model with a class decoder; {model.name!r} has none")
+    if args.mode != "ais" and not hasattr(model, "sam"):
+        raise PathsegError(f"--mode {args.mode} needs a SAM-family model; {model.name!r} only does automatic (ais)")
     if args.no_stain and getattr(model, "ais_stain", None) is not None:
         model.config["ais_stain"] = None
     prompts = None
