@@ -127,6 +127,21 @@ def test_chunks_the_model_would_grow_over_the_cap_are_refused_first(tmp_path, mo
     run_slide(SlideRun(str(path), str(tmp_path / "o3"), mpp=0.5, chunk=632), log=lambda *a: None)
 
 
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+    import dask
+    import tifffile
+
+    from pathseg.errors import PathsegError
+
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.full((256, 256, 3), 200, np.uint8), tile=(128, 128), photometric="rgb")
+    run = SlideRun(str(path), str(tmp_path / "o"), model="classical", mpp=0.5, use_tissue_mask=False)
+    run.scheduler = "tcp://127.0.0.1:1"  # nothing listens on port 1
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(PathsegError, match="--scheduler tcp://127.0.0.1:1: cannot connect"):
+            run_slide(run, log=lambda *a: None)
+
+
 def test_cli_wsi(tmp_path, capsys):
     from pathseg.cli import main
 

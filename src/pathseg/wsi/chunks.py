@@ -273,7 +273,15 @@ def run_chunks(
         cluster = LocalCluster(
             n_workers=run.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
         )
-    client = Client(run.scheduler or cluster)
+    try:
+        client = Client(run.scheduler or cluster)
+    except (OSError, TimeoutError) as exc:  # nothing listens there (dask waits its connect timeout, 30 s by default)
+        if cluster is not None:
+            cluster.close()
+        raise PathsegError(
+            f"--scheduler {run.scheduler}: cannot connect ({exc}); start one there (`dask scheduler`, then "
+            "`dask worker ADDRESS` on each machine), or leave --scheduler out to run here"
+        ) from None
     try:
         remote_model = client.scatter(model, broadcast=True)
         futures = [
