@@ -98,6 +98,24 @@ def test_an_output_folder_that_cannot_be_made_stops_the_run_first(tmp_path, caps
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_evaluate_tissue_leaves_nucleus_labels_in_the_same_folder_alone(tmp_path, capsys):
+    (tmp_path / "gt" / "masks").mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    for stem in ("a", "b"):
+        Image.fromarray(mask).save(tmp_path / "gt" / "masks" / f"{stem}.png")
+        tifffile.imwrite(tmp_path / "pred" / f"{stem}_instances.tif", mask.astype(np.uint32) * 7)  # nuclei, not classes
+    tifffile.imwrite(tmp_path / "pred" / "a_classes.tif", mask)
+    args = ["evaluate", "tissue", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "-q"]
+    assert main(args) == 2
+    assert "have no prediction in" in capsys.readouterr().err  # b has nucleus labels only
+    (tmp_path / "gt" / "masks" / "b.png").unlink()
+    assert main([*args, "--json", str(tmp_path / "s.json")]) == 0
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["images"] == 1 and scores["mean_iou"] == 1.0
+
+
 def test_evaluate_reports_missing_predictions(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"

@@ -28,7 +28,8 @@ def _stem(path: Path) -> str:
     return stem
 
 
-def _label_files(folder: Path, subfolder: str) -> dict[str, Path]:
+def _label_files(folder: Path, subfolder: str, skip: str | None = None) -> dict[str, Path]:
+    """Label images of ``folder`` (or its ``subfolder``) by stem, leaving out those whose stem ends in ``skip``."""
     if not folder.is_dir():
         raise PathsegError(f"{folder}: not a folder")
     if (folder / subfolder).is_dir():
@@ -36,15 +37,19 @@ def _label_files(folder: Path, subfolder: str) -> dict[str, Path]:
     files = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."):
-            if p.stem.endswith("_classes") and subfolder == "instance_masks":
-                continue  # a class map beside the instances, not an instance image
+            if skip and p.stem.endswith(skip):
+                continue
             files.setdefault(_stem(p), p)
     return files
 
 
-def match_folders(pred: Path, gt: Path, subfolder: str = "instance_masks") -> list[tuple[str, Path, Path]]:
-    """Pairs (stem, prediction, ground truth) matched by stem. Errors if nothing matches or a prediction is missing."""
-    preds = _label_files(pred, subfolder)
+def match_folders(
+    pred: Path, gt: Path, subfolder: str = "instance_masks", skip: str = "_classes"
+) -> list[tuple[str, Path, Path]]:
+    """Pairs (stem, prediction, ground truth) matched by stem. Predictions whose stem ends in ``skip`` are another
+    task's output in the same folder (default ``_classes``: class maps beside nucleus instances). Errors if nothing
+    matches or a prediction is missing."""
+    preds = _label_files(pred, subfolder, skip)
     gts = _label_files(gt, subfolder)
     common = sorted(set(preds) & set(gts))
     if not common:
@@ -155,7 +160,7 @@ def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: 
     cmap = load_class_map(classes)
     k = cmap.n_classes
     subfolder = next((d for d in ("masks", "class_masks", "binary_masks") if (Path(gt) / d).is_dir()), "masks")
-    pairs = match_folders(pred, gt, subfolder)
+    pairs = match_folders(pred, gt, subfolder, skip="_instances")  # nucleus labels are no class maps
     cm = np.zeros((k, k))
     rows = []
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
