@@ -93,6 +93,23 @@ def test_file_placed_by_hand_is_verified(cache, served):
         zoo.get_nucleus_model("tiny_test")
 
 
+def test_models_fetch_fills_the_cache_for_offline_runs(cache, served, monkeypatch, capsys):
+    from pathseg.cli import main
+
+    url, path, _ = served
+    zoo.register(_entry(f"{url}/tiny.pt", "xxh128:" + file_hash(path, "xxh128")))
+    assert main(["models", "fetch", "tiny_test", "classical", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"tiny_test: {cache / 'models' / 'tiny.pt'} (xxh128 verified)" in out and "classical: built-in" in out
+    monkeypatch.setenv("PATHSEG_OFFLINE", "1")  # cached: nothing to download any more
+    assert zoo.get_entry("tiny_test").offline() and main(["models", "fetch", "tiny_test", "-q"]) == 0
+    zoo.register(_entry(f"{url}/tiny.pt", "sha256:" + "0" * 64))  # a file that fails its hash: exit 1, said why
+    monkeypatch.delenv("PATHSEG_OFFLINE")
+    assert main(["models", "fetch", "tiny_test", "-q"]) == 1
+    assert "does not match the published hash" in capsys.readouterr().err
+    assert main(["models", "fetch", "no_such_model"]) == 2  # names checked before any download
+
+
 def test_local_path_override(served):
     _, path, ref = served
     model = zoo.get_nucleus_model(str(path))

@@ -1,8 +1,9 @@
-"""``pathseg models list|convert-ldm``."""
+"""``pathseg models list|fetch|convert-ldm``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pathseg.cli._common import positive_float
@@ -11,10 +12,22 @@ from pathseg.errors import PathsegError
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """``pathseg models`` and its actions."""
-    p = sub.add_parser("models", help="list available models")
+    p = sub.add_parser("models", help="list, fetch and convert models")
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = msub.add_parser("list", parents=[common], help="show every model, where it comes from, and offline status")
     m.set_defaults(func=cmd_models_list)
+    m = msub.add_parser(
+        "fetch",
+        parents=[common],
+        help="download models' weights into the cache now (e.g. on a login node, for compute nodes offline)",
+        description="Download the weight files of the named models into the model cache ($PATHSEG_CACHE/models, "
+        "default ~/.cache/pathseg/models), each checked against its published hash, so that later runs need no "
+        "network (set PATHSEG_OFFLINE=1 there). Files already cached and verified are not fetched again. "
+        "Bundled and built-in models need nothing. Example:\n  pathseg models fetch pathosam_vit_b sam_vit_b",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("names", nargs="+", metavar="NAME", help="model names (see `pathseg models list`)")
+    m.set_defaults(func=cmd_models_fetch)
     m = msub.add_parser(
         "convert-ldm",
         parents=[common],
@@ -56,6 +69,34 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print(format_table(rows, ["name", "task", "µm/px", "offline", "source", "description"]))
     print("\n* default nucleus model (the best one available offline)")
     return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from pathseg.models.zoo import ensure_file, get_entry, models_dir
+    from pathseg.progress import Bar
+
+    entries = [get_entry(name) for name in dict.fromkeys(args.names)]  # every name known before any download
+    failed = 0
+    for e in entries:
+        if e.bundled is not None or not (e.files or e.manual):
+            print(f"{e.name}: {'bundled' if e.bundled is not None else 'built-in'}, nothing to fetch")
+            continue
+        if e.manual:
+            print(f"{e.name}: published at {e.manual}; convert it by hand into {models_dir() / e.name}")
+            failed += not e.offline()
+            continue
+        for f in e.files:
+            bar = Bar(f"{e.name}: {f.filename}", quiet=args.quiet)
+            try:
+                path = ensure_file(f, progress=bar)
+            except PathsegError as exc:
+                failed += 1
+                print(f"pathseg: error: {exc}", file=sys.stderr)
+                continue
+            finally:
+                bar.close()
+            print(f"{e.name}: {path} ({f.known_hash.split(':')[0]} verified)")
+    return 1 if failed else 0
 
 
 def cmd_models_convert_ldm(args: argparse.Namespace) -> int:
