@@ -36,6 +36,13 @@ def test_csv_errors(tmp_path):
     f.write_text("x,y\n1,abc\n")
     with pytest.raises(PathsegError, match=r"p.csv:2: not a number"):
         read_prompts(f)
+    f.write_text("x,y\n")
+    with pytest.raises(PathsegError, match="no prompts"):
+        read_prompts(f)
+    # a spreadsheet's export: byte-order mark, semicolons (decimal-comma locales) or tabs
+    for text in ("\ufeffx,y\n10,12\n", "x;y;label\n10;12;1\n", "x\ty\n10\t12\n"):
+        f.write_text(text, encoding="utf-8")
+        assert read_prompts(f)[0].points.tolist() == [[10, 12]]
 
 
 def test_geojson_polygons_become_boxes(tmp_path):

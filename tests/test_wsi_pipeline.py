@@ -129,6 +129,7 @@ def test_chunks_the_model_would_grow_over_the_cap_are_refused_first(tmp_path, mo
 
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
     import dask
+    import distributed  # noqa: F401 - its config defaults must exist before the override, or leaving it drops them
     import tifffile
 
     from pathseg.errors import PathsegError

@@ -42,10 +42,15 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
 
 
 def _read_csv(path: Path) -> list[Prompt]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel) is not a column
+        text = f.read()
+    try:  # commas, or the semicolons / tabs of spreadsheets set up for decimal commas
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:  # one column: let the header check below say what is missing
+        dialect = csv.excel
+    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
     if not rows:
-        return []
+        raise PathsegError(f"{path}: no prompts (expected a header such as x,y and one row per point)")
     cols = {c.strip().lower(): c for c in rows[0]}
     if "x" not in cols or "y" not in cols:
         raise PathsegError(f"{path}: needs columns x and y (found {', '.join(rows[0])})")
