@@ -81,9 +81,15 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
         if e.bundled is not None or not (e.files or e.manual):
             print(f"{e.name}: {'bundled' if e.bundled is not None else 'built-in'}, nothing to fetch")
             continue
-        if e.manual:
-            print(f"{e.name}: published at {e.manual}; convert it by hand into {models_dir() / e.name}")
-            failed += not e.offline()
+        if e.manual:  # no program can fetch it: say where it is published, unless it is converted already
+            if e.offline():
+                print(f"{e.name}: {models_dir() / e.name} (converted by hand)")
+            else:
+                print(
+                    f"{e.name}: published at {e.manual}; download it and convert it into {models_dir() / e.name}"
+                    " (`pathseg models convert-ldm --help`)"
+                )
+                failed += 1
             continue
         for f in e.files:
             bar = Bar(f"{e.name}: {f.filename}", quiet=args.quiet)
