@@ -278,6 +278,7 @@ def run_chunks(
     except (OSError, TimeoutError) as exc:  # nothing listens there (dask waits its connect timeout, 30 s by default)
         if cluster is not None:
             cluster.close()
+            raise
         raise PathsegError(
             f"--scheduler {run.scheduler}: cannot connect ({exc}); start one there (`dask scheduler`, then "
             "`dask worker ADDRESS` on each machine), or leave --scheduler out to run here"
