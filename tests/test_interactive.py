@@ -66,6 +66,11 @@ def test_prompts_and_shapes(model):
     assert again.masks.shape == (3, 200, 260)
     with pytest.raises(ValueError, match="at least one"):
         p.predict()
+    for bad in (rgb.astype(np.float32), rgb[..., 0]):  # images pathseg would otherwise fail on deep inside torch
+        with pytest.raises(ValueError, match="expected an RGB uint8 image"):
+            p.set_image(bad, mpp=0.5)
+    with pytest.raises(ValueError, match="positive pixel size"):
+        p.set_image(rgb, mpp=0)
 
 
 def test_embedding_cache_is_reused_only_when_the_signature_matches(model, tmp_path, caplog):

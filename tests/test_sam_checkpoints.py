@@ -89,6 +89,9 @@ def test_truncated_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(PathsegError, match="cannot read checkpoint"):
         load_checkpoint(path)
+    path.write_bytes(b"junk\n")  # not a checkpoint at all: the weights-only unpickler raises a bare KeyError
+    with pytest.raises(PathsegError, match="cannot read checkpoint .*KeyError"):
+        load_checkpoint(path)
 
 
 def test_mismatched_file_names_first_key_and_size(tmp_path):

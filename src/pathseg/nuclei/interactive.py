@@ -250,7 +250,12 @@ class Predictor:
 
     def set_image(self, rgb: np.ndarray, mpp: float | None = None, cache: str | os.PathLike | None = None) -> None:
         """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
+        if not (isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8):
+            got = f"{rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {got}")
         mpp = self.model.mpp if mpp is None else mpp
+        if not mpp > 0:
+            raise ValueError(f"mpp must be a positive pixel size in µm/px, got {mpp}")
         self.image, self.mpp = rgb, mpp
         self._automatic.clear()
         self._stain = None

@@ -9,8 +9,6 @@ Accepted layouts: a plain SAM state dict (``image_encoder.*``, ``prompt_encoder.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +49,8 @@ def read_state(path: str | os.PathLike) -> dict:
             raise PathsegError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # garbage makes the weights-only unpickler raise almost anything (KeyError, ...)
+        msg = type(exc).__name__ + (f": {str(exc).splitlines()[0]}" if str(exc) else "")
         raise PathsegError(f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file: {msg})") from exc
 
 
