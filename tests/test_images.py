@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from pathseg.errors import InputImageError
-from pathseg.io.images import check_resampled_size, read_image, read_labels
+from pathseg.io.images import check_resampled_size, image_files, read_image, read_labels
 
 
 @pytest.fixture
@@ -181,3 +181,14 @@ def test_resampling_over_the_cap_is_refused_with_the_sizes(monkeypatch):
     # a magnification given as a pixel size: enlarged 105x a side, so the message asks about the unit
     with pytest.raises(InputImageError, match="Is 40 µm/px right.*not the magnification; if it is right, raise"):
         check_resampled_size((300, 300, 3), 40, 0.38, name="tile.png")
+
+
+def test_image_files_leave_hidden_files_out(tmp_path):
+    from pathseg.train.data import find_pairs
+
+    for sub in ("images", "instance_masks"):
+        (tmp_path / sub).mkdir()
+        for name in ("b.png", "a.PNG", "._a.PNG", ".hidden.png", "notes.txt"):  # ._a.PNG: macOS metadata
+            (tmp_path / sub / name).write_bytes(b"")
+    assert [p.name for p in image_files(tmp_path / "images", {".png"})] == ["a.PNG", "b.png"]
+    assert [(i.name, m.name) for i, m in find_pairs(tmp_path)] == [("a.PNG", "a.PNG"), ("b.png", "b.png")]

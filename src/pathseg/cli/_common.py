@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from pathseg.errors import PathsegError
+from pathseg.io.images import image_files
 
 log = logging.getLogger("pathseg")
 
@@ -122,19 +123,17 @@ def check_output_folder(folder: Path) -> None:
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files they hold (sorted). A dataset folder without image files
-    of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's.
-    A file named twice comes once. Two files whose results would take one name (``a/t.png`` and ``b/t.png``, or
-    ``t.png`` and ``t.tif``) are refused before any work, so that neither overwrites the other's."""
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's;
+    hidden files are left out. A file named twice comes once. Two files whose results would take one name
+    (``a/t.png`` and ``b/t.png``, or ``t.png`` and ``t.tif``) are refused before any work, so that neither
+    overwrites the other's."""
 
     out: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = images_in(path)
+            found = image_files(path, IMAGE_SUFFIXES)
             if not found and (path / "images").is_dir():
-                found = images_in(path / "images")
+                found = image_files(path / "images", IMAGE_SUFFIXES)
             if not found:
                 raise PathsegError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             out.extend(found)

@@ -42,6 +42,14 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)
 
 
+def image_files(folder: str | os.PathLike, suffixes) -> list[Path]:
+    """The files of ``folder`` whose suffix (any case) is one of ``suffixes``, sorted; hidden files (such as the
+    ``._x.png`` metadata macOS leaves beside ``x.png`` on other disks) are left out."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
+
+
 def max_pixels_default() -> int:
     """The pixel cap: ``PATHSEG_MAX_PIXELS`` from the environment, else :data:`DEFAULT_MAX_PIXELS`."""
     value = os.environ.get("PATHSEG_MAX_PIXELS")

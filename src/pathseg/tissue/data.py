@@ -15,7 +15,7 @@ import torch
 
 from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
-from pathseg.io.images import read_image, read_labels
+from pathseg.io.images import image_files, read_image, read_labels
 from pathseg.resize import resize_labels, resize_rgb, scaled_size
 from pathseg.tissue.classes import IGNORE, ClassMap
 from pathseg.train.data import IMAGE_SUFFIXES
@@ -40,9 +40,9 @@ def load_tissue_samples(
         mask_dir = next((folder / d for d in MASK_DIRS if (folder / d).is_dir()), None)
         if not (folder / "images").is_dir() or mask_dir is None:
             raise PathsegError(f"{folder}: expected images/ and one of {', '.join(d + '/' for d in MASK_DIRS)}")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        for img in sorted((folder / "images").iterdir()):
-            if img.suffix.lower() not in IMAGE_SUFFIXES or img.stem not in masks:
+        masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES)}
+        for img in image_files(folder / "images", IMAGE_SUFFIXES):
+            if img.stem not in masks:
                 continue
             image = read_image(img).pixels
             target = class_map.apply(read_labels(masks[img.stem]))

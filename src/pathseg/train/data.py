@@ -16,7 +16,7 @@ import torch
 
 from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
-from pathseg.io.images import read_image, read_labels
+from pathseg.io.images import image_files, read_image, read_labels
 from pathseg.nuclei.targets import distance_targets
 from pathseg.resize import resize_labels, resize_rgb, scaled_size
 
@@ -40,10 +40,8 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     img_dir, mask_dir = folder / "images", folder / "instance_masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/")
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = [
-        (p, masks[p.stem]) for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks
-    ]
+    masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES)}
+    pairs = [(p, masks[p.stem]) for p in image_files(img_dir, IMAGE_SUFFIXES) if p.stem in masks]
     if not pairs:
         raise PathsegError(f"{folder}: no image in images/ has a mask of the same name in instance_masks/")
     return pairs

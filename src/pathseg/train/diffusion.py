@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_path
+from pathseg.io.images import image_files
 from pathseg.models.diffusion.backbone import BRCA20X, DiffusionBackbone, compact_encoder_weights, scaled_preset
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_rgb, scaled_size
@@ -99,7 +100,7 @@ def _files(spec: str) -> tuple[list[Path], float | None]:
     if not p.is_dir():
         raise PathsegError(f"{path}: not a file or folder")
     folder = p / "images" if (p / "images").is_dir() else p
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES)
+    files = image_files(folder, IMAGE_SUFFIXES + SLIDE_SUFFIXES)
     if not files:
         raise PathsegError(f"{folder}: no images")
     return files, float(mpp) if mpp else None
