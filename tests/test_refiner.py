@@ -196,6 +196,26 @@ def test_refiner_training_touches_only_the_refiner_and_resumes(data, tmp_path): 
     assert trained.refiner.out.weight.abs().sum() > 0  # zero at the start: the refiner learned
 
 
+def test_refiner_training_through_the_cli(data, tmp_path, capsys):  # noqa: F811
+    from pathseg.cli import main
+
+    small = ["--mpp", "0.5", "--iterations", "2", "--batch", "2", "--prompts-per-image", "2", "--corrections", "1"]
+    args = ["--val-fraction", "0.25", "--val-every", "2", "--width", "8", "--dilations", "1", "3", "-q", *small]
+    for tile in (128, 256):  # the 256-px training crops need a prompt window at least as large
+        cfg = compact_config(mpp=0.5, tile=tile)
+        cfg["halo"] = 16
+        SamNucleusModel(cfg).save_pretrained(tmp_path / f"base{tile}")
+        out = tmp_path / f"ref{tile}"
+        init = ["--init", str(tmp_path / f"base{tile}")]
+        code = main(["train", "nuclei-refiner", "--data", str(data), "-o", str(out), *init, *args])
+        captured = capsys.readouterr()
+        if tile == 128:
+            assert code == 2 and "its prompt window is 128 px, smaller than the 256 px training crops" in captured.err
+            continue
+        assert code == 0 and "best validation scores" in captured.out and f"{out}/best" in captured.out
+        assert SamNucleusModel.from_pretrained(out / "best").config["mask_refiner"]["dilations"] == [1, 3]
+
+
 def test_prompt_maps_draw_the_box_and_the_points_in_the_region():
     from pathseg.models.refine import prompt_maps
 

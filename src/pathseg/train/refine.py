@@ -156,6 +156,11 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     model = get_nucleus_model(cfg.init)
     if not isinstance(model, SamNucleusModel) or not model.is_compact or model.ais is None:
         raise PathsegError(f"--init {cfg.init!r}: the refiner needs a compact SAM-family model with an AIS decoder")
+    if cfg.crop > model.sam.img_size:  # the prompt encoder's positional grid covers one window, no more
+        raise PathsegError(
+            f"--init {cfg.init!r}: its prompt window is {model.sam.img_size} px, smaller than the {cfg.crop} px "
+            "training crops (a compact model trained with --crop >= 256 has one large enough)"
+        )
     own = model.refiner is not None
     if cfg.prompts == "box" and not own:
         raise PathsegError(
