@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import find_objects
 
+from pathseg.errors import PathsegError
 from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
 from pathseg.nuclei.interactive import Prediction, Predictor, paint_objects
 from pathseg.nuclei.simulate import simulate_prompts
@@ -71,6 +72,8 @@ def test_prompts_and_shapes(model):
             p.set_image(bad, mpp=0.5)
     with pytest.raises(ValueError, match="positive pixel size"):
         p.set_image(rgb, mpp=0)
+    with pytest.raises(PathsegError, match="not the magnification"):  # 40 µm/px: resampled 95x a side, refused
+        p.set_image(rgb, mpp=40)
 
 
 def test_embedding_cache_is_reused_only_when_the_signature_matches(model, tmp_path, caplog):
@@ -155,7 +158,6 @@ def test_prompts_run_at_the_models_prompt_pixel_size(tmp_path):
 
 
 def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
-    from pathseg.errors import PathsegError
     from pathseg.nuclei.boxes import matching_nucleus
 
     rgb, gt = synthetic_nuclei((200, 200), n=8, radius=14, seed=5)
@@ -197,7 +199,6 @@ def test_a_box_takes_the_automatic_nucleus_it_matches(model, monkeypatch):
 
 
 def test_box_prompts_segment_only_the_regions_they_fall_in(model, monkeypatch):
-    from pathseg.errors import PathsegError
 
     _, gt = synthetic_nuclei((200, 200), n=12, radius=10, seed=3)
     rgb = np.repeat(gt.astype(np.uint8)[..., None], 3, axis=2)  # red = the nucleus id, so that ...

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import pathseg
 from pathseg.errors import PathsegError
+from pathseg.io.images import check_resampled_size
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.nuclei.boxes import box_iou, box_pixels, mask_box, matching_nucleus
 from pathseg.resize import resize_rgb, scaled_size
@@ -256,6 +257,7 @@ class Predictor:
         mpp = self.model.mpp if mpp is None else mpp
         if not mpp > 0:
             raise ValueError(f"mpp must be a positive pixel size in µm/px, got {mpp}")
+        check_resampled_size(rgb.shape, mpp, self.model.prompt_mpp)  # the pixel cap ($PATHSEG_MAX_PIXELS)
         self.image, self.mpp = rgb, mpp
         self._automatic.clear()
         self._stain = None
