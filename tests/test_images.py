@@ -172,11 +172,11 @@ def test_read_labels(tmp_path):
 def test_resampling_over_the_cap_is_refused_with_the_sizes(monkeypatch):
     check_resampled_size((1000, 1000, 3), 0.25, 0.38)  # shrunk: fine
     check_resampled_size((1000, 2000), 0.5, 0.38, max_pixels=3_500_000)  # 1316x2632 = 3.46 Mpx
-    over = r"2000x1000 px image to 2632x1316 px = 3 Mpx, over the cap of 3 Mpx; raise"
+    over = r"2000x1000 px image to 2632x1316 px = 3.5 Mpx, over the cap of 3.0 Mpx; raise"
     with pytest.raises(InputImageError, match=over):
         check_resampled_size((1000, 2000), 0.5, 0.38, max_pixels=3_000_000, name="a.png")
     monkeypatch.setenv("PATHSEG_MAX_PIXELS", "1e6")  # the default cap follows the environment
-    with pytest.raises(InputImageError, match="over the cap of 1 Mpx"):
+    with pytest.raises(InputImageError, match="over the cap of 1.0 Mpx"):
         check_resampled_size((1000, 1000), 0.5, 0.38)
     # a magnification given as a pixel size: enlarged 105x a side, so the message asks about the unit
     with pytest.raises(InputImageError, match="Is 40 µm/px right.*not the magnification; if it is right, raise"):

@@ -83,7 +83,7 @@ def check_resampled_size(
         return
     reason = (
         f"at {mpp:g} µm/px, a model working at {network_mpp:g} µm/px would resample this {shape[1]}x{shape[0]} px "
-        f"image to {w}x{h} px = {h * w / 1e6:.0f} Mpx, over the cap of {cap / 1e6:.0f} Mpx"
+        f"image to {w}x{h} px = {h * w / 1e6:.1f} Mpx, over the cap of {cap / 1e6:.1f} Mpx"
     )
     if factor > 4:
         reason += (
