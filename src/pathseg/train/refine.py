@@ -159,7 +159,7 @@ def _load_model(cfg: RefinerConfig) -> tuple[SamNucleusModel, bool]:
     if cfg.crop > model.sam.img_size:  # the prompt encoder's positional grid covers one window, no more
         raise PathsegError(
             f"--init {cfg.init!r}: its prompt window is {model.sam.img_size} px, smaller than the {cfg.crop} px "
-            "training crops (a compact model trained with --crop >= 256 has one large enough)"
+            "training crops (models made by `pathseg train nuclei` have a 512 px window)"
         )
     own = model.refiner is not None
     if cfg.prompts == "box" and not own:
