@@ -22,7 +22,8 @@ def track(items: Iterable[T], *, total: int | None = None, desc: str = "", quiet
 
 
 class Bar:
-    """A :data:`ProgressCallback` that drives a tqdm bar (used by the CLI)."""
+    """A :data:`ProgressCallback` that drives a tqdm bar (used by the CLI); ``with Bar(...) as bar:`` closes it on
+    the way out, errors included."""
 
     def __init__(self, desc: str, quiet: bool = False) -> None:
         self._bar: tqdm | None = None
@@ -45,3 +46,9 @@ class Bar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

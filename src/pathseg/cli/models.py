@@ -92,15 +92,13 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
                 failed += 1
             continue
         for f in e.files:
-            bar = Bar(f"{e.name}: {f.filename}", quiet=args.quiet)
             try:
-                path = ensure_file(f, progress=bar)
+                with Bar(f"{e.name}: {f.filename}", quiet=args.quiet) as bar:
+                    path = ensure_file(f, progress=bar)
             except PathsegError as exc:
                 failed += 1
                 print(f"pathseg: error: {exc}", file=sys.stderr)
                 continue
-            finally:
-                bar.close()
             print(f"{e.name}: {path} ({f.known_hash.split(':')[0]} verified)")
     return 1 if failed else 0
 

@@ -151,39 +151,37 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     failures = 0
     assumed = []
     for path in inputs:
-        bar = Bar(f"{path.name}", quiet=args.quiet)
         start = time.perf_counter()
         try:
-            if prompts is not None:
-                result = segment_nuclei_prompted(
-                    path,
-                    prompts,
-                    model,
-                    mpp=args.mpp,
-                    max_pixels=args.max_pixels,
-                    progress=bar,
-                    box_margin=None if args.box_margin < 0 else args.box_margin,
-                    box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
-                    box_fit="model" if args.box_fit is None else args.box_fit == "on",
-                    overlap=args.overlap,
-                )
-            else:
-                result = segment_nuclei(
-                    path,
-                    model,
-                    mpp=args.mpp,
-                    max_pixels=args.max_pixels,
-                    progress=bar,
-                    mode=args.mode,
-                    classes=args.classes,
-                )
-            paths = write_nuclei_outputs(result, args.output, output_stem(path))
+            with Bar(path.name, quiet=args.quiet) as bar:
+                if prompts is not None:
+                    result = segment_nuclei_prompted(
+                        path,
+                        prompts,
+                        model,
+                        mpp=args.mpp,
+                        max_pixels=args.max_pixels,
+                        progress=bar,
+                        box_margin=None if args.box_margin < 0 else args.box_margin,
+                        box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
+                        box_fit="model" if args.box_fit is None else args.box_fit == "on",
+                        overlap=args.overlap,
+                    )
+                else:
+                    result = segment_nuclei(
+                        path,
+                        model,
+                        mpp=args.mpp,
+                        max_pixels=args.max_pixels,
+                        progress=bar,
+                        mode=args.mode,
+                        classes=args.classes,
+                    )
+                paths = write_nuclei_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:
-            bar.close()
             print(f"pathseg: error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        bar.close()
         if result.mpp_source == "model default":
             assumed.append(path.name)
         if not args.quiet:

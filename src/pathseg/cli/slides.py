@@ -126,9 +126,8 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         precision=args.precision,
         clean=not args.no_clean,
     )
-    bar = Bar("chunks", quiet=args.quiet)
-    report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))
-    bar.close()
+    with Bar("chunks", quiet=args.quiet) as bar:
+        report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))
     print(
         f"{args.slide}: {report['chunks_done']} of {report['chunks']} chunks done "
         f"({report['chunks'] - report['chunks_with_tissue']} without tissue, {len(report['chunks_failed'])} failed) "
@@ -147,15 +146,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.slide is not None:
         slide = args.slide
     else:
-        bar = Bar("download", quiet=args.quiet)
-        slide = fetch_demo_slide(progress=bar)
-        bar.close()
+        with Bar("download", quiet=args.quiet) as bar:
+            slide = fetch_demo_slide(progress=bar)
     model = get_nucleus_model(args.model)
     print(f"slide: {slide}\nmodel: {model.name}")
-    bar = Bar("nuclei", quiet=args.quiet)
     start = time.perf_counter()
-    result = segment_nuclei(slide, model, progress=bar)
-    bar.close()
+    with Bar("nuclei", quiet=args.quiet) as bar:
+        result = segment_nuclei(slide, model, progress=bar)
     paths = write_nuclei_outputs(result, args.output, output_stem(slide))
     h, w = result.labels.shape
     print(

@@ -52,18 +52,16 @@ def cmd_tissue(args: argparse.Namespace) -> int:
 
     for path in track(inputs, total=len(inputs), desc="images", quiet=args.quiet or len(inputs) == 1):
         start = time.perf_counter()
-        bar = Bar(path.name, quiet=args.quiet or len(inputs) > 1)  # one image: a bar over its patches
         try:
-            result = segment_tissue(
-                path, model, mpp=args.mpp, max_pixels=args.max_pixels, clean=not args.no_clean, progress=bar
-            )
-            paths = write_tissue_outputs(result, args.output, output_stem(path))
+            with Bar(path.name, quiet=args.quiet or len(inputs) > 1) as bar:  # one image: a bar over its patches
+                result = segment_tissue(
+                    path, model, mpp=args.mpp, max_pixels=args.max_pixels, clean=not args.no_clean, progress=bar
+                )
+                paths = write_tissue_outputs(result, args.output, output_stem(path))
         except PathsegError as exc:
-            bar.close()
             print(f"pathseg: error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        bar.close()
         if not args.quiet:
             shares = ", ".join(
                 f"{n['name']} {100 * float((result.classes == k).mean()):.1f}%" for k, n in enumerate(result.names)

@@ -289,9 +289,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction, common: argparse.Argume
 
 def _train(train, cfg, args: argparse.Namespace) -> int:
     """Run ``train(cfg)`` under a progress bar, then print its best validation scores and where the model is."""
-    bar = Bar("training", quiet=args.quiet)
-    best = train(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
+    with Bar("training", quiet=args.quiet) as bar:
+        best = train(cfg, progress=bar, log=lambda m: log.info("%s", m))
     print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
     return 0
 
@@ -400,8 +399,7 @@ def cmd_pretrain_diffusion(args: argparse.Namespace) -> int:
         lr_unet=args.unet_lr,
         seed=args.seed,
     )
-    bar = Bar("pretraining", quiet=args.quiet)
-    folder = pretrain_diffusion(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    bar.close()
+    with Bar("pretraining", quiet=args.quiet) as bar:
+        folder = pretrain_diffusion(cfg, progress=bar, log=lambda m: log.info("%s", m))
     print(f"backbone: {folder}")
     return 0
