@@ -81,6 +81,32 @@ def test_nuclei_outputs(tmp_path, nuclei_image):
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
+def test_arrays_are_converted_as_files_are_and_non_images_refused(nuclei_image):
+    from PIL import Image
+
+    from pathseg.errors import PathsegError
+
+    rgb, _ = nuclei_image
+    want = segment_nuclei(rgb, "classical", mpp=0.25).labels
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for same in (rgba, rgb.astype(np.float32) / 255, rgb.astype(np.uint16) * 257, Image.fromarray(rgb)):
+        assert np.array_equal(segment_nuclei(same, "classical", mpp=0.25).labels, want)
+    grey = segment_nuclei(rgb[..., 0], "classical", mpp=0.25)
+    assert grey.image.shape == rgb.shape
+    for bad, why in (
+        (rgb.transpose(2, 0, 1), "channels-first"),
+        (rgb[:0], "no pixels"),
+        (rgb.tolist(), "expected an image array"),
+        (rgb[..., None, :], "unsupported image shape"),
+    ):
+        with pytest.raises(PathsegError, match=why):
+            segment_nuclei(bad, "classical", mpp=0.25)
+    assert np.array_equal(segment_nuclei(rgb, "classical", mpp="0.25").labels, want)  # a number as text
+    for mpp in ("x", float("inf"), float("nan"), 0):
+        with pytest.raises(PathsegError, match="positive number of µm per pixel"):
+            segment_nuclei(rgb, "classical", mpp=mpp)
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")

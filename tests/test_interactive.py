@@ -67,9 +67,11 @@ def test_prompts_and_shapes(model):
     assert again.masks.shape == (3, 200, 260)
     with pytest.raises(ValueError, match="at least one"):
         p.predict()
-    for bad in (rgb.astype(np.float32), rgb[..., 0]):  # images pathseg would otherwise fail on deep inside torch
-        with pytest.raises(ValueError, match="expected an RGB uint8 image"):
+    for bad, why in ((rgb.transpose(2, 0, 1), "channels-first"), (rgb.tolist(), "expected an image array")):
+        with pytest.raises(ValueError, match=why):  # not images; they used to fail deep inside torch
             p.set_image(bad, mpp=0.5)
+    p.set_image(rgb[..., 0], mpp=0.5)  # grey: converted as a grey file is, not refused
+    assert p.image.shape == (200, 260, 3) and (p.image[..., 2] == rgb[..., 0]).all()
     with pytest.raises(ValueError, match="positive pixel size"):
         p.set_image(rgb, mpp=0)
     with pytest.raises(PathsegError, match="not the magnification"):  # 40 µm/px: resampled 95x a side, refused

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.errors import PathsegError
+from pathseg.io.convert import as_rgb_array
 from pathseg.io.export import write_csv, write_geojson, write_label_tiff
 from pathseg.io.images import check_resampled_size, read_image
 from pathseg.models.base import NucleusModel
@@ -51,9 +52,13 @@ class NucleiResult:
 def resolve_mpp(user_mpp: float | None, file_mpp: float | None, model_mpp: float) -> tuple[float, str]:
     """Pick the pixel size: the user's, else the file's, else the model's own (µm/px)."""
     if user_mpp is not None:
-        if not user_mpp > 0:
+        try:
+            value = float(user_mpp)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0 < value < float("inf"):
             raise PathsegError(f"--mpp must be a positive number of µm per pixel, got {user_mpp}")
-        return float(user_mpp), "argument"
+        return value, "argument"
     if file_mpp is not None:
         return float(file_mpp), "file"
     return float(model_mpp), "model default"
@@ -69,7 +74,7 @@ def segment_nuclei(
     mode: str = "ais",
     classes: bool = False,
 ) -> NucleiResult:
-    """Segment nuclei in an image file or an RGB uint8 array.
+    """Segment nuclei in an image file or array (RGB uint8; grey, RGBA, 16-bit and float are converted as files are).
 
     ``model``: a name from ``pathseg models list``, a model object, or ``None`` for the best offline model.
     ``mpp``: pixel size in µm/px; overrides the file's. With neither, the model's own resolution is assumed.
@@ -162,15 +167,20 @@ def segment_nuclei_prompted(
 
 
 def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.ndarray, float, str, Path | None]:
-    """``image`` (a path or an RGB uint8 array) as (rgb, pixel size used, where it came from, path or None);
-    refused before the model runs if the model would resample it to over ``max_pixels`` pixels."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise PathsegError(f"expected an RGB uint8 array of shape (H, W, 3), got {image.shape} {image.dtype}")
-        rgb, file_mpp, path = image, None, None
-    else:
+    """``image`` (a path, or an array or Pillow image converted like files: grey, RGBA, 16-bit, float) as (RGB
+    uint8, pixel size used, where it came from, path or None); refused before the model runs if the model would
+    resample it to over ``max_pixels`` pixels."""
+    if isinstance(image, str | os.PathLike):
         loaded = read_image(image, max_pixels=max_pixels)
         rgb, file_mpp, path = loaded.pixels, loaded.mpp, loaded.path
+    else:
+        try:
+            rgb, notes = as_rgb_array(image)
+        except ValueError as exc:
+            raise PathsegError(str(exc)) from None
+        for note in notes:
+            log.info("note: image: %s", note)
+        file_mpp, path = None, None
     used, source = resolve_mpp(mpp, file_mpp, net.mpp)
     if getattr(net, "network_mpp", None) is not None:  # models that resample the image to their own pixel size
         check_resampled_size(rgb.shape, used, net.network_mpp, max_pixels, path or "image")

@@ -41,6 +41,26 @@ def to_rgb_uint8(data) -> tuple[np.ndarray, list[str]]:
     return np.ascontiguousarray(arr), notes
 
 
+def as_rgb_array(image) -> tuple[np.ndarray, list[str]]:
+    """An in-memory image (numpy array (H, W[, C]) or Pillow image) as (H, W, 3) uint8 RGB, converted as image
+    files are (:func:`to_rgb_uint8`), with the notes on what was done.
+
+    Raises ``ValueError`` saying what was given when it is not an image: another type, no pixels, a channels-first
+    array or an unsupported shape or pixel type.
+    """
+    if not isinstance(image, np.ndarray):
+        if hasattr(image, "mode") and hasattr(image, "getbands"):  # a Pillow image
+            return to_rgb_uint8(image)
+        raise ValueError(f"expected an image array (H, W[, C]) or an image file path, got {type(image).__name__}")
+    if image.size == 0:
+        raise ValueError(f"the image array holds no pixels (shape {image.shape})")
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"image array of shape {image.shape} looks channels-first; pass (H, W, C), e.g. image.transpose(1, 2, 0)"
+        )
+    return to_rgb_uint8(image)
+
+
 def _from_pil(im) -> tuple[np.ndarray, list[str]]:
     notes: list[str] = []
     mode = im.mode

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import pathseg
 from pathseg.errors import PathsegError
+from pathseg.io.convert import as_rgb_array
 from pathseg.io.images import check_resampled_size
 from pathseg.models.nucleus_sam import SamNucleusModel
 from pathseg.nuclei.boxes import box_iou, box_pixels, mask_box, matching_nucleus
@@ -250,10 +251,11 @@ class Predictor:
         }
 
     def set_image(self, rgb: np.ndarray, mpp: float | None = None, cache: str | os.PathLike | None = None) -> None:
-        """Embed ``rgb`` (H, W, 3 uint8) at ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
-        if not (isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8):
-            got = f"{rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-            raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {got}")
+        """Embed ``rgb`` (H, W, 3 uint8; grey, RGBA, 16-bit and float arrays are converted as image files are) at
+        ``mpp`` µm/px (default: the model's). ``cache``: a file to reuse."""
+        rgb, notes = as_rgb_array(rgb)  # ValueError for what is no image
+        for note in notes:
+            log.info("note: image: %s", note)
         mpp = self.model.mpp if mpp is None else mpp
         if not mpp > 0:
             raise ValueError(f"mpp must be a positive pixel size in µm/px, got {mpp}")
