@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from pathseg.errors import InputImageError
-from pathseg.io.images import check_resampled_size, image_files, read_image, read_labels
+from pathseg.io.images import check_resampled_size, image_files, read_image, read_instance_labels, read_labels
 
 
 @pytest.fixture
@@ -167,6 +167,18 @@ def test_read_labels(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(InputImageError, match="2-D label image"):
         read_labels(tmp_path / "rgb.png")
+
+
+def test_binary_masks_are_refused_where_instance_masks_belong(tmp_path):
+    binary = np.zeros((30, 30), np.uint8)
+    for y in (2, 12, 22):
+        binary[y : y + 5, 3:8] = 255  # three separate blobs, one value
+    Image.fromarray(binary).save(tmp_path / "binary.png")
+    with pytest.raises(InputImageError, match=r"one label \(255\) covers 3 separate regions.*skimage.measure.label"):
+        read_instance_labels(tmp_path / "binary.png")
+    for ok in (binary // 255 * np.arange(1, 31, dtype=np.uint8)[:, None], np.where(binary[:10] > 0, 1, 0)):
+        Image.fromarray(ok.astype(np.uint8)).save(tmp_path / "ok.png")  # ids per blob; or one nucleus alone
+        assert np.array_equal(read_instance_labels(tmp_path / "ok.png"), ok)
 
 
 def test_resampling_over_the_cap_is_refused_with_the_sizes(monkeypatch):

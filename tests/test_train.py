@@ -1,6 +1,7 @@
 """Training: a short resumable run on synthetic data, and two gloo processes under torchrun staying in sync."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -270,6 +271,21 @@ def test_class_preset_fixes_names_and_outputs(data, tmp_path):
     assert [c["name"] for c in model.class_names][1:3] == ["neoplastic", "inflammatory"]
     with pytest.raises(PathsegError, match="unknown class preset"):
         train_nuclei(small_config(data, tmp_path / "q", task="classes", class_preset="nope"), log=lambda *a: None)
+
+
+def test_unpaired_images_and_masks_are_named_and_binary_masks_refused(data, caplog):
+    from pathseg.errors import InputImageError
+    from pathseg.train.data import find_pairs
+
+    (data / "images" / "0.png").rename(data / "images" / "lonely.png")
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        assert len(find_pairs(data)) == 3
+    assert "1 image(s) without a mask, skipped: lonely" in caplog.text
+    assert "1 mask(s) without an image, skipped: 0" in caplog.text
+    mask = data / "instance_masks" / "1.png"
+    Image.fromarray(((np.asarray(Image.open(mask)) > 0) * 255).astype(np.uint8)).save(mask)  # a binary mask
+    with pytest.raises(InputImageError, match="looks like a binary mask"):
+        load_samples([data], 0.5, 0.5)
 
 
 def test_validation_split_keeps_source_images_together():

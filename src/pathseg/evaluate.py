@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.errors import PathsegError
-from pathseg.io.images import read_labels
+from pathseg.io.images import read_instance_labels, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.progress import track
 
@@ -71,7 +71,7 @@ def evaluate_instance_folders(pred: Path, gt: Path, quiet: bool = False) -> tupl
     rows = []
     pairs = match_folders(pred, gt)
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
-        pl, gl = read_labels(p), read_labels(g)
+        pl, gl = read_instance_labels(p), read_instance_labels(g)
         if pl.shape != gl.shape:
             raise PathsegError(f"{p}: shape {pl.shape} differs from ground truth {g} {gl.shape}")
         rows.append({"image": stem, **instance_scores(gl, pl)})
@@ -116,8 +116,8 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
             raise PathsegError(f"{gt}: no type mask for {stem} (expected type_masks/{stem}.png)")
         if stem not in pred_classes:
             raise PathsegError(f"{pred}: no class map for {stem} (expected {stem}_classes.tif; run with --classes)")
-        p_lab, p_cls = read_labels(p), read_labels(pred_classes[stem])
-        g_lab, g_cls = read_labels(g), read_labels(gt_types[stem])
+        p_lab, p_cls = read_instance_labels(p), read_labels(pred_classes[stem])
+        g_lab, g_cls = read_instance_labels(g), read_labels(gt_types[stem])
         t_xy, t_c = nuclei_with_classes(g_lab, g_cls)
         q_xy, q_c = nuclei_with_classes(p_lab, p_cls)
         pr, ut, up = pair_centroids(t_xy, q_xy, radius)

@@ -288,3 +288,23 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise InputImageError(path, f"expected integer labels, got dtype {arr.dtype}")
     return arr
+
+
+def read_instance_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance label image (one integer id per object, 0 = background), refusing a binary or semantic mask
+    given in its place: one id shared by three or more separate regions."""
+    from scipy import ndimage as ndi
+
+    labels = read_labels(path)
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if len(ids) == 1:
+        _, regions = ndi.label(labels == ids[0])
+        if regions >= 3:
+            raise InputImageError(
+                Path(path),
+                f"one label ({ids[0]}) covers {regions} separate regions: this looks like a binary mask, not an "
+                "instance mask with one id per nucleus. Label it first, e.g. skimage.measure.label(mask > 0) "
+                "(touching nuclei then share an id)",
+            )
+    return labels

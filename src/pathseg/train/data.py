@@ -7,6 +7,7 @@ most for datasets of this size); crops are drawn on the fly.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 
 from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
-from pathseg.io.images import image_files, read_image, read_labels
+from pathseg.io.images import image_files, read_image, read_instance_labels, read_labels
 from pathseg.nuclei.targets import distance_targets
 from pathseg.resize import resize_labels, resize_rgb, scaled_size
+
+log = logging.getLogger("pathseg")
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -34,16 +37,25 @@ class Sample:
     types: np.ndarray | None = None
 
 
-def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(image, mask) paths matched by stem in ``folder/images`` and ``folder/instance_masks``."""
+def find_pairs(folder: str | os.PathLike, warn: bool = True) -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by stem in ``folder/images`` and ``folder/instance_masks``; ``warn``: log the
+    images and masks left without a partner."""
     folder = Path(folder)
     img_dir, mask_dir = folder / "images", folder / "instance_masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/")
     masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES)}
-    pairs = [(p, masks[p.stem]) for p in image_files(img_dir, IMAGE_SUFFIXES) if p.stem in masks]
+    images = image_files(img_dir, IMAGE_SUFFIXES)
+    pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
     if not pairs:
         raise PathsegError(f"{folder}: no image in images/ has a mask of the same name in instance_masks/")
+    for what, alone in (
+        ("image(s) without a mask", sorted({p.stem for p in images} - set(masks))),
+        ("mask(s) without an image", sorted(set(masks) - {p.stem for p in images})),
+    ):
+        if alone and warn:
+            more = " ..." if len(alone) > 5 else ""
+            log.warning("%s: %d %s, skipped: %s%s", folder, len(alone), what, ", ".join(alone[:5]), more)
     return pairs
 
 
@@ -74,11 +86,11 @@ def load_samples(
     layout)."""
     samples = []
     for folder in folders:
-        for img_path, mask_path in find_pairs(folder):
+        for img_path, mask_path in find_pairs(folder, warn=names is None):
             if names is not None and img_path.stem not in names:
                 continue
             image = read_image(img_path).pixels
-            labels = read_labels(mask_path).astype(np.int32)
+            labels = read_instance_labels(mask_path).astype(np.int32)
             if labels.shape != image.shape[:2]:
                 raise PathsegError(f"{mask_path}: shape {labels.shape} differs from its image {image.shape[:2]}")
             types = None
