@@ -235,3 +235,15 @@ def test_no_stain_turns_the_automatic_paths_normalisation_off(tmp_path, monkeypa
         out = tmp_path / f"o{len(flags)}"
         assert main(["nuclei", str(tmp_path / "t.png"), "-o", str(out), "--model", str(folder), "-q", *flags]) == 0
         assert (out / "t_instances.tif").is_file() and bool(calls) == normalised
+
+
+def test_tables_align_numbers_right_and_text_left():
+    from pathseg.table import format_table
+
+    rows = [{"name": "a", "where": "bundled", "n": 5, "x": 0.5}, {"name": "long", "where": "download", "n": 12}]
+    assert format_table(rows, ["name", "where", "n", "x"]).splitlines() == [
+        "name  where      n      x",
+        "----  --------  --  -----",
+        "a     bundled    5  0.500",
+        "long  download  12",
+    ]
