@@ -1,6 +1,7 @@
 """The `pathseg` command end to end on synthetic images (no network, no shared data)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,6 +163,14 @@ def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
     (tmp_path / "other" / "a.png").write_bytes(b"")
     with pytest.raises(PathsegError, match=r"a.tif and .*other/a.png would write their results under one name, 'a'"):
         expand_inputs([tmp_path / "set", tmp_path / "other"])
+    (tmp_path / "nest" / "day1").mkdir(parents=True)
+    (tmp_path / "nest" / "day1" / "c.png").write_bytes(b"")
+    with pytest.raises(PathsegError, match=r"sub-folders hold 1, but are not searched: name them, e.g. .*nest/\*/"):
+        expand_inputs([tmp_path / "nest"])
+    with pytest.raises(PathsegError, match="no file matches this pattern"):  # a glob the shell left unexpanded
+        expand_inputs([tmp_path / "nest" / "*.png"])
+    with pytest.raises(PathsegError, match="reads local files; download it first"):
+        expand_inputs([Path("https://example.org/tile.png")])
 
 
 def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypatch, capsys):

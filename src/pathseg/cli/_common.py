@@ -135,8 +135,16 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             if not found and (path / "images").is_dir():
                 found = image_files(path / "images", IMAGE_SUFFIXES)
             if not found:
-                raise PathsegError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                below = sum(len(image_files(d, IMAGE_SUFFIXES)) for d in path.iterdir() if d.is_dir())
+                hint = (
+                    f"; its sub-folders hold {below}, but are not searched: name them, e.g. {path}/*/" if below else ""
+                )
+                raise PathsegError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}){hint}")
             out.extend(found)
+        elif not path.exists() and str(path).split(":/")[0] in ("http", "https", "ftp", "s3", "gs"):
+            raise PathsegError(f"{path}: pathseg reads local files; download it first (e.g. curl -O URL)")
+        elif not path.exists() and any(c in path.name for c in "*?"):
+            raise PathsegError(f"{path}: no file matches this pattern")
         else:
             out.append(path)
     unique: dict[Path, Path] = {}  # each file at its first mention
