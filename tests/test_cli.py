@@ -256,3 +256,29 @@ def test_tables_align_numbers_right_and_text_left():
         "a     bundled    5  0.500",
         "long  download  12",
     ]
+
+
+def test_numeric_options_out_of_range_are_refused_by_name(capsys):
+    for argv, said in (
+        (["train", "nuclei", "--data", "d", "-o", "o", "--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["train", "nuclei", "--data", "d", "-o", "o", "--val-every", "0"], "--val-every: must be >= 1"),
+        (["train", "nuclei", "--data", "d", "-o", "o", "--val-fraction", "1"], "--val-fraction: must be >= 0 and < 1"),
+        (["train", "nuclei", "--data", "d", "-o", "o", "--lr", "-1"], "--lr: must be > 0"),
+        (["train", "tissue", "--data", "d", "-o", "o", "--backbone", "b", "--label-fraction", "0"], "must be > 0"),
+        (["wsi", "s.svs", "-o", "o", "--chunk", "0"], "--chunk: must be >= 256"),
+        (["wsi", "s.svs", "-o", "o", "--halo", "-1"], "--halo: must be >= 0"),
+        (["nuclei", "t.png", "-o", "o", "--max-pixels", "x"], "--max-pixels: not a whole number: 'x'"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_run_without_validation_says_what_best_is(capsys):
+    import argparse
+
+    from pathseg.cli.train import _train
+
+    args = argparse.Namespace(quiet=True, output="runs/x")
+    assert _train(lambda cfg, progress, log: {"msa": -1.0}, None, args) == 0
+    assert "no validation split: the model after the last step is runs/x/best" in capsys.readouterr().out

@@ -40,6 +40,54 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1, got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
 def add_inputs_and_output(p: argparse.ArgumentParser) -> None:
     """The INPUT... and -o OUTDIR arguments of the image-segmenting commands."""
     p.add_argument(
@@ -56,7 +104,7 @@ def add_max_pixels(p: argparse.ArgumentParser) -> None:
     """The --max-pixels cap of the image-segmenting commands."""
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="refuse images with more pixels than this, as read or as resampled to the model's pixel size "
         "(default 100e6, or $PATHSEG_MAX_PIXELS)",
@@ -94,7 +142,7 @@ def add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
     p.add_argument(
         "--stride",
-        type=int,
+        type=int_at_least(1),
         default=None,
         metavar="PX",
         help=prefix + "step between the model's patches, in pixels at the model's µm/px (1 to the patch size; "

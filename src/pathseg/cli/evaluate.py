@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pathseg.cli._common import positive_float
+
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """``pathseg evaluate`` and its tasks."""
@@ -34,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     e.add_argument(
         "--radius",
-        type=float,
+        type=positive_float,
         default=12.0,
         help="centroid distance (px) within which nuclei pair for --classes (HoVer-Net: 12 at 40x)",
     )

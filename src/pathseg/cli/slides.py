@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pathseg.cli._common import add_tissue_inference, log, output_stem, positive_float
+from pathseg.cli._common import add_tissue_inference, int_at_least, log, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -40,17 +40,19 @@ def add_wsi_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="µm/px of level 0 when the slide's metadata has none (required then)",
     )
     p.add_argument("--roi", default=None, metavar="X,Y,W,H", help="only this region (level-0 pixels)")
-    p.add_argument("--chunk", type=int, default=4096, help="chunk size in working-level pixels (default 4096)")
+    p.add_argument(
+        "--chunk", type=int_at_least(256), default=4096, help="chunk size in working-level pixels (default 4096)"
+    )
     p.add_argument(
         "--halo",
-        type=int,
+        type=int_at_least(0),
         default=64,
         help="context around each chunk in pixels (default 64, more than a nucleus diameter)",
     )
     p.add_argument("--no-tissue-mask", action="store_true", help="process every chunk, tissue or not")
     p.add_argument(
         "--workers",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="run chunks on a local Dask cluster of N processes (default: in this process)",
     )

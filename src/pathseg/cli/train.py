@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from pathseg.cli._common import log, positive_float
+from pathseg.cli._common import fraction, int_at_least, log, non_negative_float, positive_float, share
 from pathseg.progress import Bar
+
+VAL_FRACTION_HELP = "share of the training images held out for validation, whole source images together (default 0.15)"
+VAL_EVERY_HELP = "validate every N steps, keeping the best model (default {})"
+SEED_HELP = "random seed of the validation split, crops and augmentation (default 0)"
 
 #: help of ``--box-jitter`` (train nuclei, train nuclei-refiner)
 BOX_JITTER_HELP = (
@@ -31,20 +35,26 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     t.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     t.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoints, best model, log)")
-    t.add_argument("--mpp", type=positive_float, default=0.25, help="pixel size of the training images (µm/px)")
-    t.add_argument("--model-mpp", type=positive_float, default=0.5, help="pixel size the model works at (µm/px)")
-    t.add_argument("--iterations", type=int, default=20000)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--crop", type=int, default=256, help="training crop size in model pixels")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--val-fraction", type=float, default=0.15)
-    t.add_argument("--val-every", type=int, default=500)
+    t.add_argument(
+        "--mpp", type=positive_float, default=0.25, help="pixel size of the training images (µm/px; default 0.25, 40x)"
+    )
+    t.add_argument(
+        "--model-mpp", type=positive_float, default=0.5, help="pixel size the model works at (µm/px; default 0.5)"
+    )
+    t.add_argument("--iterations", type=int_at_least(1), default=20000, help="optimiser steps (default 20000)")
+    t.add_argument("--batch", type=int_at_least(1), default=8, help="crops per step (default 8)")
+    t.add_argument(
+        "--crop", type=int_at_least(32), default=256, help="training crop size in model pixels (default 256)"
+    )
+    t.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    t.add_argument("--val-fraction", type=fraction, default=0.15, help=VAL_FRACTION_HELP)
+    t.add_argument("--val-every", type=int_at_least(1), default=500, help=VAL_EVERY_HELP.format(500))
     t.add_argument(
         "--init",
         default=None,
         help="fine-tune this model: a zoo name (e.g. pathosam_vit_b), a checkpoint file or a model folder",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int_at_least(0), default=0, help=SEED_HELP)
     t.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp32"],
@@ -60,11 +70,11 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     t.add_argument(
         "--prompt-weight",
-        type=float,
+        type=non_negative_float,
         default=1.0,
         help="weight of the interactive (prompt) loss; 0 trains the automatic path only",
     )
-    t.add_argument("--box-jitter", type=float, default=0.05, help=BOX_JITTER_HELP)
+    t.add_argument("--box-jitter", type=non_negative_float, default=0.05, help=BOX_JITTER_HELP)
     t.add_argument(
         "--freeze-bn",
         action="store_true",
@@ -118,7 +128,7 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     tc.add_argument(
         "--mix-mpp",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="MPP",
         help="the pixel size (µm/px) --mix data is trained and validated at (default: --model-mpp); e.g. the "
@@ -141,17 +151,19 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     tr.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoints, best model, log)")
     tr.add_argument("--init", default="pathseg_nuclei_cpu", help="the compact model to refine (zoo name or folder)")
     tr.add_argument("--mpp", type=positive_float, default=0.25, help="pixel size of the training images (µm/px)")
-    tr.add_argument("--iterations", type=int, default=1500)
-    tr.add_argument("--batch", type=int, default=4, help="crops per iteration")
-    tr.add_argument("--prompts-per-image", type=int, default=8, help="objects prompted per crop")
+    tr.add_argument("--iterations", type=int_at_least(1), default=1500, help="optimiser steps (default 1500)")
+    tr.add_argument("--batch", type=int_at_least(1), default=4, help="crops per step (default 4)")
+    tr.add_argument(
+        "--prompts-per-image", type=int_at_least(1), default=8, help="objects prompted per crop (default 8)"
+    )
     tr.add_argument(
         "--corrections",
-        type=int,
+        type=int_at_least(0),
         default=2,
         help="corrective rounds after each simulated point or box (0: first prompts only, for a refiner shipped "
         "beside a correction refiner: tools/bundle_nuclei_model.py --keep-for-corrections)",
     )
-    tr.add_argument("--box-jitter", type=float, default=0.05, help=BOX_JITTER_HELP)
+    tr.add_argument("--box-jitter", type=non_negative_float, default=0.05, help=BOX_JITTER_HELP)
     tr.add_argument(
         "--prompts",
         choices=["both", "box"],
@@ -162,27 +174,32 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         "the main refiner's AIS-feature projection stays frozen. Each of --init's refiners learns the prompts it "
         "answers: a box alone its box refiner, a corrective round its correction refiner",
     )
-    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     tr.add_argument(
-        "--width", type=int, default=32, help="channels of a new refiner (a model's own refiner keeps its shape)"
+        "--width",
+        type=int_at_least(1),
+        default=32,
+        help="channels of a new refiner (default 32; a model's own refiner keeps its shape)",
     )
     tr.add_argument(
         "--dilations",
-        type=int,
+        type=int_at_least(1),
         nargs="+",
         default=[1, 2, 4, 8],
         help="dilations of a new refiner's 3x3 layers; receptive field 1 + 2 x their sum, in model pixels",
     )
     tr.add_argument(
         "--feature-channels",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="a new refiner's guide also holds this many channels, a learned 1x1 projection of the AIS decoder's "
         "last features (default 0: pixels and AIS maps only)",
     )
-    tr.add_argument("--val-fraction", type=float, default=0.15, help="as for `train nuclei` (same split)")
-    tr.add_argument("--val-every", type=int, default=250)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--val-fraction", type=fraction, default=0.15, help="as for `train nuclei` (same split; default 0.15)"
+    )
+    tr.add_argument("--val-every", type=int_at_least(1), default=250, help=VAL_EVERY_HELP.format(250))
+    tr.add_argument("--seed", type=int_at_least(0), default=0, help=SEED_HELP)
     tr.set_defaults(func=cmd_train_refiner)
     tt = tsub.add_parser(
         "tissue",
@@ -200,10 +217,16 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="run the backbone on fresh random crops every iteration instead of caching the features of the "
         "training patches once (slower; no memory for the cache)",
     )
-    tt.add_argument("--views", type=int, default=2, help="dihedral views per image in the cache (1-8, default 2)")
+    tt.add_argument(
+        "--views",
+        type=int,
+        choices=range(1, 9),
+        default=2,
+        help="dihedral views per image in the cache (1-8, default 2)",
+    )
     tt.add_argument(
         "--stain",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="stain augmentation: haematoxylin / eosin densities scaled by up to ±STAIN (cached: every view but "
         "the first gets one draw; default 0: none; 0.05 is mild)",
@@ -216,32 +239,41 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="diffusion backbone folder; random:FOLDER = the same architecture with random weights (a control)",
     )
     tt.add_argument("--classes", default="glas", help="class map: glas, bcss5 or a JSON file (default glas)")
-    tt.add_argument("--timesteps", type=int, nargs="+", default=[50], help="diffusion timestep(s) t (default 50)")
-    tt.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="UNet up blocks to take (default 1 2)")
+    tt.add_argument(
+        "--timesteps", type=int_at_least(0), nargs="+", default=[50], help="diffusion timestep(s) t (default 50)"
+    )
+    tt.add_argument(
+        "--blocks", type=int_at_least(0), nargs="+", default=[1, 2], help="UNet up blocks to take (default 1 2)"
+    )
     tt.add_argument("--mpp", type=positive_float, default=None, help="pixel size of the images (µm/px)")
-    tt.add_argument("--crop", type=int, default=256, help="training crop in pixels (default 256)")
+    tt.add_argument("--crop", type=int_at_least(32), default=256, help="training crop in pixels (default 256)")
     tt.add_argument(
         "--head-dilations",
-        type=int,
+        type=int_at_least(1),
         nargs="+",
         default=[1, 1],
         help="dilation of each 3x3 block of the head (default 1 1; 1 2 4 8 gives it 31x31 feature pixels of context)",
     )
     tt.add_argument(
         "--refine",
-        type=int,
+        type=int_at_least(0),
         default=0,
         metavar="WIDTH",
         help="add a pixel refiner of this width to the head: it sharpens the upsampled logits with the image's own "
         "pixels (the features lie on a grid of 4 pixels; default 0: none; 16 is a small one)",
     )
-    tt.add_argument("--batch", type=int, default=4)
-    tt.add_argument("--iterations", type=int, default=2000)
-    tt.add_argument("--lr", type=float, default=1e-3)
-    tt.add_argument("--val-fraction", type=float, default=0.15)
-    tt.add_argument("--val-every", type=int, default=200)
-    tt.add_argument("--label-fraction", type=float, default=1.0, help="share of training images to use (e.g. 0.1)")
-    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--batch", type=int_at_least(1), default=4, help="crops per step (default 4)")
+    tt.add_argument("--iterations", type=int_at_least(1), default=2000, help="optimiser steps (default 2000)")
+    tt.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    tt.add_argument("--val-fraction", type=fraction, default=0.15, help=VAL_FRACTION_HELP)
+    tt.add_argument("--val-every", type=int_at_least(1), default=200, help=VAL_EVERY_HELP.format(200))
+    tt.add_argument(
+        "--label-fraction",
+        type=share,
+        default=1.0,
+        help="share of the training images (after the validation split) to train on (e.g. 0.1; default 1)",
+    )
+    tt.add_argument("--seed", type=int_at_least(0), default=0, help=SEED_HELP)
     tt.add_argument("--name", default="pathseg_tissue", help="name stored in the model's config")
     tt.set_defaults(func=cmd_train_tissue)
 
@@ -268,11 +300,15 @@ def add_pretrain_parser(sub: argparse._SubParsersAction, common: argparse.Argume
         help="working pixel size (µm/px, default 1.0: glands and tissue regions need context more than nuclear detail)",
     )
     pd.add_argument("--default-mpp", type=positive_float, default=0.25, help="for files without a pixel size")
-    pd.add_argument("--patch", type=int, default=128, help="UNet-stage training patch in pixels (default 128)")
-    pd.add_argument("--vq-patch", type=int, default=64, help="autoencoder-stage training patch in pixels (default 64)")
-    pd.add_argument("--batch", type=int, default=16)
-    pd.add_argument("--vq-iterations", type=int, default=800)
-    pd.add_argument("--unet-iterations", type=int, default=3000)
+    pd.add_argument(
+        "--patch", type=int_at_least(32), default=128, help="UNet-stage training patch in pixels (default 128)"
+    )
+    pd.add_argument(
+        "--vq-patch", type=int_at_least(32), default=64, help="autoencoder-stage training patch in pixels (default 64)"
+    )
+    pd.add_argument("--batch", type=int_at_least(1), default=16, help="patches per step (default 16)")
+    pd.add_argument("--vq-iterations", type=int_at_least(1), default=800, help="autoencoder-stage steps (default 800)")
+    pd.add_argument("--unet-iterations", type=int_at_least(1), default=3000, help="UNet-stage steps (default 3000)")
     pd.add_argument("--encoder-from", default="pathseg_nuclei_cpu", help="nucleus model whose encoder conditions")
     pd.add_argument(
         "--init",
@@ -283,7 +319,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction, common: argparse.Argume
         "--encoder-from is then ignored",
     )
     pd.add_argument("--unet-lr", type=positive_float, default=5e-4, help="UNet-stage learning rate (default 5e-4)")
-    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--seed", type=int_at_least(0), default=0, help=SEED_HELP)
     pd.set_defaults(func=cmd_pretrain_diffusion)
 
 
@@ -291,7 +327,10 @@ def _train(train, cfg, args: argparse.Namespace) -> int:
     """Run ``train(cfg)`` under a progress bar, then print its best validation scores and where the model is."""
     with Bar("training", quiet=args.quiet) as bar:
         best = train(cfg, progress=bar, log=lambda m: log.info("%s", m))
-    print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
+    if "iteration" in best:
+        print(f"best validation scores: {json.dumps(best)}\nmodel: {args.output}/best")
+    else:  # nothing was validated: --val-fraction 0
+        print(f"no validation split: the model after the last step is {args.output}/best")
     return 0
 
 
