@@ -97,6 +97,19 @@ def test_embedding_cache_is_reused_only_when_the_signature_matches(model, tmp_pa
     with caplog.at_level(logging.WARNING, logger="pathseg"):
         p3.set_image(other, mpp=0.5, cache=cache)
     assert "halo" in caplog.text
+    data = cache.read_bytes()
+    for junk in (data[: len(data) // 2], b"not a cache at all"):  # truncated or foreign: recomputed, rewritten
+        cache.write_bytes(junk)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pathseg"):
+            p3.set_image(other, mpp=0.5, cache=cache)
+        assert "is unreadable" in caplog.text and cache.read_bytes() != junk
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pathseg"):  # a cache that cannot be written: segmentation goes on
+        p3.set_image(other, mpp=0.5, cache=blocker / "emb.safetensors")
+    assert "cannot write the embedding cache" in caplog.text and p3.predict(points=[[50, 50]]).masks.shape[0] == 3
 
 
 def test_compact_prompts_are_decoded_on_the_window_size_they_were_trained_on():

@@ -297,23 +297,31 @@ class Predictor:
 
         tensors = {f"tile_{i}": e.contiguous() for i, e in enumerate(self.embeddings)}
         tensors.update({f"guide_{i}": g.contiguous() for i, g in enumerate(self.guides) if g is not None})
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=sig)
+        try:
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=sig)
+        except OSError as exc:  # the embeddings are computed: go on without the cache
+            log.warning("cannot write the embedding cache %s (%s); continuing without it", path, exc)
 
     def _load(self, path: Path, sig: dict[str, str]) -> bool:
         if not path.is_file():
             return False
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta != sig:
-                changed = sorted(k for k in sig if meta.get(k) != sig[k])
-                log.warning("embedding cache %s does not match (%s differ); recomputing", path, ", ".join(changed))
-                return False
-            keys = set(f.keys())
-            self.embeddings = [f.get_tensor(f"tile_{i}") for i in range(len(self.tiles))]
-            self.guides = [f.get_tensor(f"guide_{i}") if f"guide_{i}" in keys else None for i in range(len(self.tiles))]
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                if meta != sig:
+                    changed = sorted(k for k in sig if meta.get(k) != sig[k])
+                    log.warning("embedding cache %s does not match (%s differ); recomputing", path, ", ".join(changed))
+                    return False
+                keys = set(f.keys())
+                embeddings = [f.get_tensor(f"tile_{i}") for i in range(len(self.tiles))]
+                guides = [f.get_tensor(f"guide_{i}") if f"guide_{i}" in keys else None for i in range(len(self.tiles))]
+        except Exception as exc:  # truncated, corrupt or not a cache at all (safetensors raises its own types)
+            log.warning("embedding cache %s is unreadable (%s); recomputing", path, exc)
+            return False
+        self.embeddings, self.guides = embeddings, guides
         return True
 
     # -- prompts -------------------------------------------------------------------------------------------
