@@ -349,3 +349,19 @@ def test_a_sam_models_automatic_settings_are_part_of_the_resume_check():
     model.config["ais_shift"] = [0.4, 0.45]
     assert _model_parameters(model)["ais_shift"] == [0.4, 0.45]
     assert _model_parameters(ClassicalModel()) == ClassicalModel().params.as_dict()
+
+
+def test_a_resume_with_other_settings_names_only_what_differs(tmp_path):
+    from pathseg.errors import PathsegError
+    from pathseg.wsi.chunks import check_resume, record_settings
+
+    there = {"task": "tissue", "chunk": 512, "model_parameters": {"tta": 4, "stride": 128}, "weights": "a" * 64}
+    record_settings(tmp_path, there)
+    check_resume(tmp_path, there)  # the same run: resumes
+    with pytest.raises(PathsegError) as err:
+        check_resume(tmp_path, {**there, "task": "nuclei", "model_parameters": {"min_size": 20}, "weights": "b" * 64})
+    assert 'other settings (task: "tissue" there, "nuclei" now)' in str(err.value)  # the rest follows from it
+    with pytest.raises(PathsegError) as err:
+        check_resume(tmp_path, {**there, "model_parameters": {"tta": 2, "stride": 128}, "weights": "b" * 64})
+    said = str(err.value)
+    assert 'model_parameters.tta: 4 there, 2 now; weights: "aaaaaaaaaaaa..." there, "bbbbbbbbbbbb..." now' in said

@@ -184,11 +184,36 @@ def check_resume(out: Path, settings: dict) -> None:
     before = json.loads(path.read_text())
     diff = [k for k in settings if k in before and before[k] != settings[k]]  # older runs lack newer keys
     if diff:
-        said = "; ".join(f"{k}: {json.dumps(before.get(k))} there, {json.dumps(settings[k])} now" for k in diff)
+        if "task" in diff:  # everything else follows from the task
+            diff = ["task"]
+        said = "; ".join(
+            f"{key}: {_shown(was)} there, {_shown(now)} now"
+            for k in diff
+            for key, was, now in _differences(k, before[k], settings[k])
+        )
         raise PathsegError(
             f"{out} holds chunks of a run with other settings ({said}). Re-run with that run's settings to resume "
             f"it, or write to a new output folder (or delete {out / 'parts'} to start over)."
         )
+
+
+def _differences(key: str, was, now):
+    """(dotted key, value there, value now) for each differing leaf of two settings values."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        for k in [*now, *(k for k in was if k not in now)]:
+            if was.get(k) != now.get(k):
+                yield from _differences(f"{key}.{k}", was.get(k), now.get(k))
+    else:
+        yield key, was, now
+
+
+def _shown(value) -> str:
+    """A settings value as JSON, a weights digest cut to 12 hex digits."""
+    import json
+
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return json.dumps(value[:12] + "...")
+    return json.dumps(value)
 
 
 def record_settings(out: Path, settings: dict) -> None:
