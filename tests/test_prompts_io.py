@@ -63,6 +63,23 @@ def test_geojson_polygons_become_boxes(tmp_path):
     assert prompts[0].box.tolist() == [5, 6, 20, 30] and prompts[1].points.tolist() == [[50, 60]]
 
 
+def test_qupath_points_tool_multipoints_give_one_nucleus_per_point(tmp_path, caplog):
+    import logging
+
+    features = [  # a QuPath export: a bare list of features, points as one MultiPoint annotation, a line
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[10, 12], [40, 44.5], [70, 71]]}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [9, 9]]}},
+    ]
+    f = tmp_path / "points.geojson"
+    f.write_text(json.dumps(features))
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        prompts = read_prompts(f)
+    assert [p.points.tolist() for p in prompts] == [[[10, 12]], [[40, 44.5]], [[70, 71]]]
+    assert all(p.labels.tolist() == [1] and p.box is None for p in prompts)
+    assert prompts[2].name == "points.geojson feature 0 point 2"
+    assert "1 LineString left out" in caplog.text
+
+
 def test_geojson_errors_name_the_feature(tmp_path):
     f = tmp_path / "b.geojson"
     for geometry, problem in (

@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=None,
         metavar="FILE",
         help="segment one nucleus per prompt instead of all automatically: points.csv (x,y[,label][,object]) or "
-        "boxes.geojson (polygons -> boxes, points -> points), in image pixels; needs a SAM-family model and one "
-        "input image",
+        "boxes.geojson (polygons -> boxes, points and multipoints -> one nucleus per point), in image pixels; "
+        "needs a SAM-family model and one input image",
     )
     p.add_argument(
         "--box-margin",

@@ -3,13 +3,14 @@
 CSV: columns ``x, y`` in image pixels, optional ``label`` (1 positive, 0 negative; default 1) and ``object``
 (rows with the same object id prompt one object together; default: one object per row).
 GeoJSON: a FeatureCollection (e.g. QuPath annotations); every Polygon/MultiPolygon becomes a box prompt (its
-bounding box), every Point a positive point prompt.
+bounding box), every Point a positive point prompt, and every point of a MultiPoint (QuPath's points tool) one too.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.errors import PathsegError
+
+log = logging.getLogger("pathseg")
 
 
 @dataclass
@@ -82,16 +85,24 @@ def _read_geojson(path: Path) -> list[Prompt]:
     features = data.get("features", [data] if data.get("type") == "Feature" else []) if isinstance(data, dict) else data
     if not isinstance(features, list):
         raise PathsegError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of features")
-    prompts = []
+    prompts, skipped = [], {}
     for i, feat in enumerate(features):
         geom = (feat if isinstance(feat, dict) else {}).get("geometry") or {}
         kind, coords, name = geom.get("type"), geom.get("coordinates"), f"{path.name} feature {i}"
-        if kind not in ("Point", "Polygon", "MultiPolygon"):
+        if kind not in ("Point", "MultiPoint", "Polygon", "MultiPolygon"):
+            skipped[str(kind)] = skipped.get(str(kind), 0) + 1
             continue
         try:
             if kind == "Point":
                 point = np.array(coords[:2], float).reshape(1, 2)
                 prompts.append(Prompt(points=point, labels=np.array([1]), name=name))
+                continue
+            if kind == "MultiPoint":  # QuPath's points tool: one annotation, one nucleus per point
+                points = np.array([c[:2] for c in coords], float).reshape(-1, 2)
+                prompts += [
+                    Prompt(points=pt[None], labels=np.array([1]), name=f"{name} point {k}")
+                    for k, pt in enumerate(points)
+                ]
                 continue
             rings = coords if kind == "Polygon" else [r for poly in coords for r in poly]
             flat = np.array([p[:2] for ring in rings for p in ring], dtype=np.float64).reshape(-1, 2)
@@ -100,6 +111,12 @@ def _read_geojson(path: Path) -> list[Prompt]:
         if not len(flat):
             raise PathsegError(f"{name}: {kind} has no coordinates")
         prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=name))
+    if skipped:
+        log.warning(
+            "%s: %s left out (prompts are Points, MultiPoints, Polygons and MultiPolygons)",
+            path.name,
+            ", ".join(f"{n} {kind}" for kind, n in skipped.items()),
+        )
     if not prompts:
         raise PathsegError(f"{path}: no Point or Polygon features to use as prompts")
     return prompts
