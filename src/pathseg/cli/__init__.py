@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pathseg {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes (errors still print)")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or notes (warnings and errors still print)"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
