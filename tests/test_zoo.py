@@ -225,3 +225,22 @@ def test_bundled_models_stay_within_their_size_limits(name, limit):
     folder = Path(pathseg.__file__).parent / "weights" / name
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     assert 0 < size <= limit, f"{name}: {size} bytes, over {limit}"
+
+
+def test_a_model_of_another_task_is_named_as_such_not_a_key_error(tmp_path):
+    import json
+
+    nuclei, tissue, broken = tmp_path / "n", tmp_path / "t", tmp_path / "b"
+    for folder, config in ((nuclei, {"task": "nuclei", "encoder": {}}), (tissue, {"backbone": {}, "head": {}})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PathsegError, match=r"segments tissue, not nuclei; `pathseg models list`"):
+        zoo.get_nucleus_model(tissue)  # no "task" key: told by its parts
+    with pytest.raises(PathsegError, match="segments nuclei, not tissue"):
+        zoo.get_tissue_model(nuclei)
+    with pytest.raises(PathsegError, match=r"part that other models build on \(encoder\), not a nuclei model"):
+        zoo.get_nucleus_model("hipt_vit256_small")
+    broken.mkdir()
+    (broken / "config.json").write_text("{oops")
+    with pytest.raises(PathsegError, match="config.json: not valid JSON"):
+        zoo.get_nucleus_model(broken)

@@ -84,7 +84,22 @@ def read_config(folder: str | os.PathLike, what: str = "model") -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise PathsegError(f"{folder}: no {CONFIG_NAME} (not a pathseg {what} folder)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PathsegError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise PathsegError(f"{path}: expected a JSON object of settings")
+    return config
+
+
+def folder_task(folder: str | os.PathLike) -> str | None:
+    """What a model folder does (``nuclei``, ``tissue``, ``diffusion_backbone``, ...): its config's ``task``, else
+    inferred from its parts; None when neither says."""
+    config = read_config(folder)
+    if "task" in config:
+        return str(config["task"])
+    return "nuclei" if "encoder" in config else "tissue" if "backbone" in config else None
 
 
 def update_config(folder: str | os.PathLike, entries: dict, what: str = "model") -> Path:

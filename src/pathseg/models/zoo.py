@@ -15,6 +15,7 @@ from pathlib import Path
 from pathseg.download import DownloadError, cache_dir, download, verify
 from pathseg.errors import PathsegError
 from pathseg.models.base import NucleusModel
+from pathseg.models.folder import folder_task
 from pathseg.progress import ProgressCallback
 
 
@@ -377,15 +378,26 @@ def get_nucleus_model(name: str | os.PathLike | None = None, progress: ProgressC
         return _from_path(path)
     entry = get_entry(str(name))
     if entry.task != "nuclei":
-        raise PathsegError(f"model {name!r} segments {entry.task}, not nuclei")
+        raise PathsegError(_wrong_task(str(name), entry.task, "nuclei"))
     paths = [ensure_file(f, progress=progress) for f in entry.files]
     return entry.build(paths)  # type: ignore[return-value]
+
+
+def _wrong_task(name: str, task: str, wanted: str) -> str:
+    if task in ("nuclei", "tissue"):
+        said = f"model {name!r} segments {task}, not {wanted}"
+    else:  # an encoder or a diffusion backbone: a part that other models build on
+        said = f"model {name!r} is a part that other models build on ({task}), not a {wanted} model"
+    return f"{said}; `pathseg models list` shows each model's task"
 
 
 def _from_path(path: Path) -> NucleusModel:
     from pathseg.models.nucleus_sam import SamNucleusModel, from_checkpoint
 
     if path.is_dir():
+        task = folder_task(path)
+        if task not in (None, "nuclei"):
+            raise PathsegError(_wrong_task(str(path), task, "nuclei"))
         return SamNucleusModel.from_pretrained(path)
     if not path.exists():
         raise PathsegError(f"{path}: model file not found")
@@ -410,10 +422,13 @@ def get_tissue_model(name: str | os.PathLike | None = None, progress: ProgressCa
     if str(name) not in _REGISTRY and (path.exists() or os.sep in str(name)):
         if not path.is_dir():
             raise PathsegError(f"{path}: a tissue model is a folder holding config.json and model.safetensors")
+        task = folder_task(path)
+        if task not in (None, "tissue"):
+            raise PathsegError(_wrong_task(str(path), task, "tissue"))
         return TissueModel.from_pretrained(path)
     entry = get_entry(str(name))
     if entry.task != "tissue":
-        raise PathsegError(f"model {name!r} segments {entry.task}, not tissue")
+        raise PathsegError(_wrong_task(str(name), entry.task, "tissue"))
     paths = [ensure_file(f, progress=progress) for f in entry.files]
     return entry.build(paths)
 
