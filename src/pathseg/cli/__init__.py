@@ -1,7 +1,7 @@
 """The ``pathseg`` command. It parses arguments, calls :mod:`pathseg.api` and prints; the logic lives elsewhere.
 
-One module per command family: :mod:`.nuclei`, :mod:`.tissue`, :mod:`.evaluate`, :mod:`.models`, :mod:`.slides`
-(``wsi``, ``demo``) and :mod:`.train` (``train``, ``pretrain``); shared helpers in :mod:`._common`.
+One module per command family: :mod:`.nuclei`, :mod:`.tissue`, :mod:`.evaluate`, :mod:`.masks`, :mod:`.models`,
+:mod:`.slides` (``wsi``, ``demo``) and :mod:`.train` (``train``, ``pretrain``); shared helpers in :mod:`._common`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pathseg import __version__
-from pathseg.cli import evaluate, models, nuclei, slides, tissue, train
+from pathseg.cli import evaluate, masks, models, nuclei, slides, tissue, train
 from pathseg.cli._common import check_output_folder, expand_inputs, log, output_stem
 from pathseg.errors import PathsegError
 
@@ -23,6 +23,7 @@ EPILOG = """examples:
   pathseg nuclei tiles/*.png -o out/            label TIFF + QuPath GeoJSON + CSV per image
   pathseg nuclei slide.svs -o out/ --mpp 0.5    pixel size when the file carries none
   pathseg evaluate nuclei --pred out/ --gt masks/ --json scores.json
+  pathseg masks tiles/ --geojson qupath/ -o data/   training masks from QuPath outlines
   pathseg tissue glas/*.png -o out/ --model run/best   class map + QuPath annotations + areas
   pathseg models list
 """
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     nuclei.add_parser(sub, common)
     tissue.add_parser(sub, common)
     evaluate.add_parser(sub, common)
+    masks.add_parser(sub, common)
     models.add_parser(sub, common)
     slides.add_wsi_parser(sub, common)
     train.add_train_parser(sub, common)

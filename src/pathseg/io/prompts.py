@@ -9,7 +9,6 @@ bounding box), every Point a positive point prompt, and every point of a MultiPo
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -78,39 +77,32 @@ def _read_csv(path: Path) -> list[Prompt]:
 
 
 def _read_geojson(path: Path) -> list[Prompt]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PathsegError(f"{path}: not valid JSON ({exc})") from None
-    features = data.get("features", [data] if data.get("type") == "Feature" else []) if isinstance(data, dict) else data
-    if not isinstance(features, list):
-        raise PathsegError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of features")
+    from pathseg.io.annotations import POLYGONAL, load_features, polygons
+
     prompts, skipped = [], {}
-    for i, feat in enumerate(features):
+    for i, feat in enumerate(load_features(path)):
         geom = (feat if isinstance(feat, dict) else {}).get("geometry") or {}
         kind, coords, name = geom.get("type"), geom.get("coordinates"), f"{path.name} feature {i}"
-        if kind not in ("Point", "MultiPoint", "Polygon", "MultiPolygon"):
+        if kind in POLYGONAL:
+            flat = np.concatenate([ring for part in polygons(geom, name) for ring in part])
+            prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=name))
+            continue
+        if kind not in ("Point", "MultiPoint"):
             skipped[str(kind)] = skipped.get(str(kind), 0) + 1
             continue
         try:
             if kind == "Point":
-                point = np.array(coords[:2], float).reshape(1, 2)
-                prompts.append(Prompt(points=point, labels=np.array([1]), name=name))
-                continue
-            if kind == "MultiPoint":  # QuPath's points tool: one annotation, one nucleus per point
+                prompts.append(
+                    Prompt(points=np.array(coords[:2], float).reshape(1, 2), labels=np.array([1]), name=name)
+                )
+            else:  # QuPath's points tool: one annotation, one nucleus per point
                 points = np.array([c[:2] for c in coords], float).reshape(-1, 2)
                 prompts += [
                     Prompt(points=pt[None], labels=np.array([1]), name=f"{name} point {k}")
                     for k, pt in enumerate(points)
                 ]
-                continue
-            rings = coords if kind == "Polygon" else [r for poly in coords for r in poly]
-            flat = np.array([p[:2] for ring in rings for p in ring], dtype=np.float64).reshape(-1, 2)
         except (TypeError, ValueError, IndexError):
             raise PathsegError(f"{name}: {kind} coordinates are not numbers as GeoJSON has them") from None
-        if not len(flat):
-            raise PathsegError(f"{name}: {kind} has no coordinates")
-        prompts.append(Prompt(box=np.array([*flat.min(0), *flat.max(0)]), name=name))
     if skipped:
         log.warning(
             "%s: %s left out (prompts are Points, MultiPoints, Polygons and MultiPolygons)",

@@ -1,0 +1,118 @@
+"""``pathseg masks``: a training / evaluation folder from images and their GeoJSON outlines (e.g. from QuPath)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from pathseg.cli._common import add_max_pixels, expand_inputs, log, output_stem
+from pathseg.errors import PathsegError
+from pathseg.progress import track
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``pathseg masks``."""
+    p = sub.add_parser(
+        "masks",
+        parents=[common],
+        help="make instance masks from GeoJSON outlines (QuPath), for training and evaluation",
+        description="Turn each image's GeoJSON outlines (a QuPath export, or pathseg's own <stem>.geojson after "
+        "correcting it in QuPath) into a dataset folder: OUT/images/ (copies), OUT/instance_masks/<stem>.tif "
+        "(uint32, one id per Polygon / MultiPolygon feature, holes left out) and, when the outlines carry QuPath "
+        "classes, OUT/type_masks/<stem>.tif with OUT/classes.csv. `pathseg train nuclei --data OUT` and "
+        "`pathseg evaluate nuclei --gt OUT` read it. Coordinates are image pixels; a pixel belongs to an outline "
+        "when its centre lies inside.",
+        epilog="example: pathseg nuclei tiles/ -o out/; (correct out/*.geojson in QuPath, export them); "
+        "pathseg masks tiles/ --geojson out/ -o data/; pathseg train nuclei --data data/ -o runs/mine "
+        "--init pathseg_nuclei_cpu --decoder-only --model-mpp 0.35",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="image files or folders of images, each with <stem>.geojson (beside it, or in --geojson)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="dataset folder to write")
+    p.add_argument(
+        "--geojson",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder holding <stem>.geojson for each image (default: each image's own folder)",
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="class names in id order (1, 2, ...); features of other classes are refused, features without one get "
+        "0 (default: every class the files carry, sorted by name; none: no type masks)",
+    )
+    p.add_argument(
+        "--overlap",
+        choices=["smaller", "first"],
+        default="smaller",
+        help="who keeps a pixel two outlines claim: smaller = the smaller object (default), first = the earlier "
+        "feature in the file",
+    )
+    add_max_pixels(p)
+    p.set_defaults(func=cmd_masks)
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from pathseg.io.annotations import classes_in, rasterise
+    from pathseg.io.atomic import atomic_open, atomic_path
+    from pathseg.io.export import write_label_tiff
+    from pathseg.io.images import read_image
+
+    images = expand_inputs(args.inputs)
+    sources = {image: _geojson_for(image, args.geojson) for image in images}
+    missing = [image.name for image, source in sources.items() if source is None]
+    if missing:
+        where = args.geojson or "beside the images"
+        raise PathsegError(
+            f"{len(missing)} image(s) have no <stem>.geojson ({where}): {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    names = args.classes if args.classes is not None else classes_in(list(sources.values()))
+    if len(names) > 255 or len(set(names)) != len(names):
+        raise PathsegError("--classes: up to 255 distinct names")
+    class_ids = {name: k for k, name in enumerate(names, start=1)} if names else None
+    out = args.output
+    total = 0
+    for image in track(images, total=len(images), desc="masks", quiet=args.quiet):
+        loaded = read_image(image, max_pixels=args.max_pixels)
+        made = rasterise(sources[image], loaded.pixels.shape[:2], args.overlap, class_ids)
+        stem = Path(image.name).stem  # what training pairs images and masks by
+        with atomic_path(out / "images" / image.name) as tmp:
+            shutil.copyfile(image, tmp)
+        write_label_tiff(out / "instance_masks" / f"{stem}.tif", made.labels, mpp=loaded.mpp)
+        if made.types is not None:
+            write_label_tiff(out / "type_masks" / f"{stem}.tif", made.types, mpp=loaded.mpp)
+        count = len(set(made.labels[made.labels > 0].tolist()))
+        total += count
+        left = [f"{n} {kind}" for kind, n in made.skipped.items()]
+        if made.outside:
+            left.append(f"{made.outside} outline(s) outside the image")
+        log.info("%s: %d objects%s", image.name, count, f" ({', '.join(left)} left out)" if left else "")
+    if class_ids:
+        with atomic_open(out / "classes.csv", "w") as f:
+            f.write("id,name\n0,background\n" + "".join(f"{k},{name}\n" for name, k in class_ids.items()))
+    print(
+        f"{total} objects in {len(images)} image(s) -> {out}/instance_masks"
+        + (f", {out}/type_masks ({', '.join(f'{k} {name}' for name, k in class_ids.items())})" if class_ids else "")
+        + f"\nuse it with: pathseg train nuclei --data {out} ...   or   pathseg evaluate nuclei --gt {out} ..."
+    )
+    return 0
+
+
+def _geojson_for(image: Path, folder: Path | None) -> Path | None:
+    """``<stem>.geojson`` (or ``.json``) of ``image`` in ``folder`` or beside it; None when there is none."""
+    where = folder if folder is not None else image.parent
+    for stem in dict.fromkeys((output_stem(image), Path(image.name).stem)):
+        for suffix in (".geojson", ".json"):
+            if (where / f"{stem}{suffix}").is_file():
+                return where / f"{stem}{suffix}"
+    return None
