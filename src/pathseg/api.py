@@ -266,3 +266,32 @@ def write_tissue_outputs(result: TissueResult, outdir: str | os.PathLike, stem: 
             class_areas(np.bincount(result.classes.ravel(), minlength=len(result.names)), result.names, result.mpp),
         ),
     }
+
+
+def write_masks(
+    image: str | os.PathLike,
+    geojson: str | os.PathLike,
+    outdir: str | os.PathLike,
+    class_ids: dict[str, int] | None = None,
+    overlap: str = "smaller",
+    max_pixels: int | None = None,
+):
+    """One dataset entry from an image and its GeoJSON outlines (see :mod:`pathseg.io.annotations`): a copy of the
+    image in ``outdir/images``, ``outdir/instance_masks/<stem>.tif`` and, with ``class_ids`` (name -> id),
+    ``outdir/type_masks/<stem>.tif``, all written atomically. Returns the :class:`~pathseg.io.annotations.Rasterised`
+    labels."""
+    import shutil
+
+    from pathseg.io.annotations import rasterise
+    from pathseg.io.atomic import atomic_path
+
+    image, outdir = Path(image), Path(outdir)
+    loaded = read_image(image, max_pixels=max_pixels)
+    made = rasterise(geojson, loaded.pixels.shape[:2], overlap, class_ids)
+    stem = Path(image.name).stem  # what training pairs images and masks by
+    with atomic_path(outdir / "images" / image.name) as tmp:
+        shutil.copyfile(image, tmp)
+    write_label_tiff(outdir / "instance_masks" / f"{stem}.tif", made.labels, mpp=loaded.mpp)
+    if made.types is not None:
+        write_label_tiff(outdir / "type_masks" / f"{stem}.tif", made.types, mpp=loaded.mpp)
+    return made

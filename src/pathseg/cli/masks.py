@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from pathseg.cli._common import add_max_pixels, expand_inputs, log, output_stem
@@ -62,10 +61,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from pathseg.io.annotations import classes_in, rasterise
-    from pathseg.io.atomic import atomic_open, atomic_path
-    from pathseg.io.export import write_label_tiff
-    from pathseg.io.images import read_image
+    from pathseg.api import write_masks
+    from pathseg.io.annotations import classes_in
+    from pathseg.io.atomic import atomic_open
 
     images = expand_inputs(args.inputs)
     sources = {image: _geojson_for(image, args.geojson) for image in images}
@@ -83,14 +81,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
     out = args.output
     total = 0
     for image in track(images, total=len(images), desc="masks", quiet=args.quiet):
-        loaded = read_image(image, max_pixels=args.max_pixels)
-        made = rasterise(sources[image], loaded.pixels.shape[:2], args.overlap, class_ids)
-        stem = Path(image.name).stem  # what training pairs images and masks by
-        with atomic_path(out / "images" / image.name) as tmp:
-            shutil.copyfile(image, tmp)
-        write_label_tiff(out / "instance_masks" / f"{stem}.tif", made.labels, mpp=loaded.mpp)
-        if made.types is not None:
-            write_label_tiff(out / "type_masks" / f"{stem}.tif", made.types, mpp=loaded.mpp)
+        made = write_masks(image, sources[image], out, class_ids, args.overlap, args.max_pixels)
         count = len(set(made.labels[made.labels > 0].tolist()))
         total += count
         left = [f"{n} {kind}" for kind, n in made.skipped.items()]
