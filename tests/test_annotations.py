@@ -89,3 +89,15 @@ def test_cli_masks_make_a_dataset_that_training_and_evaluation_read(tmp_path, ca
     (data / "images" / "t0.png").unlink()
     assert main(["evaluate", "nuclei", "--pred", str(tmp_path / "pred"), "--gt", str(data), "-q"]) == 0
     assert "1.000" in capsys.readouterr().out
+
+
+def test_cli_masks_warn_of_a_region_drawn_among_the_nuclei(tmp_path, caplog):
+    import logging
+
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "t.png")
+    cells = [feature("Polygon", [square(5 * k, 0, 5 * k + 4, 4)]) for k in range(6)]
+    region = feature("Polygon", [square(0, 10, 100, 100)])
+    (tmp_path / "t.geojson").write_text(json.dumps([region, *cells]))
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        assert main(["masks", str(tmp_path / "t.png"), "-o", str(tmp_path / "d"), "-q"]) == 0
+    assert "one object covers 9000 px, 562 times the median object; a region annotation" in caplog.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from pathseg.cli._common import add_max_pixels, expand_inputs, log, output_stem
 from pathseg.errors import PathsegError
 from pathseg.progress import track
@@ -82,8 +84,18 @@ def cmd_masks(args: argparse.Namespace) -> int:
     total = 0
     for image in track(images, total=len(images), desc="masks", quiet=args.quiet):
         made = write_masks(image, sources[image], out, class_ids, args.overlap, args.max_pixels)
-        count = len(set(made.labels[made.labels > 0].tolist()))
+        areas = np.bincount(made.labels.ravel())[1:]
+        areas = areas[areas > 0]
+        count = len(areas)
         total += count
+        if count >= 5 and areas.max() > 50 * np.median(areas):  # e.g. the region the nuclei were drawn in
+            log.warning(
+                "%s: one object covers %d px, %d times the median object; a region annotation among the nuclei? "
+                "Leave it out of the export (e.g. export detections only) if it is not an object",
+                image.name,
+                areas.max(),
+                areas.max() // np.median(areas),
+            )
         left = [f"{n} {kind}" for kind, n in made.skipped.items()]
         if made.outside:
             left.append(f"{made.outside} outline(s) outside the image")
