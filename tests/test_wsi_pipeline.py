@@ -365,3 +365,15 @@ def test_a_resume_with_other_settings_names_only_what_differs(tmp_path):
         check_resume(tmp_path, {**there, "model_parameters": {"tta": 2, "stride": 128}, "weights": "b" * 64})
     said = str(err.value)
     assert 'model_parameters.tta: 4 there, 2 now; weights: "aaaaaaaaaaaa..." there, "bbbbbbbbbbbb..." now' in said
+
+
+def test_a_plain_image_is_no_slide_and_a_refused_run_leaves_no_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from pathseg.cli import main
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "tile.png")
+    out = tmp_path / "run"
+    assert main(["wsi", str(tmp_path / "tile.png"), "-o", str(out), "--mpp", "0.5", "-q"]) == 2
+    assert "a PNG/JPEG image is no slide: segment it with `pathseg nuclei`" in capsys.readouterr().err
+    assert not out.exists()  # no empty parts/ left behind

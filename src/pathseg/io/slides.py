@@ -14,7 +14,7 @@ import numpy as np
 
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.convert import to_rgb_uint8
-from pathseg.io.images import OPENSLIDE_SUFFIXES, _check_file
+from pathseg.io.images import OPENSLIDE_SUFFIXES, PIL_SUFFIXES, _check_file
 from pathseg.io.metadata import mpp_from_tiff
 
 
@@ -175,6 +175,12 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
     """Open a whole-slide image lazily. ``mpp`` (µm/px of level 0) overrides the file's metadata."""
     path = Path(path)
     _check_file(path)
+    if path.suffix.lower() in PIL_SUFFIXES:
+        raise InputImageError(
+            path,
+            "a PNG/JPEG image is no slide: segment it with `pathseg nuclei` (up to the pixel cap), or convert it to a "
+            "tiled pyramidal TIFF first (e.g. vips tiffsave IN OUT.tif --tile --pyramid)",
+        )
     if path.suffix.lower() in OPENSLIDE_SUFFIXES:
         slide: Slide = _OpenSlide(path)
     else:

@@ -410,7 +410,6 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
 
     start = time.perf_counter()
     out = Path(run.out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
@@ -418,6 +417,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
+        (out / "parts").mkdir(parents=True, exist_ok=True)  # once the slide is open and planned
         record_settings(out, settings)
         chunks, keep = plan.chunks, plan.keep
         if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)

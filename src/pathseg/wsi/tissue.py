@@ -211,7 +211,6 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         raise PathsegError("--classes is for nuclei; tissue runs always write class maps")
     start = time.perf_counter()
     out = Path(run.out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
     model = model.with_settings(run.tta, run.tta_space, run.stride, run.precision)  # the caller's is left alone
     # "auto" is decided once, here, on the machine that plans the run: every chunk (on any Dask worker) computes
@@ -236,6 +235,7 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
                 f"a slide level nearer {model.mpp:g} µm/px avoids it"
             )
             clean = None
+        (out / "parts").mkdir(parents=True, exist_ok=True)  # once the slide is open and planned
         record_settings(out, settings)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
