@@ -480,3 +480,14 @@ def test_pixel_refiner_starts_as_the_identity_and_trains_on_the_cached_images(gl
     cfg.refine, cfg.out = -1, str(tmp_path / "bad")
     with pytest.raises(PathsegError, match="pixel refiner's width"):
         train_tissue(cfg, log=lambda *a: None)
+
+
+def test_a_tissue_models_backbone_serves_as_a_backbone_by_its_folder(tmp_path):
+    from pathseg.models.zoo import get_backbone
+
+    model = _tiny_tissue_model()
+    model.save_pretrained(tmp_path / "tissue")
+    bb = get_backbone(tmp_path / "tissue")  # e.g. `pathseg train tissue --backbone pathseg_tissue` for new classes
+    assert isinstance(bb, DiffusionBackbone)
+    theirs = model.backbone.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in bb.state_dict().items())

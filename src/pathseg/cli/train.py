@@ -236,7 +236,9 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     tt.add_argument(
         "--backbone",
         required=True,
-        help="diffusion backbone folder; random:FOLDER = the same architecture with random weights (a control)",
+        help="diffusion backbone: a folder (pathseg pretrain diffusion's OUT/backbone), a zoo name, or a tissue "
+        "model whose backbone to take (pathseg_tissue: the bundled one); random:FOLDER = the same architecture "
+        "with random weights (a control)",
     )
     tt.add_argument("--classes", default="glas", help="class map: glas, bcss5 or a JSON file (default glas)")
     tt.add_argument(

@@ -299,14 +299,19 @@ register(
 
 
 def get_backbone(name: str | os.PathLike):
-    """The diffusion backbone ``name``: a zoo name (e.g. ``ldm_brca20x`` once converted) or a backbone folder."""
+    """The diffusion backbone ``name``: a zoo name (e.g. ``ldm_brca20x`` once converted), a backbone folder, or a
+    tissue model (name or folder), whose backbone is taken (``pathseg_tissue``: pathseg's own)."""
     from pathseg.models.diffusion.backbone import DiffusionBackbone
 
     if str(name) in _REGISTRY:
         entry = _REGISTRY[str(name)]
+        if entry.task == "tissue":  # a tissue model's own backbone (e.g. the bundled one's)
+            return get_tissue_model(str(name)).backbone
         if entry.task != "diffusion_backbone":
             raise PathsegError(f"model {name!r} is a {entry.task} model, not a diffusion backbone")
         return entry.build([ensure_file(f) for f in entry.files])
+    if Path(name).is_dir() and folder_task(name) == "tissue":
+        return get_tissue_model(name).backbone
     return DiffusionBackbone.from_pretrained(name)
 
 
