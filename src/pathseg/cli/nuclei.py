@@ -186,7 +186,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
             assumed.append(path.name)
         if not args.quiet:
             print(
-                f"{path}: {result.count} nuclei at {result.mpp:g} µm/px ({result.mpp_source}) "
+                f"{path}: {_nuclei(result.count)} at {result.mpp:g} µm/px ({result.mpp_source}) "
                 f"in {time.perf_counter() - start:.1f} s -> {paths['instances'].name}, {paths['geojson'].name}, "
                 f"{paths['table'].name}"
             )
@@ -203,3 +203,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         print(f"pathseg: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _nuclei(count: int) -> str:
+    return f"{count} nucleus" if count == 1 else f"{count} nuclei"
