@@ -97,6 +97,12 @@ def test_an_output_folder_that_cannot_be_made_stops_the_run_first(tmp_path, caps
         assert says in capsys.readouterr().err
     assert main(["train", "nuclei", "--data", str(tmp_path), "-o", str(tmp_path / "t.png")]) == 2  # every -o
     assert "is a file, not a folder" in capsys.readouterr().err
+    for json_out, says in (
+        (tmp_path, "is a folder; give a file name"),
+        (tmp_path / "t.png" / "s.json", "t.png is a file"),
+    ):
+        assert main(["evaluate", "nuclei", "--pred", "p", "--gt", "g", "--json", str(json_out)]) == 2  # before scoring
+        assert says in capsys.readouterr().err
 
 
 def test_evaluate_tissue_leaves_nucleus_labels_in_the_same_folder_alone(tmp_path, capsys):

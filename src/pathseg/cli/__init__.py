@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pathseg import __version__
 from pathseg.cli import evaluate, masks, models, nuclei, slides, tissue, train
-from pathseg.cli._common import check_output_folder, expand_inputs, log, output_stem
+from pathseg.cli._common import check_output_file, check_output_folder, expand_inputs, log, output_stem
 from pathseg.errors import PathsegError
 
 __all__ = ["build_parser", "expand_inputs", "main", "output_stem"]
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "output", None) is not None:  # every -o is a folder
             check_output_folder(Path(args.output))
+        if getattr(args, "json", None) is not None:  # every --json is a file
+            check_output_file(Path(args.json), "--json")
         return int(args.func(args) or 0)
     except PathsegError as exc:
         print(f"pathseg: error: {exc}", file=sys.stderr)

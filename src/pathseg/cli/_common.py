@@ -169,6 +169,18 @@ def check_output_folder(folder: Path) -> None:
         raise PathsegError(f"-o {folder}: {existing} is not writable")
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that is a folder or whose folder cannot be made or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise PathsegError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'scores.json'}")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise PathsegError(f"{option} {path}: cannot be written: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathsegError(f"{option} {path}: {existing} is not writable")
+
+
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files they hold (sorted). A dataset folder without image files
     of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's;
