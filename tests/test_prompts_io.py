@@ -216,3 +216,27 @@ def test_cli_box_prompts_take_the_automatic_nucleus_unless_told_not_to(tmp_path,
     assert main([*base, "-o", str(tmp_path / "fit"), "--box-fit", "on"]) == 0  # the nucleus fits the box exactly
     assert np.array_equal(tifffile.imread(tmp_path / "fit" / "t_instances.tif") == 1, gt == 1)
     assert main([*base, "-o", str(tmp_path / "bad"), "--box-from-ais", "1.5"]) == 1
+
+
+def test_cli_prompts_take_classes_and_refuse_what_does_not_apply(tmp_path, capsys):
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    cfg["semantic_decoder"] = {**cfg["ais_decoder"], "out_channels": 3}
+    cfg["semantic_classes"] = [{"name": n, "color": [0, 0, 0]} for n in ("background", "tumour", "immune")]
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    rgb, gt = synthetic_nuclei((160, 200), n=6, radius=12, seed=1)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    ys, xs = np.nonzero(gt == 1)
+    (tmp_path / "p.csv").write_text(f"x,y\n{xs.mean():.1f},{ys.mean():.1f}\n")
+    one = [str(tmp_path / "t.png"), "--model", str(tmp_path / "model"), "-q"]
+    prompted = [*one, "--prompts", str(tmp_path / "p.csv")]
+    assert main(["nuclei", *prompted, "-o", str(tmp_path / "c"), "--classes"]) == 0  # classes were dropped silently
+    labels = tifffile.imread(tmp_path / "c" / "t_instances.tif")
+    classes = tifffile.imread(tmp_path / "c" / "t_classes.tif")
+    assert labels.max() == 1 and len(np.unique(classes[labels == 1])) == 1 and classes[labels == 1][0] in (1, 2)
+    for argv, says in (
+        ([*prompted, "--mode", "apg"], "--mode apg is an automatic mode; with --prompts each prompt gives one"),
+        ([*one, "--box-margin", "3", "--overlap", "first"], "--box-margin, --overlap go with --prompts"),
+    ):
+        assert main(["nuclei", *argv, "-o", str(tmp_path / "x")]) == 2
+        assert says in capsys.readouterr().err

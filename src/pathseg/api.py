@@ -131,6 +131,7 @@ def segment_nuclei_prompted(
     box_from_ais: float | str | None = "model",
     box_fit: bool | str = "model",
     overlap: str = "smaller",
+    classes: bool = False,
 ) -> NucleiResult:
     """One nucleus per prompt (:class:`pathseg.io.prompts.Prompt`), with a SAM-family model.
 
@@ -140,7 +141,8 @@ def segment_nuclei_prompted(
     (``None``: unbounded, as SAM). A box alone takes the automatic segmentation's nucleus whose bounding box
     overlaps it with IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask
     decoder's mask); with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3,
-    that nucleus) whose bounding box best fits the box.
+    that nucleus) whose bounding box best fits the box. ``classes``: also one class per nucleus, as
+    :func:`segment_nuclei` gives them.
     """
     from pathseg.nuclei.interactive import Predictor, check_overlap, paint_objects, prompt_error
 
@@ -163,7 +165,10 @@ def segment_nuclei_prompted(
             progress(i, len(prompts), "prompts")
     labels = paint_objects(objects, rgb.shape[:2], overlap)
     table = measure_nuclei(labels, rgb, used_mpp)
-    return NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+    result = NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
+    if classes:
+        result.classes = classify_nuclei(net, result)
+    return result
 
 
 def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.ndarray, float, str, Path | None]:

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--box-margin",
         type=float,
-        default=0.0,
+        default=None,
         metavar="PX",
         help="with --prompts: a box bounds its nucleus; mask pixels more than PX image pixels outside the box are "
         "dropped (default 0; negative: unbounded masks, as SAM gives them)",
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--overlap",
         choices=["smaller", "first"],
-        default="smaller",
+        default=None,
         help="with --prompts: who keeps a pixel that several nuclei's masks claim: smaller = the smallest of them "
         "(default; as PathoSAM composes prompt masks), first = the earliest prompt in the file",
     )
@@ -141,12 +141,20 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         raise PathsegError(f"--mode {args.mode} needs a SAM-family model; {model.name!r} only does automatic (ais)")
     if args.no_stain and getattr(model, "ais_stain", None) is not None:
         model.config["ais_stain"] = None
+    prompt_only = {"--box-margin": args.box_margin, "--box-from-ais": args.box_from_ais, "--box-fit": args.box_fit}
+    prompt_only["--overlap"] = args.overlap
+    given = [flag for flag, value in prompt_only.items() if value is not None]
+    if args.prompts is None and given:
+        verb = "goes" if len(given) == 1 else "go"
+        raise PathsegError(f"{', '.join(given)} {verb} with --prompts; automatic segmentation has no prompts to bound")
     prompts = None
     if args.prompts is not None:
         from pathseg.io.prompts import read_prompts
 
         if len(inputs) != 1:
             raise PathsegError("--prompts goes with exactly one input image (prompt coordinates are per image)")
+        if args.mode != "ais":
+            raise PathsegError(f"--mode {args.mode} is an automatic mode; with --prompts each prompt gives one nucleus")
         prompts = read_prompts(args.prompts)
     failures = 0
     assumed = []
@@ -162,10 +170,11 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                         mpp=args.mpp,
                         max_pixels=args.max_pixels,
                         progress=bar,
-                        box_margin=None if args.box_margin < 0 else args.box_margin,
+                        box_margin=0.0 if args.box_margin is None else None if args.box_margin < 0 else args.box_margin,
                         box_from_ais="model" if args.box_from_ais is None else args.box_from_ais or None,
                         box_fit="model" if args.box_fit is None else args.box_fit == "on",
-                        overlap=args.overlap,
+                        overlap=args.overlap or "smaller",
+                        classes=args.classes,
                     )
                 else:
                     result = segment_nuclei(
