@@ -130,6 +130,8 @@ def test_nuclei_cli_with_classes(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert {"class_id", "class_name", "p_tumour", "p_immune"} <= set(rows[0])
     assert all(abs(float(r["p_tumour"]) + float(r["p_immune"]) - 1) < 1e-5 for r in rows)
+    columns = result.columns()  # what Python users get: the CSV's columns, classes included
+    assert list(columns) == list(rows[0]) and [str(v) for v in columns["class_name"]] == [r["class_name"] for r in rows]
     # and the CLI flag runs end to end (a model without a class decoder says so)
     assert (
         main(

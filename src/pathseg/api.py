@@ -48,6 +48,19 @@ class NucleiResult:
     def count(self) -> int:
         return int(len(self.table["id"]))
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table as ``<stem>_nuclei.csv`` holds it (``pandas.DataFrame(result.columns())``): the measurements
+        and, with ``classes``, ``class_id``, ``class_name`` and one ``p_<class>`` probability per class."""
+        table = dict(self.table)
+        if self.classes is not None:
+            c = self.classes
+            table["class_id"] = c["class"]
+            table["class_name"] = np.array([c["names"][k] for k in c["class"]], dtype=object)
+            for k, name in enumerate(c["names"]):
+                if k > 0:  # background has no probability of its own after the vote
+                    table[f"p_{name}"] = c["probabilities"][:, k]
+        return table
+
 
 def resolve_mpp(user_mpp: float | None, file_mpp: float | None, model_mpp: float) -> tuple[float, str]:
     """Pick the pixel size: the user's, else the file's, else the model's own (µm/px)."""
@@ -196,18 +209,13 @@ def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: 
     """Write ``<stem>_instances.tif``, ``<stem>.geojson`` and ``<stem>_nuclei.csv`` into ``outdir`` (atomically)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    table, classification = dict(result.table), None
+    classification = None
     paths = {"instances": write_label_tiff(outdir / f"{stem}_instances.tif", result.labels, mpp=result.mpp)}
     if result.classes is not None:
         c = result.classes
         lut = np.zeros(int(result.labels.max()) + 1, dtype=np.uint8)
         lut[result.table["id"]] = c["class"]
         paths["classes"] = write_label_tiff(outdir / f"{stem}_classes.tif", lut[result.labels], mpp=result.mpp)
-        table["class_id"] = c["class"]
-        table["class_name"] = np.array([c["names"][k] for k in c["class"]], dtype=object)
-        for k, name in enumerate(c["names"]):
-            if k > 0:  # background has no probability of its own after the vote
-                table[f"p_{name}"] = c["probabilities"][:, k]
         classification = {
             int(i): {"name": c["names"][k], "color": c["colors"][k]}
             for i, k in zip(result.table["id"], c["class"], strict=True)
@@ -216,7 +224,7 @@ def write_nuclei_outputs(result: NucleiResult, outdir: str | os.PathLike, stem: 
         outdir / f"{stem}.geojson",
         geojson_features(result.labels, result.table, namespace=stem, classification=classification),
     )
-    paths["table"] = write_csv(outdir / f"{stem}_nuclei.csv", table)
+    paths["table"] = write_csv(outdir / f"{stem}_nuclei.csv", result.columns())
     return paths
 
 
