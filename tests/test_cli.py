@@ -288,3 +288,18 @@ def test_a_run_without_validation_says_what_best_is(capsys):
     args = argparse.Namespace(quiet=True, output="runs/x")
     assert _train(lambda cfg, progress, log: {"msa": -1.0}, None, args) == 0
     assert "no validation split: the model after the last step is runs/x/best" in capsys.readouterr().out
+
+
+def test_skip_existing_resumes_a_folder_run(tmp_path, capsys):
+    for i in range(2):
+        Image.fromarray(synthetic_nuclei(seed=i)[0]).save(tmp_path / f"t{i}.png")
+    run = ["nuclei", str(tmp_path / "t0.png"), str(tmp_path / "t1.png"), "-o", str(tmp_path / "out"), "--model"]
+    assert main([*run, "classical", "--mpp", "0.25", "-q"]) == 0
+    kept = (tmp_path / "out" / "t0_instances.tif").stat().st_mtime_ns
+    (tmp_path / "out" / "t1.geojson").unlink()  # t1 interrupted: one of its outputs missing
+    capsys.readouterr()
+    assert main([*run, "classical", "--mpp", "0.25", "--skip-existing"]) == 0
+    said = capsys.readouterr()
+    assert "--skip-existing: 1 of 2 input(s) have their outputs" in said.err and "t0.png" not in said.out
+    assert (tmp_path / "out" / "t1.geojson").is_file()
+    assert (tmp_path / "out" / "t0_instances.tif").stat().st_mtime_ns == kept

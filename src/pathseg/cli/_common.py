@@ -100,6 +100,21 @@ def add_inputs_and_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for the results")
 
 
+def add_skip_existing(p: argparse.ArgumentParser) -> None:
+    """The --skip-existing flag of the image-segmenting commands (resuming a folder run)."""
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out inputs whose outputs are all in OUTDIR already, e.g. to resume an interrupted run over a "
+        "folder with the same settings (outputs appear whole or not at all, so a present file is complete)",
+    )
+
+
+def outputs_exist(outdir: Path, stem: str, suffixes: list[str]) -> bool:
+    """Whether ``outdir/<stem><suffix>`` exists for every suffix (e.g. ``_instances.tif``, ``.geojson``)."""
+    return all((Path(outdir) / f"{stem}{suffix}").is_file() for suffix in suffixes)
+
+
 def add_max_pixels(p: argparse.ArgumentParser) -> None:
     """The --max-pixels cap of the image-segmenting commands."""
     p.add_argument(

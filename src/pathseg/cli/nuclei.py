@@ -7,7 +7,16 @@ import sys
 import time
 from pathlib import Path
 
-from pathseg.cli._common import add_inputs_and_output, add_max_pixels, expand_inputs, log, output_stem, positive_float
+from pathseg.cli._common import (
+    add_inputs_and_output,
+    add_max_pixels,
+    add_skip_existing,
+    expand_inputs,
+    log,
+    output_stem,
+    outputs_exist,
+    positive_float,
+)
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -114,6 +123,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
         "<stem>_classes.tif and adds classification to the GeoJSON and class columns to the CSV",
     )
+    add_skip_existing(p)
     p.set_defaults(func=cmd_nuclei)
 
 
@@ -127,6 +137,14 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.models.zoo import get_nucleus_model
 
     inputs = expand_inputs(args.inputs)
+    if args.skip_existing:
+        suffixes = ["_instances.tif", ".geojson", "_nuclei.csv"] + (["_classes.tif"] if args.classes else [])
+        done = [p for p in inputs if outputs_exist(args.output, output_stem(p), suffixes)]
+        if done:
+            log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), args.output)
+        inputs = [p for p in inputs if p not in done]
+        if not inputs:
+            return 0
     model = get_nucleus_model(args.model)
     if args.ais_views is not None:
         _needs_ais_decoder(model, "--ais-views")

@@ -9,9 +9,12 @@ import time
 from pathseg.cli._common import (
     add_inputs_and_output,
     add_max_pixels,
+    add_skip_existing,
     add_tissue_inference,
     expand_inputs,
+    log,
     output_stem,
+    outputs_exist,
     positive_float,
 )
 from pathseg.errors import PathsegError
@@ -38,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     add_max_pixels(p)
     add_tissue_inference(p)
+    add_skip_existing(p)
     p.set_defaults(func=cmd_tissue)
 
 
@@ -46,6 +50,15 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     from pathseg.models.zoo import get_tissue_model
 
     inputs = expand_inputs(args.inputs)
+    if args.skip_existing:
+        done = [
+            p for p in inputs if outputs_exist(args.output, output_stem(p), ["_classes.tif", ".geojson", "_areas.csv"])
+        ]
+        if done:
+            log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), args.output)
+        inputs = [p for p in inputs if p not in done]
+        if not inputs:
+            return 0
     model = get_tissue_model(args.model).with_settings(args.tta, args.tta_space, args.stride, args.precision)
     failures = 0
     from pathseg.progress import track
