@@ -134,14 +134,14 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
     )
     out = tmp_path / "out"
     assert main(["tissue", str(glands / "images"), "-o", str(out), "--model", str(run / "best"), "-q"]) == 0
-    classes = tifffile.imread(out / "g0_classes.tif")
+    classes = tifffile.imread(out / "g0_tissue.tif")
     assert classes.dtype == np.uint8 and classes.shape == (80, 100)
-    fc = json.loads((out / "g0.geojson").read_text())
+    fc = json.loads((out / "g0_tissue.geojson").read_text())
     # every gland region is a QuPath annotation with its classification, and the areas add up to the class map's
     areas = sum(f["properties"]["measurements"]["area_px"] for f in fc["features"])
     assert areas == (classes == 1).sum()
     assert all(f["properties"]["classification"]["name"] == "gland" for f in fc["features"])
-    table = (out / "g0_areas.csv").read_text().splitlines()
+    table = (out / "g0_tissue_areas.csv").read_text().splitlines()
     assert table[0].startswith("class_id,class,pixels") and len(table) == 3
     # a model's cleaning (config "clean", µm²) applies to `pathseg tissue` unless --no-clean
     from pathseg.tissue.model import TissueModel
@@ -155,25 +155,27 @@ def test_tissue_cli_writes_outputs_and_evaluates(glands, backbone, tmp_path, cap
         again = tmp_path / f"out{len(flags)}"
         args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(again), "--model", str(run / "best"), "-q"]
         assert main(args + flags) == 0
-        assert np.array_equal(tifffile.imread(again / "g0_classes.tif"), expected)
+        assert np.array_equal(tifffile.imread(again / "g0_tissue.tif"), expected)
     # --tta overrides the model's test-time views
     model = TissueModel.from_pretrained(run / "best")
     model.tta = 8
     rgb = np.array(Image.open(glands / "images" / "g0.png"))
     args = ["tissue", str(glands / "images" / "g0.png"), "-o", str(tmp_path / "tta"), "--model", str(run / "best")]
     assert main([*args, "--tta", "8", "--no-clean", "-q"]) == 0
-    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_tissue.tif"), model.segment(rgb, clean=False))
     model.tta_space = "latent"  # --tta-space: the views of the latent
     assert main([*args, "--tta", "8", "--tta-space", "latent", "--no-clean", "-q"]) == 0
-    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_tissue.tif"), model.segment(rgb, clean=False))
     model.tta_space = "image"
     # --stride overrides the model's patch stride; a stride the model cannot take is refused with a message
     model.tta, model.step = 1, model.patch // 4
     assert main([*args, "--stride", str(model.patch // 4), "--no-clean", "-q"]) == 0
-    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_classes.tif"), model.segment(rgb, clean=False))
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "g0_tissue.tif"), model.segment(rgb, clean=False))
     assert main([*args, "--stride", str(model.patch + 1), "-q"]) != 0
     assert "stride must be" in capsys.readouterr().err
     capsys.readouterr()
+    # `pathseg nuclei --classes` into the same folder: its <stem>_classes.tif is no tissue map and is left alone
+    tifffile.imwrite(out / "g0_classes.tif", np.full((80, 100), 7, np.uint8))
     assert (
         main(["evaluate", "tissue", "--pred", str(out), "--gt", str(glands), "--json", str(tmp_path / "s.json")]) == 0
     )

@@ -263,19 +263,20 @@ def segment_tissue(
 
 
 def write_tissue_outputs(result: TissueResult, outdir: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """Write ``<stem>_classes.tif`` (uint8 class ids), ``<stem>.geojson`` (class regions as QuPath annotations)
-    and ``<stem>_areas.csv`` (area per class) into ``outdir`` (atomically)."""
+    """Write ``<stem>_tissue.tif`` (uint8 class ids), ``<stem>_tissue.geojson`` (class regions as QuPath
+    annotations) and ``<stem>_tissue_areas.csv`` (area per class) into ``outdir`` (atomically); named apart from
+    the nucleus outputs, so both can share a folder."""
     from pathseg.tissue.export import class_areas, class_region_features
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     return {
-        "classes": write_label_tiff(outdir / f"{stem}_classes.tif", result.classes, mpp=result.mpp),
+        "classes": write_label_tiff(outdir / f"{stem}_tissue.tif", result.classes, mpp=result.mpp),
         "geojson": write_geojson(
-            outdir / f"{stem}.geojson", class_region_features(result.classes, result.names, result.mpp, stem)
+            outdir / f"{stem}_tissue.geojson", class_region_features(result.classes, result.names, result.mpp, stem)
         ),
         "areas": write_csv(
-            outdir / f"{stem}_areas.csv",
+            outdir / f"{stem}_tissue_areas.csv",
             class_areas(np.bincount(result.classes.ravel(), minlength=len(result.names)), result.names, result.mpp),
         ),
     }

@@ -13,7 +13,7 @@ from pathseg.progress import track
 
 LABEL_SUFFIXES = {".png", ".tif", ".tiff"}
 #: Suffixes pathseg adds to output stems; stripped when matching a prediction to its ground truth.
-OUTPUT_TAGS = ("_instances", "_labels", "_classes")
+OUTPUT_TAGS = ("_instances", "_labels", "_classes", "_tissue")
 
 
 def _stem(path: Path) -> str:
@@ -28,8 +28,9 @@ def _stem(path: Path) -> str:
     return stem
 
 
-def _label_files(folder: Path, subfolder: str, skip: str | None = None) -> dict[str, Path]:
-    """Label images of ``folder`` (or its ``subfolder``) by stem, leaving out those whose stem ends in ``skip``."""
+def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Label images of ``folder`` (or its ``subfolder``) by stem, leaving out those whose stem ends in a ``skip``
+    suffix."""
     if not folder.is_dir():
         raise PathsegError(f"{folder}: not a folder")
     if (folder / subfolder).is_dir():
@@ -37,18 +38,18 @@ def _label_files(folder: Path, subfolder: str, skip: str | None = None) -> dict[
     files = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."):
-            if skip and p.stem.endswith(skip):
+            if any(p.stem.endswith(tag) for tag in skip):
                 continue
             files.setdefault(_stem(p), p)
     return files
 
 
 def match_folders(
-    pred: Path, gt: Path, subfolder: str = "instance_masks", skip: str = "_classes"
+    pred: Path, gt: Path, subfolder: str = "instance_masks", skip: tuple[str, ...] = ("_classes", "_tissue")
 ) -> list[tuple[str, Path, Path]]:
-    """Pairs (stem, prediction, ground truth) matched by stem. Predictions whose stem ends in ``skip`` are another
-    task's output in the same folder (default ``_classes``: class maps beside nucleus instances). Errors if nothing
-    matches or a prediction is missing."""
+    """Pairs (stem, prediction, ground truth) matched by stem. Predictions whose stem ends in a ``skip`` suffix are
+    other outputs in the same folder (default: nucleus class maps and tissue maps beside nucleus instances). Errors
+    if nothing matches or a prediction is missing."""
     preds = _label_files(pred, subfolder, skip)
     gts = _label_files(gt, subfolder)
     common = sorted(set(preds) & set(gts))
@@ -148,7 +149,7 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
 
 def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: bool = False) -> dict:
     """Pooled pixel accuracy, per-class Dice / IoU and their means over matched images (predictions: class-id
-    images such as ``<stem>_classes.tif``; ground truth: code masks mapped by the class map ``classes``). With two
+    images such as ``<stem>_tissue.tif``; ground truth: code masks mapped by the class map ``classes``). With two
     classes, also GlaS object F1 / Dice / Hausdorff (px) of the foreground's connected components, per image and
     averaged (approximate when touching objects merge in a binary mask)."""
     from scipy import ndimage as ndi
@@ -160,7 +161,10 @@ def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: 
     cmap = load_class_map(classes)
     k = cmap.n_classes
     subfolder = next((d for d in ("masks", "class_masks", "binary_masks") if (Path(gt) / d).is_dir()), "masks")
-    pairs = match_folders(pred, gt, subfolder, skip="_instances")  # nucleus labels are no class maps
+    # tissue maps are <stem>_tissue.tif; older runs wrote <stem>_classes.tif, the name nucleus class maps also take
+    tissue_maps = any(p.stem.endswith("_tissue") for p in Path(pred).iterdir()) if Path(pred).is_dir() else False
+    skip = ("_instances", "_classes") if tissue_maps else ("_instances",)
+    pairs = match_folders(pred, gt, subfolder, skip=skip)
     cm = np.zeros((k, k))
     rows = []
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "tissue",
         parents=[common],
         help="semantic metrics (pixel accuracy, Dice, IoU) and, for binary masks, GlaS object metrics",
-        description="Match predicted class images (<stem>_classes.tif) and ground-truth masks by file stem; map "
+        description="Match predicted class images (<stem>_tissue.tif) and ground-truth masks by file stem; map "
         "the ground truth's codes with --classes; print pooled accuracy, per-class Dice and IoU and their means. "
         "With two classes also GlaS object F1, object Dice and object Hausdorff (px), approximate when touching "
         "objects merge in a binary mask.",

@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="segment tissue / gland classes in images",
         description="Segment tissue classes (e.g. glands) with a tissue model (diffusion features + head). Writes "
-        "per input <stem>_classes.tif (uint8 class ids), <stem>.geojson (class regions as QuPath annotations, "
-        "with classification names and colours) and <stem>_areas.csv (area per class in px, µm², mm²).",
+        "per input <stem>_tissue.tif (uint8 class ids), <stem>_tissue.geojson (class regions as QuPath annotations, "
+        "with classification names and colours) and <stem>_tissue_areas.csv (area per class in px, µm², mm²); "
+        "named apart from `pathseg nuclei`'s outputs, so both can write into one folder.",
     )
     add_inputs_and_output(p)
     p.add_argument("--model", default=None, help="tissue model name or folder (default: the bundled one)")
@@ -52,7 +53,9 @@ def cmd_tissue(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     if args.skip_existing:
         done = [
-            p for p in inputs if outputs_exist(args.output, output_stem(p), ["_classes.tif", ".geojson", "_areas.csv"])
+            p
+            for p in inputs
+            if outputs_exist(args.output, output_stem(p), ["_tissue.tif", "_tissue.geojson", "_tissue_areas.csv"])
         ]
         if done:
             log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), args.output)
