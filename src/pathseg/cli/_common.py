@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -30,25 +31,26 @@ IMAGE_SUFFIXES = {
 }
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _number(ok, rule: str, doc: str):
+    """An argparse type: a float for which ``ok(value)`` holds, else an error saying it ``must be {rule}``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """An argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+positive_float = _number(lambda v: 0 < v < math.inf, "> 0", "An argparse type: a number > 0.")
+non_negative_float = _number(lambda v: 0 <= v < math.inf, ">= 0", "An argparse type: a number >= 0.")
+fraction = _number(lambda v: 0 <= v < 1, ">= 0 and < 1", "An argparse type: a share in [0, 1).")
+share = _number(lambda v: 0 < v <= 1, "> 0 and <= 1", "An argparse type: a share in (0, 1].")
 
 
 def int_at_least(minimum: int):
@@ -64,28 +66,6 @@ def int_at_least(minimum: int):
         return value
 
     return parse
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a share in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1, got {text}")
-    return value
-
-
-def share(text: str) -> float:
-    """An argparse type: a share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
-    return value
 
 
 def add_inputs_and_output(p: argparse.ArgumentParser) -> None:
