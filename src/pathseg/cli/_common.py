@@ -90,9 +90,12 @@ def add_skip_existing(p: argparse.ArgumentParser) -> None:
     )
 
 
-def outputs_exist(outdir: Path, stem: str, suffixes: list[str]) -> bool:
-    """Whether ``outdir/<stem><suffix>`` exists for every suffix (e.g. ``_instances.tif``, ``.geojson``)."""
-    return all((Path(outdir) / f"{stem}{suffix}").is_file() for suffix in suffixes)
+def without_finished(inputs: list[Path], outdir: Path, suffixes: list[str]) -> list[Path]:
+    """``inputs`` less those whose outputs ``outdir/<stem><suffix>`` all exist (``--skip-existing``), said once."""
+    done = [p for p in inputs if all((Path(outdir) / f"{output_stem(p)}{x}").is_file() for x in suffixes)]
+    if done:
+        log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), outdir)
+    return [p for p in inputs if p not in done]
 
 
 def add_max_pixels(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ from pathseg.cli._common import (
     expand_inputs,
     log,
     output_stem,
-    outputs_exist,
     positive_float,
+    without_finished,
 )
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
@@ -139,10 +139,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     if args.skip_existing:
         suffixes = ["_instances.tif", ".geojson", "_nuclei.csv"] + (["_classes.tif"] if args.classes else [])
-        done = [p for p in inputs if outputs_exist(args.output, output_stem(p), suffixes)]
-        if done:
-            log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), args.output)
-        inputs = [p for p in inputs if p not in done]
+        inputs = without_finished(inputs, args.output, suffixes)
         if not inputs:
             return 0
     model = get_nucleus_model(args.model)

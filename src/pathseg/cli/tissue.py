@@ -12,10 +12,9 @@ from pathseg.cli._common import (
     add_skip_existing,
     add_tissue_inference,
     expand_inputs,
-    log,
     output_stem,
-    outputs_exist,
     positive_float,
+    without_finished,
 )
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
@@ -52,14 +51,7 @@ def cmd_tissue(args: argparse.Namespace) -> int:
 
     inputs = expand_inputs(args.inputs)
     if args.skip_existing:
-        done = [
-            p
-            for p in inputs
-            if outputs_exist(args.output, output_stem(p), ["_tissue.tif", "_tissue.geojson", "_tissue_areas.csv"])
-        ]
-        if done:
-            log.info("--skip-existing: %d of %d input(s) have their outputs in %s", len(done), len(inputs), args.output)
-        inputs = [p for p in inputs if p not in done]
+        inputs = without_finished(inputs, args.output, ["_tissue.tif", "_tissue.geojson", "_tissue_areas.csv"])
         if not inputs:
             return 0
     model = get_tissue_model(args.model).with_settings(args.tta, args.tta_space, args.stride, args.precision)
