@@ -98,14 +98,15 @@ def without_finished(inputs: list[Path], outdir: Path, suffixes: list[str]) -> l
     return [p for p in inputs if p not in done]
 
 
-def add_max_pixels(p: argparse.ArgumentParser) -> None:
-    """The --max-pixels cap of the image-segmenting commands."""
+def add_max_pixels(p: argparse.ArgumentParser, resampled: bool = True) -> None:
+    """The --max-pixels cap of the image-reading commands (``resampled``: those that resample to a model's µm/px)."""
     p.add_argument(
         "--max-pixels",
         type=int_at_least(1),
         default=None,
-        help="refuse images with more pixels than this, as read or as resampled to the model's pixel size "
-        "(default 100e6, or $PATHSEG_MAX_PIXELS)",
+        help="refuse images with more pixels than this"
+        + (", as read or as resampled to the model's pixel size" if resampled else "")
+        + " (default 100e6, or $PATHSEG_MAX_PIXELS)",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,20 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "masks",
         parents=[common],
         help="make instance masks from GeoJSON outlines (QuPath), for training and evaluation",
-        description="Turn each image's GeoJSON outlines (a QuPath export, or pathseg's own <stem>.geojson after "
-        "correcting it in QuPath) into a dataset folder: OUT/images/ (copies), OUT/instance_masks/<stem>.tif "
-        "(uint32, one id per Polygon / MultiPolygon feature, holes left out) and, when the outlines carry QuPath "
-        "classes, OUT/type_masks/<stem>.tif with OUT/classes.csv. `pathseg train nuclei --data OUT` and "
-        "`pathseg evaluate nuclei --gt OUT` read it. Coordinates are image pixels; a pixel belongs to an outline "
-        "when its centre lies inside.",
-        epilog="example: pathseg nuclei tiles/ -o out/; (correct out/*.geojson in QuPath, export them); "
-        "pathseg masks tiles/ --geojson out/ -o data/; pathseg train nuclei --data data/ -o runs/mine "
-        "--init pathseg_nuclei_cpu --decoder-only --model-mpp 0.35",
+        description=textwrap.fill(  # wrapped here: the raw formatter keeps the example's lines as they are
+            "Turn each image's GeoJSON outlines (a QuPath export, or pathseg's own <stem>.geojson after "
+            "correcting it in QuPath) into a dataset folder: OUT/images/ (copies), OUT/instance_masks/<stem>.tif "
+            "(uint32, one id per Polygon / MultiPolygon feature, holes left out) and, when the outlines carry QuPath "
+            "classes, OUT/type_masks/<stem>.tif with OUT/classes.csv. `pathseg train nuclei --data OUT` and "
+            "`pathseg evaluate nuclei --gt OUT` read it. Coordinates are image pixels; a pixel belongs to an outline "
+            "when its centre lies inside.",
+            width=79,
+        ),
+        epilog="example:\n"
+        "  pathseg nuclei tiles/ -o out/             # then correct out/*.geojson in QuPath and export them\n"
+        "  pathseg masks tiles/ --geojson out/ -o data/\n"
+        "  pathseg train nuclei --data data/ -o runs/mine --init pathseg_nuclei_cpu --decoder-only --model-mpp 0.35",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "inputs",
@@ -49,7 +55,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=None,
         metavar="NAME",
         help="class names in id order (1, 2, ...); features of other classes are refused, features without one get "
-        "0 (default: every class the files carry, sorted by name; none: no type masks)",
+        "0 (default: every class the files carry, sorted by name; none: no type masks). To keep a model's ids, "
+        "give its classes in order, e.g. other inflammatory epithelial spindle-shaped for pathseg_nuclei_cpu",
     )
     p.add_argument(
         "--overlap",
@@ -58,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="who keeps a pixel two outlines claim: smaller = the smaller object (default), first = the earlier "
         "feature in the file",
     )
-    add_max_pixels(p)
+    add_max_pixels(p, resampled=False)
     p.set_defaults(func=cmd_masks)
 
 
