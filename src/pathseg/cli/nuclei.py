@@ -173,6 +173,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts)
     failures = 0
     assumed = []
+    found, began = 0, time.perf_counter()
     for path in inputs:
         start = time.perf_counter()
         try:
@@ -208,12 +209,17 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
             continue
         if result.mpp_source == "model default":
             assumed.append(path.name)
+        found += result.count
         if not args.quiet:
             print(
                 f"{path}: {_nuclei(result.count)} at {result.mpp:g} µm/px ({result.mpp_source}) "
                 f"in {time.perf_counter() - start:.1f} s -> {paths['instances'].name}, {paths['geojson'].name}, "
                 f"{paths['table'].name}"
             )
+    done = len(inputs) - failures
+    if done > 1 and not args.quiet:
+        took = time.perf_counter() - began
+        print(f"{done} images: {_nuclei(found)} in {took:.0f} s ({took / done:.1f} s per image) -> {args.output}")
     if assumed:
         log.warning(
             "note: %d input(s) carry no pixel size (%s); assumed %g µm/px, the resolution model %r was made for. "
