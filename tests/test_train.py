@@ -375,3 +375,15 @@ def test_prompt_loss_prompts_exact_boxes_without_jitter(monkeypatch):
         assert (got == sorted(np.array(exact, float).tolist())) == (jitter == 0)
     with pytest.raises(PathsegError, match="box jitter must be in"):
         train_nuclei(TrainConfig(data=["nowhere"], out="nowhere", box_jitter=-0.1))
+
+
+def test_images_whose_own_pixel_size_is_not_mpp_are_named(data, caplog):
+    import tifffile
+
+    rgb = np.asarray(Image.open(data / "images" / "0.png"))
+    (data / "images" / "0.png").unlink()
+    tifffile.imwrite(data / "images" / "0.tif", rgb, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # 0.5 µm/px
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        assert len(load_samples([data], 0.25, 0.25)) == 4
+    said = "1 image(s) carry another pixel size than --mpp 0.25 µm/px (0.tif 0.5); they are taken as 0.25"
+    assert said in caplog.text

@@ -86,10 +86,14 @@ def load_samples(
     layout)."""
     samples = []
     for folder in folders:
+        other_mpp: dict[str, float] = {}  # images whose own pixel size is not mpp_in
         for img_path, mask_path in find_pairs(folder, warn=names is None):
             if names is not None and img_path.stem not in names:
                 continue
-            image = read_image(img_path).pixels
+            loaded = read_image(img_path)
+            image = loaded.pixels
+            if loaded.mpp is not None and abs(loaded.mpp / mpp_in - 1) > 0.1:
+                other_mpp[img_path.name] = loaded.mpp
             labels = read_instance_labels(mask_path).astype(np.int32)
             if labels.shape != image.shape[:2]:
                 raise PathsegError(f"{mask_path}: shape {labels.shape} differs from its image {image.shape[:2]}")
@@ -104,6 +108,18 @@ def load_samples(
             if types is not None:
                 types = resize_labels(types, labels.shape) if types.shape != labels.shape else types
             samples.append(Sample(img_path.stem, image, labels, types))
+        if other_mpp and names is None:
+            shown = ", ".join(f"{n} {v:.3g}" for n, v in list(other_mpp.items())[:3])
+            log.warning(
+                "%s: %d image(s) carry another pixel size than --mpp %g µm/px (%s%s); they are taken as %g. "
+                "Give --mpp the images' own if they are right",
+                folder,
+                len(other_mpp),
+                mpp_in,
+                shown,
+                " ..." if len(other_mpp) > 3 else "",
+                mpp_in,
+            )
     return samples
 
 
