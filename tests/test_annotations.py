@@ -101,3 +101,18 @@ def test_cli_masks_warn_of_a_region_drawn_among_the_nuclei(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pathseg"):
         assert main(["masks", str(tmp_path / "t.png"), "-o", str(tmp_path / "d"), "-q"]) == 0
     assert "one object covers 9000 px, 562 times the median object; a region annotation" in caplog.text
+
+
+def test_evaluate_scores_geojson_outlines_as_their_label_images(tmp_path, capsys):
+    rgb, gt = synthetic_nuclei((120, 150), n=12, radius=9, seed=3)
+    (tmp_path / "gt").mkdir()
+    tifffile.imwrite(tmp_path / "gt" / "tile.tif", gt.astype(np.uint16))
+    result = segment_nuclei(rgb, "classical", mpp=0.25)
+    write_nuclei_outputs(result, tmp_path / "labels", "tile")
+    (tmp_path / "outlines").mkdir()  # another tool's nuclei, exported from QuPath: outlines only
+    (tmp_path / "labels" / "tile.geojson").rename(tmp_path / "outlines" / "tile.geojson")
+    tables = []
+    for pred in ("labels", "outlines"):
+        assert main(["evaluate", "nuclei", "--pred", str(tmp_path / pred), "--gt", str(tmp_path / "gt"), "-q"]) == 0
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1] and "tile" in tables[0]

@@ -12,6 +12,7 @@ from pathseg.metrics import instance_scores
 from pathseg.progress import track
 
 LABEL_SUFFIXES = {".png", ".tif", ".tiff"}
+OUTLINE_SUFFIXES = {".geojson", ".json"}
 #: Suffixes pathseg adds to output stems; stripped when matching a prediction to its ground truth.
 OUTPUT_TAGS = ("_instances", "_labels", "_classes", "_tissue")
 
@@ -28,9 +29,9 @@ def _stem(path: Path) -> str:
     return stem
 
 
-def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = ()) -> dict[str, Path]:
+def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = (), outlines: bool = False) -> dict[str, Path]:
     """Label images of ``folder`` (or its ``subfolder``) by stem, leaving out those whose stem ends in a ``skip``
-    suffix."""
+    suffix; with ``outlines``, also GeoJSON files (``<stem>.geojson``) for stems without a label image."""
     if not folder.is_dir():
         raise PathsegError(f"{folder}: not a folder")
     if (folder / subfolder).is_dir():
@@ -41,16 +42,25 @@ def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = ()) -> di
             if any(p.stem.endswith(tag) for tag in skip):
                 continue
             files.setdefault(_stem(p), p)
+    if outlines:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in OUTLINE_SUFFIXES and not p.name.startswith("."):
+                if not any(p.stem.endswith(tag) for tag in skip):
+                    files.setdefault(_stem(p), p)
     return files
 
 
 def match_folders(
-    pred: Path, gt: Path, subfolder: str = "instance_masks", skip: tuple[str, ...] = ("_classes", "_tissue")
+    pred: Path,
+    gt: Path,
+    subfolder: str = "instance_masks",
+    skip: tuple[str, ...] = ("_classes", "_tissue"),
+    outlines: bool = False,
 ) -> list[tuple[str, Path, Path]]:
     """Pairs (stem, prediction, ground truth) matched by stem. Predictions whose stem ends in a ``skip`` suffix are
     other outputs in the same folder (default: nucleus class maps and tissue maps beside nucleus instances). Errors
-    if nothing matches or a prediction is missing."""
-    preds = _label_files(pred, subfolder, skip)
+    if nothing matches or a prediction is missing. ``outlines``: predictions may also be GeoJSON outlines."""
+    preds = _label_files(pred, subfolder, skip, outlines)
     gts = _label_files(gt, subfolder)
     common = sorted(set(preds) & set(gts))
     if not common:
@@ -68,11 +78,16 @@ def match_folders(
 
 
 def evaluate_instance_folders(pred: Path, gt: Path, quiet: bool = False) -> tuple[list[dict], dict]:
-    """Instance metrics per matched image and their mean over images."""
+    """Instance metrics per matched image and their mean over images. Predictions are label images or, for an
+    image without one, GeoJSON outlines (``<stem>.geojson``: QuPath detections or another tool's export), drawn at
+    the ground truth's size (:mod:`pathseg.io.annotations`)."""
+    from pathseg.io.annotations import rasterise
+
     rows = []
-    pairs = match_folders(pred, gt)
+    pairs = match_folders(pred, gt, outlines=True)
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
-        pl, gl = read_instance_labels(p), read_instance_labels(g)
+        gl = read_instance_labels(g)
+        pl = rasterise(p, gl.shape).labels if p.suffix.lower() in OUTLINE_SUFFIXES else read_instance_labels(p)
         if pl.shape != gl.shape:
             raise PathsegError(f"{p}: shape {pl.shape} differs from ground truth {g} {gl.shape}")
         rows.append({"image": stem, **instance_scores(gl, pl)})

@@ -18,9 +18,16 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="instance metrics: mSA, SA50, AJI, PQ/DQ/SQ, Dice",
         description="Match prediction and ground-truth label images by file stem (a trailing _instances is "
-        "ignored) and print per-image and mean mSA, SA50, AJI, PQ, DQ, SQ and pixel Dice.",
+        "ignored) and print per-image and mean mSA, SA50, AJI, PQ, DQ, SQ and pixel Dice. A prediction may also be "
+        "GeoJSON outlines (<stem>.geojson), e.g. another tool's nuclei exported from QuPath, drawn at the ground "
+        "truth's size, so that tools can be compared on your annotations.",
     )
-    e.add_argument("--pred", type=Path, required=True, help="folder of predicted label images")
+    e.add_argument(
+        "--pred",
+        type=Path,
+        required=True,
+        help="folder of predicted label images, or of <stem>.geojson outlines for images without one",
+    )
     e.add_argument(
         "--gt",
         type=Path,
