@@ -11,6 +11,7 @@ from pathseg.api import segment_nuclei, write_nuclei_outputs
 from pathseg.cli import main
 from pathseg.errors import PathsegError
 from pathseg.io.annotations import rasterise
+from pathseg.nuclei.measure import geojson_features, measure_nuclei
 from tests.conftest import synthetic_nuclei
 
 
@@ -56,6 +57,13 @@ def test_pathseg_geojson_reads_back_to_its_own_labels(tmp_path):
     paths = write_nuclei_outputs(result, tmp_path, "tile")
     assert result.count > 5
     assert np.array_equal(rasterise(paths["geojson"], rgb.shape[:2]).labels, result.labels)
+    holed = np.zeros((40, 40), np.uint32)  # nuclei with holes, and one nucleus inside another's hole
+    holed[5:20, 5:20], holed[9:12, 9:13], holed[14:16, 14:16] = 1, 0, 0
+    holed[25:35, 25:35], holed[28:30, 28:30] = 2, 3
+    features = list(geojson_features(holed, measure_nuclei(holed, np.zeros((40, 40, 3), np.uint8), 0.25)))
+    assert [len(f["geometry"]["coordinates"]) for f in features] == [3, 2, 1]  # outline + its holes
+    (tmp_path / "holed.geojson").write_text(json.dumps(features))
+    assert np.array_equal(rasterise(tmp_path / "holed.geojson", (40, 40)).labels, holed)
 
 
 def test_cli_masks_make_a_dataset_that_training_and_evaluation_read(tmp_path, capsys):

@@ -189,6 +189,17 @@ def mask_outline(mask: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
     return edge_ring(max(contours, key=len) if len(contours) > 1 else contours[0], x0, y0)
 
 
+def hole_rings(mask: np.ndarray, x0: int = 0, y0: int = 0) -> list[np.ndarray]:
+    """Outlines of the holes of a boolean ``mask`` (background it encloses), as :func:`mask_outline` gives rings."""
+    import cv2
+
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    if not holes.any():
+        return []
+    contours, _ = edge_contours(holes, cv2.RETR_EXTERNAL)
+    return [edge_ring(c, x0, y0) for c in contours]
+
+
 def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(label, ring)`` per object: its outer outline as a closed (K, 2) array of x, y in pixels.
 
@@ -210,7 +221,7 @@ def geojson_features(
     namespace: str = "pathseg",
     classification: dict[int, dict] | None = None,
 ) -> Iterator[dict]:
-    """QuPath detection features, one Polygon per nucleus, with the table's measurements.
+    """QuPath detection features, one Polygon per nucleus (its holes as inner rings), with the table's measurements.
 
     ``properties.label`` is the integer id of the nucleus in the label image; the feature ``id`` is a UUID derived
     from ``namespace`` and that label (stable across runs), as QuPath expects. ``classification`` maps labels to
@@ -219,7 +230,14 @@ def geojson_features(
     index = {int(i): k for k, i in enumerate(table["id"])}
     names = [c for c in COLUMNS if c != "id"]
     ns = uuid.uuid5(uuid.NAMESPACE_URL, namespace)
-    for lab, ring in outlines(labels):
+    for i, sl in enumerate(ndi.find_objects(labels)):
+        if sl is None:
+            continue
+        lab, mask = i + 1, labels[sl] == i + 1
+        ring = mask_outline(mask, sl[1].start, sl[0].start)
+        if not len(ring):
+            continue
+        rings = [ring, *hole_rings(mask, sl[1].start, sl[0].start)]
         k = index.get(lab)
         measurements = {"label": lab}
         if k is not None:
@@ -227,7 +245,7 @@ def geojson_features(
         feature = {
             "type": "Feature",
             "id": str(uuid.uuid5(ns, str(lab))),
-            "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]},
+            "geometry": {"type": "Polygon", "coordinates": [np.round(r, 2).tolist() for r in rings]},
             "properties": {
                 "objectType": "detection",
                 "label": lab,
