@@ -83,3 +83,25 @@ def test_tissue_mask_hsv_equals_skimage():
     ref = rgb2hsv(rgb)
     assert np.allclose(hue, ref[..., 0] * 360, atol=1e-3)
     assert np.allclose(sat, ref[..., 1], atol=1e-6) and np.allclose(val, ref[..., 2], atol=1e-6)
+
+
+def test_an_mpp_that_replaces_the_slides_own_is_noted(pyramid, caplog):
+    import logging
+
+    path, _ = pyramid
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        with open_slide(path, mpp=0.26) as s:  # within 10%: a correction, said nothing
+            assert s.mpp == 0.26
+        assert caplog.text == ""
+        with open_slide(path, mpp=0.5) as s:
+            assert s.mpp == 0.5
+    assert "p.ome.tif: --mpp 0.5 replaces the slide's own 0.25 µm/px" in caplog.text
+
+
+def test_wsi_takes_workers_or_a_scheduler_not_both(pyramid, tmp_path, capsys):
+    from pathseg.cli import main
+
+    path, _ = pyramid
+    argv = ["wsi", str(path), "-o", str(tmp_path / "o"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"]
+    assert main(argv) == 2
+    assert "--workers starts a local Dask cluster and --scheduler uses an existing one" in capsys.readouterr().err

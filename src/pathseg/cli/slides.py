@@ -109,6 +109,11 @@ def _roi(text: str | None) -> tuple[int, int, int, int] | None:
 def cmd_wsi(args: argparse.Namespace) -> int:
     from pathseg.wsi.pipeline import SlideRun, run_slide
 
+    if args.workers and args.scheduler:
+        raise PathsegError(
+            "--workers starts a local Dask cluster and --scheduler uses an existing one: give one of them "
+            "(an existing cluster's size is set where its workers start)"
+        )
     run = SlideRun(
         str(args.slide),
         str(args.output),
