@@ -107,6 +107,19 @@ def test_arrays_are_converted_as_files_are_and_non_images_refused(nuclei_image):
             segment_nuclei(rgb, "classical", mpp=mpp)
 
 
+def test_an_mpp_that_replaces_the_files_own_is_noted(tmp_path, nuclei_image, caplog):
+    import logging
+
+    rgb, _ = nuclei_image
+    tifffile.imwrite(tmp_path / "t.tif", rgb, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")  # 0.25 µm/px
+    with caplog.at_level(logging.WARNING, logger="pathseg"):
+        assert segment_nuclei(tmp_path / "t.tif", "classical").mpp_source == "file"
+        segment_nuclei(tmp_path / "t.tif", "classical", mpp=0.26)  # a correction within 10%: nothing said
+        assert caplog.text == ""
+        assert segment_nuclei(tmp_path / "t.tif", "classical", mpp=0.5).mpp == 0.5
+    assert "t.tif: --mpp 0.5 replaces the file's own 0.25 µm/px" in caplog.text
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")

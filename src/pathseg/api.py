@@ -200,6 +200,8 @@ def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.nda
             log.info("note: image: %s", note)
         file_mpp, path = None, None
     used, source = resolve_mpp(mpp, file_mpp, net.mpp)
+    if source == "argument" and file_mpp is not None and abs(used / file_mpp - 1) > 0.1:
+        log.warning("note: %s: --mpp %g replaces the file's own %.4g µm/px", path.name, used, file_mpp)
     if getattr(net, "network_mpp", None) is not None:  # models that resample the image to their own pixel size
         check_resampled_size(rgb.shape, used, net.network_mpp, max_pixels, path or "image")
     return rgb, used, source, path
