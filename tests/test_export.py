@@ -107,8 +107,12 @@ def test_arrays_are_converted_as_files_are_and_non_images_refused(nuclei_image):
             segment_nuclei(rgb, "classical", mpp=mpp)
 
 
-def test_an_mpp_that_replaces_the_files_own_is_noted(tmp_path, nuclei_image, caplog):
+def test_an_mpp_that_replaces_the_files_own_is_noted(tmp_path, nuclei_image, caplog, monkeypatch):
     import logging
+
+    import pathseg.api
+
+    monkeypatch.setattr(pathseg.api, "_REPLACED_MPP", set())  # whatever earlier tests noted
 
     rgb, _ = nuclei_image
     tifffile.imwrite(tmp_path / "t.tif", rgb, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")  # 0.25 µm/px
