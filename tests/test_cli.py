@@ -154,7 +154,8 @@ def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
 
     (tmp_path / "set" / "images").mkdir(parents=True)
     (tmp_path / "set" / "masks").mkdir()
-    for name in ("b.png", "a.tif", "notes.txt", "._a.tif"):  # ._a.tif: macOS metadata beside a.tif
+    for name in ("b.png", "a.tif", "notes.txt", "._a.tif", "b_instances.tif", "b_tissue.tif"):
+        # ._a.tif: macOS metadata beside a.tif; b_*.tif: pathseg's outputs written into the input folder
         (tmp_path / "set" / "images" / name).write_bytes(b"")
     (tmp_path / "set" / "masks" / "a.png").write_bytes(b"")
     images = [tmp_path / "set" / "images" / n for n in ("a.tif", "b.png")]
