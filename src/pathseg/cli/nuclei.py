@@ -156,8 +156,12 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         raise PathsegError(f"--mode {args.mode} needs a SAM-family model; {model.name!r} only does automatic (ais)")
     if args.no_stain and getattr(model, "ais_stain", None) is not None:
         model.config["ais_stain"] = None
-    prompt_only = {"--box-margin": args.box_margin, "--box-from-ais": args.box_from_ais, "--box-fit": args.box_fit}
-    prompt_only["--overlap"] = args.overlap
+    prompt_only = {
+        "--box-margin": args.box_margin,
+        "--box-from-ais": args.box_from_ais,
+        "--box-fit": args.box_fit,
+        "--overlap": args.overlap,
+    }
     given = [flag for flag, value in prompt_only.items() if value is not None]
     if args.prompts is None and given:
         verb = "goes" if len(given) == 1 else "go"
