@@ -124,3 +124,27 @@ def test_evaluate_scores_geojson_outlines_as_their_label_images(tmp_path, capsys
         assert main(["evaluate", "nuclei", "--pred", str(tmp_path / pred), "--gt", str(tmp_path / "gt"), "-q"]) == 0
         tables.append(capsys.readouterr().out)
     assert tables[0] == tables[1] and "tile" in tables[0]
+
+
+def test_cli_masks_tissue_regions_become_class_masks_that_tissue_training_reads(tmp_path, capsys):
+    from pathseg.tissue.classes import IGNORE, load_class_map
+    from pathseg.tissue.data import load_tissue_samples
+
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(tmp_path / "r.png")
+    regions = [
+        feature("Polygon", [square(0, 0, 60, 60)], "tumour"),
+        feature("Polygon", [square(10, 10, 20, 20)], "stroma"),  # drawn over the tumour: the smaller keeps it
+        feature("Polygon", [square(62, 0, 70, 8)]),  # no class: left undrawn
+    ]
+    (tmp_path / "r.geojson").write_text(json.dumps(regions))
+    assert main(["masks", str(tmp_path / "r.png"), "-o", str(tmp_path / "t"), "--tissue", "-q"]) == 0
+    assert "-> " + str(tmp_path / "t") + "/masks (1 stroma, 2 tumour; 0 = not drawn)" in capsys.readouterr().out
+    cmap = load_class_map(tmp_path / "t" / "classes.json")
+    assert cmap.names == ("stroma", "tumour") and cmap.colors[0] == (255, 0, 0)
+    (sample,) = load_tissue_samples([tmp_path / "t"], cmap)
+    assert sample.target[15, 15] == 0 and sample.target[5, 5] == 1  # stroma, tumour
+    assert sample.target[5, 65] == IGNORE and sample.target[50, 75] == IGNORE  # unclassed, undrawn
+    (tmp_path / "plain.png").write_bytes((tmp_path / "r.png").read_bytes())
+    (tmp_path / "plain.geojson").write_text(json.dumps([feature("Polygon", [square(0, 0, 5, 5)])]))
+    assert main(["masks", str(tmp_path / "plain.png"), "-o", str(tmp_path / "u"), "--tissue", "-q"]) == 2
+    assert "carry no QuPath classes" in capsys.readouterr().err

@@ -296,11 +296,13 @@ def write_masks(
     class_ids: dict[str, int] | None = None,
     overlap: str = "smaller",
     max_pixels: int | None = None,
+    tissue: bool = False,
 ):
     """One dataset entry from an image and its GeoJSON outlines (see :mod:`pathseg.io.annotations`): a copy of the
     image in ``outdir/images``, ``outdir/instance_masks/<stem>.tif`` and, with ``class_ids`` (name -> id),
-    ``outdir/type_masks/<stem>.tif``, all written atomically. Returns the :class:`~pathseg.io.annotations.Rasterised`
-    labels."""
+    ``outdir/type_masks/<stem>.tif``, all written atomically. ``tissue``: the outlines are class regions, and
+    ``outdir/masks/<stem>.tif`` holds their class ids (0 where no region is drawn), as ``pathseg train tissue``
+    reads them. Returns the :class:`~pathseg.io.annotations.Rasterised` labels."""
     import shutil
 
     from pathseg.io.annotations import rasterise
@@ -312,6 +314,9 @@ def write_masks(
     stem = Path(image.name).stem  # what training pairs images and masks by
     with atomic_path(outdir / "images" / image.name) as tmp:
         shutil.copyfile(image, tmp)
+    if tissue:
+        write_label_tiff(outdir / "masks" / f"{stem}.tif", made.types, mpp=loaded.mpp)
+        return made
     write_label_tiff(outdir / "instance_masks" / f"{stem}.tif", made.labels, mpp=loaded.mpp)
     if made.types is not None:
         write_label_tiff(outdir / "type_masks" / f"{stem}.tif", made.types, mpp=loaded.mpp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import textwrap
 from pathlib import Path
 
@@ -65,6 +66,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="who keeps a pixel two outlines claim: smaller = the smaller object (default), first = the earlier "
         "feature in the file",
     )
+    p.add_argument(
+        "--tissue",
+        action="store_true",
+        help="the outlines are tissue regions with QuPath classes: write OUT/masks/<stem>.tif (class ids, 0 where "
+        "nothing is drawn) and OUT/classes.json, for `pathseg train tissue --data OUT --classes OUT/classes.json` "
+        "(undrawn pixels are ignored in training)",
+    )
     add_max_pixels(p, resampled=False)
     p.set_defaults(func=cmd_masks)
 
@@ -84,13 +92,18 @@ def cmd_masks(args: argparse.Namespace) -> int:
             + (" ..." if len(missing) > 5 else "")
         )
     names = args.classes if args.classes is not None else classes_in(list(sources.values()))
-    if len(names) > 255 or len(set(names)) != len(names):
-        raise PathsegError("--classes: up to 255 distinct names")
+    if len(names) > 254 or len(set(names)) != len(names):
+        raise PathsegError("--classes: up to 254 distinct names")
+    if args.tissue and not names:
+        raise PathsegError("--tissue: the outlines carry no QuPath classes; tissue masks need one class per region")
     class_ids = {name: k for k, name in enumerate(names, start=1)} if names else None
+    colors = _class_colors(list(sources.values())) if args.tissue else {}
     out = args.output
     total = 0
     for image in track(images, total=len(images), desc="masks", quiet=args.quiet):
-        made = write_masks(image, sources[image], out, class_ids, args.overlap, args.max_pixels)
+        made = write_masks(image, sources[image], out, class_ids, args.overlap, args.max_pixels, args.tissue)
+        if args.tissue:
+            continue
         areas = np.bincount(made.labels.ravel())[1:]
         areas = areas[areas > 0]
         count = len(areas)
@@ -107,6 +120,15 @@ def cmd_masks(args: argparse.Namespace) -> int:
         if made.outside:
             left.append(f"{made.outside} outline(s) outside the image")
         log.info("%s: %d objects%s", image.name, count, f" ({', '.join(left)} left out)" if left else "")
+    if args.tissue:
+        classes = [{"name": n, "color": colors.get(n, [128, 128, 128]), "codes": [k]} for n, k in class_ids.items()]
+        with atomic_open(out / "classes.json", "w") as f:
+            json.dump({"classes": classes, "ignore": [0]}, f, indent=1)
+        print(
+            f"{len(images)} image(s) -> {out}/masks ({', '.join(f'{k} {n}' for n, k in class_ids.items())}; 0 = not "
+            f"drawn)\nuse it with: pathseg train tissue --data {out} --classes {out}/classes.json --backbone ..."
+        )
+        return 0
     if class_ids:
         with atomic_open(out / "classes.csv", "w") as f:
             f.write("id,name\n0,background\n" + "".join(f"{k},{name}\n" for name, k in class_ids.items()))
@@ -126,3 +148,16 @@ def _geojson_for(image: Path, folder: Path | None) -> Path | None:
             if (where / f"{stem}{suffix}").is_file():
                 return where / f"{stem}{suffix}"
     return None
+
+
+def _class_colors(paths: list[Path]) -> dict[str, list[int]]:
+    """QuPath's colour of each class name in ``paths`` (the first one given), as [r, g, b]."""
+    from pathseg.io.annotations import load_features
+
+    colors: dict[str, list[int]] = {}
+    for path in paths:
+        for feature in load_features(path):
+            cls = ((feature if isinstance(feature, dict) else {}).get("properties") or {}).get("classification")
+            if isinstance(cls, dict) and cls.get("name") and isinstance(cls.get("color"), list):
+                colors.setdefault(str(cls["name"]), [int(v) for v in cls["color"][:3]])
+    return colors
