@@ -240,3 +240,18 @@ def test_cli_prompts_take_classes_and_refuse_what_does_not_apply(tmp_path, capsy
     ):
         assert main(["nuclei", *argv, "-o", str(tmp_path / "x")]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_prompts_that_give_no_nucleus_are_named(tmp_path, caplog):
+    import logging
+
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    model = SamNucleusModel(cfg).eval()
+    rgb, gt = synthetic_nuclei((160, 200), n=6, radius=12, seed=1)
+    ys, xs = np.nonzero(gt == 1)
+    (tmp_path / "twice.csv").write_text(f"x,y\n{xs.mean():.1f},{ys.mean():.1f}\n{xs.mean():.1f},{ys.mean():.1f}\n")
+    with caplog.at_level(logging.WARNING, logger="pathseg"):  # the same prompt twice: the second gets no pixel
+        result = segment_nuclei_prompted(rgb, read_prompts(tmp_path / "twice.csv"), model, overlap="first")
+    assert result.table["id"].tolist() == [1]
+    assert "1 of 2 prompt(s) gave no nucleus (their ids are unused): twice.csv line 3" in caplog.text

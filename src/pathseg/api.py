@@ -180,6 +180,10 @@ def segment_nuclei_prompted(
             progress(i, len(prompts), "prompts")
     labels = paint_objects(objects, rgb.shape[:2], overlap)
     table = measure_nuclei(labels, rgb, used_mpp)
+    lost = sorted(set(range(1, len(prompts) + 1)) - {int(i) for i in table["id"]})
+    if lost:  # an empty mask, or one the overlap rule gave away whole
+        shown = ", ".join(prompts[i - 1].name or f"#{i}" for i in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        log.warning("%d of %d prompt(s) gave no nucleus (their ids are unused): %s", len(lost), len(prompts), shown)
     result = NucleiResult(labels, table, used_mpp, mpp_source, net.name, rgb, source)
     if classes:
         result.classes = classify_nuclei(net, result)
