@@ -255,3 +255,26 @@ def test_prompts_that_give_no_nucleus_are_named(tmp_path, caplog):
         result = segment_nuclei_prompted(rgb, read_prompts(tmp_path / "twice.csv"), model, overlap="first")
     assert result.table["id"].tolist() == [1]
     assert "1 of 2 prompt(s) gave no nucleus (their ids are unused): twice.csv line 3" in caplog.text
+
+
+def test_cli_prompts_folder_gives_each_image_its_own_file(tmp_path, capsys):
+    cfg = compact_config(mpp=0.25, tile=128)
+    cfg["halo"] = 16
+    SamNucleusModel(cfg).save_pretrained(tmp_path / "model")
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "prompts").mkdir()
+    for i in range(2):
+        rgb, gt = synthetic_nuclei((120, 140), n=4, radius=12, seed=i)
+        Image.fromarray(rgb).save(tmp_path / "tiles" / f"t{i}.png")
+        ys, xs = np.nonzero(gt == 1)
+        rows = "".join(f"{xs.mean() + d:.1f},{ys.mean():.1f}\n" for d in range(i + 1))  # t0: 1 point, t1: 2
+        (tmp_path / "prompts" / f"t{i}.csv").write_text("x,y,object\n" + rows.replace("\n", ",a\n"))
+    run = ["nuclei", str(tmp_path / "tiles"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "-q"]
+    assert main([*run, "--prompts", str(tmp_path / "prompts")]) == 0
+    for i in range(2):  # each image its own prompts: one object each (t1's two points prompt one object)
+        assert tifffile.imread(tmp_path / "out" / f"t{i}_instances.tif").max() <= 1
+    (tmp_path / "prompts" / "t1.csv").unlink()
+    assert main([*run, "--prompts", str(tmp_path / "prompts")]) == 2
+    assert "1 image(s) have no <stem>.csv / .geojson in" in capsys.readouterr().err
+    assert main([*run, "--prompts", str(tmp_path / "prompts" / "t0.csv")]) == 2
+    assert "give a folder holding <stem>.csv or <stem>.geojson per image" in capsys.readouterr().err

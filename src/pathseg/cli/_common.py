@@ -230,6 +230,17 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
+def companion_file(image: Path, folder: Path | None, suffixes: tuple[str, ...]) -> Path | None:
+    """The file ``<stem><suffix>`` that goes with ``image`` (its prompts, its outlines) in ``folder`` or beside the
+    image; the first suffix found wins; None when there is none."""
+    where = folder if folder is not None else image.parent
+    for stem in dict.fromkeys((output_stem(image), Path(image.name).stem)):
+        for suffix in suffixes:
+            if (where / f"{stem}{suffix}").is_file():
+                return where / f"{stem}{suffix}"
+    return None
+
+
 def output_stem(path: Path) -> str:
     name = path.name
     for double in (".ome.tiff", ".ome.tif"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathseg.cli._common import add_max_pixels, expand_inputs, log, output_stem
+from pathseg.cli._common import add_max_pixels, companion_file, expand_inputs, log
 from pathseg.errors import PathsegError
 from pathseg.progress import track
 
@@ -83,7 +83,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from pathseg.io.atomic import atomic_open
 
     images = expand_inputs(args.inputs)
-    sources = {image: _geojson_for(image, args.geojson) for image in images}
+    sources = {image: companion_file(image, args.geojson, (".geojson", ".json")) for image in images}
     missing = [image.name for image, source in sources.items() if source is None]
     if missing:
         where = args.geojson or "beside the images"
@@ -138,16 +138,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
         + f"\nuse it with: pathseg train nuclei --data {out} ...   or   pathseg evaluate nuclei --gt {out} ..."
     )
     return 0
-
-
-def _geojson_for(image: Path, folder: Path | None) -> Path | None:
-    """``<stem>.geojson`` (or ``.json``) of ``image`` in ``folder`` or beside it; None when there is none."""
-    where = folder if folder is not None else image.parent
-    for stem in dict.fromkeys((output_stem(image), Path(image.name).stem)):
-        for suffix in (".geojson", ".json"):
-            if (where / f"{stem}{suffix}").is_file():
-                return where / f"{stem}{suffix}"
-    return None
 
 
 def _class_colors(paths: list[Path]) -> dict[str, list[int]]:

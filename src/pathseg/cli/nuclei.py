@@ -11,6 +11,7 @@ from pathseg.cli._common import (
     add_inputs_and_output,
     add_max_pixels,
     add_skip_existing,
+    companion_file,
     expand_inputs,
     log,
     output_stem,
@@ -46,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=None,
         metavar="FILE",
         help="segment one nucleus per prompt instead of all automatically: points.csv (x,y[,label][,object]) or "
-        "boxes.geojson (polygons -> boxes, points and multipoints -> one nucleus per point), in image pixels; "
-        "needs a SAM-family model and one input image",
+        "boxes.geojson (polygons -> boxes, points and multipoints -> one nucleus per point), in image pixels, for "
+        "one input image; or a folder holding <stem>.csv / <stem>.geojson for each input. Needs a SAM-family model",
     )
     p.add_argument(
         "--box-margin",
@@ -170,11 +171,25 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     if args.prompts is not None:
         from pathseg.io.prompts import read_prompts
 
-        if len(inputs) != 1:
-            raise PathsegError("--prompts goes with exactly one input image (prompt coordinates are per image)")
         if args.mode != "ais":
             raise PathsegError(f"--mode {args.mode} is an automatic mode; with --prompts each prompt gives one nucleus")
-        prompts = read_prompts(args.prompts)
+        if args.prompts.is_dir():  # one prompt file per image, by stem
+            files = {p: companion_file(p, args.prompts, (".csv", ".geojson", ".json")) for p in inputs}
+            missing = [p.name for p, f in files.items() if f is None]
+            if missing:
+                more = " ..." if len(missing) > 5 else ""
+                raise PathsegError(
+                    f"{len(missing)} image(s) have no <stem>.csv / .geojson in {args.prompts}: "
+                    f"{', '.join(missing[:5])}{more}"
+                )
+        elif len(inputs) != 1:
+            raise PathsegError(
+                "--prompts FILE goes with exactly one input image (prompt coordinates are per image); for several, "
+                "give a folder holding <stem>.csv or <stem>.geojson per image"
+            )
+        else:
+            files = {inputs[0]: args.prompts}
+        prompts = {p: read_prompts(f) for p, f in files.items()}  # every file read and checked before any image
     failures = 0
     assumed = []
     found, began = 0, time.perf_counter()
@@ -185,7 +200,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
                 if prompts is not None:
                     result = segment_nuclei_prompted(
                         path,
-                        prompts,
+                        prompts[path],
                         model,
                         mpp=args.mpp,
                         max_pixels=args.max_pixels,
