@@ -43,6 +43,12 @@ def test_csv_errors(tmp_path):
     for text in ("\ufeffx,y\n10,12\n", "x;y;label\n10;12;1\n", "x\ty\n10\t12\n"):
         f.write_text(text, encoding="utf-8")
         assert read_prompts(f)[0].points.tolist() == [[10, 12]]
+    # pathseg's own table (and QuPath's pixel exports): its centroids prompt the nuclei again
+    f.write_text("id,centroid_x_px,centroid_y_px,centroid_x_um\n1,10,12,2.5\n", encoding="utf-8")
+    assert read_prompts(f)[0].points.tolist() == [[10, 12]]
+    f.write_text("Name,Centroid X µm,Centroid Y µm\nn1,2.5,3\n", encoding="utf-8")
+    with pytest.raises(PathsegError, match="Centroid X µm, Centroid Y µm are in µm: prompts are image pixels"):
+        read_prompts(f)
 
 
 def test_geojson_polygons_become_boxes(tmp_path):

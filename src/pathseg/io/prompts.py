@@ -1,6 +1,7 @@
 """Reading prompt files for batch interactive segmentation: points (CSV) and boxes or points (GeoJSON).
 
-CSV: columns ``x, y`` in image pixels, optional ``label`` (1 positive, 0 negative; default 1) and ``object``
+CSV: columns ``x, y`` in image pixels (or ``centroid_x_px, centroid_y_px``, as pathseg's own tables and QuPath's
+pixel exports name them), optional ``label`` (1 positive, 0 negative; default 1) and ``object``
 (rows with the same object id prompt one object together; default: one object per row).
 GeoJSON: a FeatureCollection (e.g. QuPath annotations); every Polygon/MultiPolygon becomes a box prompt (its
 bounding box), every Point a positive point prompt, and every point of a MultiPoint (QuPath's points tool) one too.
@@ -54,8 +55,14 @@ def _read_csv(path: Path) -> list[Prompt]:
     if not rows:
         raise PathsegError(f"{path}: no prompts (expected a header such as x,y and one row per point)")
     cols = {c.strip().lower(): c for c in rows[0]}
+    for axis in ("x", "y"):  # pathseg's own <stem>_nuclei.csv and QuPath's pixel exports name them so
+        alias = next((a for a in (f"centroid_{axis}_px", f"centroid {axis} px") if a in cols), None)
+        if axis not in cols and alias:
+            cols[axis] = cols[alias]
     if "x" not in cols or "y" not in cols:
-        raise PathsegError(f"{path}: needs columns x and y (found {', '.join(rows[0])})")
+        in_um = [c for c in rows[0] if "µm" in c or "_um" in c.lower()]
+        hint = f"; {', '.join(in_um)} are in µm: prompts are image pixels" if in_um else ""
+        raise PathsegError(f"{path}: needs columns x and y in image pixels (found {', '.join(rows[0])}){hint}")
     groups: dict[str, list[tuple[float, float, int]]] = {}
     for i, row in enumerate(rows, start=2):
         try:
