@@ -36,6 +36,8 @@ def test_outlines_become_labels_with_holes_parts_overlaps_and_classes(tmp_path):
     ]
     path = tmp_path / "a.geojson"
     path.write_text(json.dumps(features))  # QuPath's default export: a bare list of features
+    features.append({"type": "Feature", "geometry": None})  # QuPath can write a feature without geometry
+    path.write_text(json.dumps(features))
     made = rasterise(path, (30, 40), class_ids={"tumour": 1, "immune": 2})
     lab = made.labels
     assert lab.dtype == np.uint32 and set(np.unique(lab).tolist()) == {0, 1, 2, 3}
@@ -43,7 +45,7 @@ def test_outlines_become_labels_with_holes_parts_overlaps_and_classes(tmp_path):
     assert (lab[2:6, 20:24] == 2).all() and (lab[2:4, 26:28] == 2).all() and (lab == 2).sum() == 16 + 4
     assert (lab[10:14, 10:14] == 3).all()  # the smaller object keeps the shared pixels (default)
     assert (lab == 1).sum() == 100 - 9 - 4
-    assert made.outside == 1 and made.skipped == {"Point": 1}
+    assert made.outside == 1 and made.skipped == {"Point": 1, "without geometry": 1}
     assert made.types[3, 3] == 1 and made.types[3, 21] == 2 and made.types[12, 12] == 0
     first = rasterise(path, (30, 40), overlap="first").labels
     assert (first[10:12, 10:12] == 1).all() and (first == 1).sum() == 100 - 9

@@ -118,8 +118,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
             )
         left = [f"{n} {kind}" for kind, n in made.skipped.items()]
         if made.outside:
-            left.append(f"{made.outside} outline(s) outside the image")
-        log.info("%s: %d objects%s", image.name, count, f" ({', '.join(left)} left out)" if left else "")
+            left.append(f"{made.outside} outline(s) holding no pixel of the image")
+        log.info("%s: %s%s", image.name, _objects(count), f" ({', '.join(left)} left out)" if left else "")
     if args.tissue:
         classes = [{"name": n, "color": colors.get(n, [128, 128, 128]), "codes": [k]} for n, k in class_ids.items()]
         with atomic_open(out / "classes.json", "w") as f:
@@ -133,7 +133,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         with atomic_open(out / "classes.csv", "w") as f:
             f.write("id,name\n0,background\n" + "".join(f"{k},{name}\n" for name, k in class_ids.items()))
     print(
-        f"{total} objects in {len(images)} image(s) -> {out}/instance_masks"
+        f"{_objects(total)} in {len(images)} image(s) -> {out}/instance_masks"
         + (f", {out}/type_masks ({', '.join(f'{k} {name}' for name, k in class_ids.items())})" if class_ids else "")
         + f"\nuse it with: pathseg train nuclei --data {out} ...   or   pathseg evaluate nuclei --gt {out} ..."
     )
@@ -151,3 +151,7 @@ def _class_colors(paths: list[Path]) -> dict[str, list[int]]:
             if isinstance(cls, dict) and cls.get("name") and isinstance(cls.get("color"), list):
                 colors.setdefault(str(cls["name"]), [int(v) for v in cls["color"][:3]])
     return colors
+
+
+def _objects(count: int) -> str:
+    return f"{count} object" if count == 1 else f"{count} objects"

@@ -84,8 +84,8 @@ class Rasterised:
 
     labels: np.ndarray  #: (H, W) uint32, 0 = background, 1..N in the file's order
     types: np.ndarray | None  #: (H, W) uint8 class ids (0 = background or no class), with ``class_ids``
-    outside: int = 0  #: polygons with no pixel centre inside the image
-    skipped: dict[str, int] = field(default_factory=dict)  #: non-polygon features left out, by geometry kind
+    outside: int = 0  #: polygons holding no pixel centre of the image (off the image, or without area)
+    skipped: dict[str, int] = field(default_factory=dict)  #: other features left out, by what they are
 
 
 def rasterise(
@@ -108,8 +108,9 @@ def rasterise(
     for i, feature in enumerate(load_features(path)):
         geometry = (feature if isinstance(feature, dict) else {}).get("geometry") or {}
         kind = geometry.get("type")
-        if kind not in POLYGONAL:
-            skipped[str(kind)] = skipped.get(str(kind), 0) + 1
+        if kind not in POLYGONAL or not geometry.get("coordinates"):
+            what = "without geometry" if kind is None else kind if kind not in POLYGONAL else f"empty {kind}"
+            skipped[what] = skipped.get(what, 0) + 1
             continue
         name = f"{path.name} feature {i}"
         filled = fill(polygons(geometry, name), shape)
