@@ -307,3 +307,25 @@ def test_skip_existing_resumes_a_folder_run(tmp_path, capsys):
     assert (tmp_path / "out" / "t0_instances.tif").stat().st_mtime_ns == kept
     assert main([*run, "classical", "--mpp", "0.25"]) == 0
     assert re.search(r"^2 images: \d+ nuclei in \d+ s \(\d+\.\d s per image\) -> ", capsys.readouterr().out, re.M)
+
+
+def test_evaluate_reads_hovernet_mat_ground_truth_with_its_classes(tmp_path, capsys):
+    from scipy.io import savemat
+
+    _, gt = synthetic_nuclei((80, 90), n=5, radius=8, seed=4)
+    types = np.where(gt > 0, 1 + gt % 2, 0).astype(np.int32)
+    (tmp_path / "Labels").mkdir()
+    savemat(tmp_path / "Labels" / "t.mat", {"inst_map": gt.astype(np.float64), "type_map": types})
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "pred" / "t_instances.tif", gt.astype(np.uint32))
+    tifffile.imwrite(tmp_path / "pred" / "t_classes.tif", types.astype(np.uint8))
+    argv = ["evaluate", "nuclei", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "Labels"), "--classes"]
+    assert main([*argv, "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "F_d 1.000, accuracy of paired nuclei 1.000" in said
+    tifffile.imwrite(tmp_path / "flat.tif", gt.astype(np.uint16))  # instance masks alone: no classes to score
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat.tif").rename(tmp_path / "flat" / "t.tif")
+    argv[5] = str(tmp_path / "flat")
+    assert main([*argv, "-q"]) == 2
+    assert "--classes needs type_masks/" in capsys.readouterr().err

@@ -204,3 +204,24 @@ def test_image_files_leave_hidden_files_out(tmp_path):
             (tmp_path / sub / name).write_bytes(b"")
     assert [p.name for p in image_files(tmp_path / "images", {".png"})] == ["a.PNG", "b.png"]
     assert [(i.name, m.name) for i, m in find_pairs(tmp_path)] == [("a.PNG", "a.PNG"), ("b.png", "b.png")]
+
+
+def test_hovernet_mat_and_numpy_labels_are_read(tmp_path):
+    from scipy.io import savemat
+
+    inst = np.zeros((6, 7), np.int32)
+    inst[1:3, 1:3], inst[4:6, 4:7] = 1, 2
+    types = (inst > 0).astype(np.int32) * 3
+    savemat(tmp_path / "c.mat", {"inst_map": inst.astype(np.float64), "type_map": types, "inst_type": [[3], [3]]})
+    assert np.array_equal(read_labels(tmp_path / "c.mat"), inst)  # MATLAB's doubles back to integer ids
+    assert np.array_equal(read_labels(tmp_path / "c.mat", key="type_map"), types)
+    savemat(tmp_path / "one.mat", {"labels": inst})
+    assert np.array_equal(read_instance_labels(tmp_path / "one.mat"), inst)
+    savemat(tmp_path / "two.mat", {"a": inst, "b": types})
+    with pytest.raises(InputImageError, match=r"holds no 'inst_map' \(arrays: a, b\)"):
+        read_labels(tmp_path / "two.mat")
+    np.save(tmp_path / "l.npy", inst.astype(np.uint16))
+    assert np.array_equal(read_labels(tmp_path / "l.npy"), inst)
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputImageError, match="cannot read label image"):  # never unpickled
+        read_labels(tmp_path / "o.npy")

@@ -387,3 +387,13 @@ def test_images_whose_own_pixel_size_is_not_mpp_are_named(data, caplog):
         assert len(load_samples([data], 0.25, 0.25)) == 4
     said = "1 image(s) carry another pixel size than --mpp 0.25 µm/px (0.tif 0.5); they are taken as 0.25"
     assert said in caplog.text
+
+
+def test_training_folders_take_hovernet_mat_masks(data):
+    from scipy.io import savemat
+
+    for png in sorted((data / "instance_masks").glob("*.png")):
+        savemat(png.with_suffix(".mat"), {"inst_map": np.asarray(Image.open(png)).astype(np.float64)})
+        png.unlink()
+    samples = load_samples([data], 0.5, 0.5)
+    assert len(samples) == 4 and all(s.labels.max() >= 1 for s in samples)

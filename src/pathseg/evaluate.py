@@ -11,7 +11,7 @@ from pathseg.io.images import read_instance_labels, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.progress import track
 
-LABEL_SUFFIXES = {".png", ".tif", ".tiff"}
+LABEL_SUFFIXES = {".png", ".tif", ".tiff", ".mat", ".npy"}
 OUTLINE_SUFFIXES = {".geojson", ".json"}
 #: Suffixes pathseg adds to output stems; stripped when matching a prediction to its ground truth.
 OUTPUT_TAGS = ("_instances", "_labels", "_classes", "_tissue")
@@ -112,13 +112,19 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
     """Nucleus classification (HoVer-Net F_d and F_c per class, pooled over images) and per-class pixel Dice.
 
     Predictions: ``<stem>_instances.tif`` with ``<stem>_classes.tif`` (class id per pixel). Ground truth:
-    ``instance_masks/<stem>.png`` with ``type_masks/<stem>.png`` (CoNSeP layout), class 0 = background.
+    ``instance_masks/<stem>.png`` with ``type_masks/<stem>.png`` (CoNSeP layout), class 0 = background, or
+    ``.mat`` files holding both ``inst_map`` and ``type_map`` (HoVer-Net's layout).
     """
     from pathseg.metrics.classes import nuclei_with_classes, pair_centroids, type_scores
     from pathseg.metrics.semantic import confusion_matrix
 
     pairs = match_folders(pred, gt)
-    gt_types = _label_files(gt, "type_masks")
+    if (Path(gt) / "type_masks").is_dir():
+        gt_types = _label_files(gt, "type_masks")
+    elif pairs and all(g.suffix.lower() == ".mat" for _, _, g in pairs):  # HoVer-Net's layout: both maps in one file
+        gt_types = {stem: g for stem, _, g in pairs}
+    else:
+        raise PathsegError(f"{gt}: --classes needs type_masks/ (class id per pixel, CoNSeP layout) beside the masks")
     pred_classes = {}
     if not pred.is_dir():
         raise PathsegError(f"{pred}: not a folder")
@@ -132,8 +138,8 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
             raise PathsegError(f"{gt}: no type mask for {stem} (expected type_masks/{stem}.png)")
         if stem not in pred_classes:
             raise PathsegError(f"{pred}: no class map for {stem} (expected {stem}_classes.tif; run with --classes)")
-        p_lab, p_cls = read_instance_labels(p), read_labels(pred_classes[stem])
-        g_lab, g_cls = read_instance_labels(g), read_labels(gt_types[stem])
+        p_lab, p_cls = read_instance_labels(p), read_labels(pred_classes[stem], key="type_map")
+        g_lab, g_cls = read_instance_labels(g), read_labels(gt_types[stem], key="type_map")
         t_xy, t_c = nuclei_with_classes(g_lab, g_cls)
         q_xy, q_c = nuclei_with_classes(p_lab, p_cls)
         pr, ut, up = pair_centroids(t_xy, q_xy, radius)

@@ -29,9 +29,9 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="train a SAM-family nucleus model on image / instance-mask folders",
         epilog="several GPUs or machines: torchrun --nproc_per_node N -m pathseg.cli train nuclei ...",
         description="Train or fine-tune a nucleus model on folders holding images/ and instance_masks/ "
-        "(uint16 labels). A validation split is carved from the training images; the best model by validation "
-        "mSA is saved to OUT/best (pathseg format: use it with --model OUT/best). Re-running the same command "
-        "resumes from OUT/checkpoint.pt.",
+        "(integer labels: PNG / TIFF, HoVer-Net .mat, .npy). A validation split is carved from the training "
+        "images; the best model by validation mSA is saved to OUT/best (pathseg format: use it with --model "
+        "OUT/best). Re-running the same command resumes from OUT/checkpoint.pt.",
     )
     t.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     t.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder (checkpoints, best model, log)")

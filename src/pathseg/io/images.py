@@ -263,8 +263,16 @@ def _read_openslide(path: Path, max_pixels: int) -> LoadedImage:
     return LoadedImage(pixels=pixels, path=path, mpp=mpp, notes=notes)
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read a label image (PNG/TIFF of integer ids, 0 = background) as a 2-D integer array."""
+#: Label arrays kept outside images: MATLAB files (HoVer-Net's ``inst_map`` / ``type_map``) and numpy arrays.
+ARRAY_LABEL_SUFFIXES = (".mat", ".npy")
+
+
+def read_labels(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """Read a label image (PNG/TIFF of integer ids, 0 = background) as a 2-D integer array.
+
+    Also ``.npy`` (read without pickles) and ``.mat`` (HoVer-Net's layout: the array ``key``, else ``inst_map``, else
+    the file's only 2-D array), so CoNSeP-style labels and HoVer-Net's predictions need no conversion.
+    """
     path = Path(path)
     _check_file(path)
     suffix = path.suffix.lower()
@@ -273,11 +281,17 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             import tifffile
 
             arr = tifffile.imread(path)
+        elif suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix == ".mat":
+            arr = _mat_array(path, key)
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 arr = np.asarray(im)
+    except InputImageError:
+        raise
     except Exception as exc:  # any decoder failure is a user-facing file problem here
         raise InputImageError(path, f"cannot read label image ({exc})") from exc
     arr = np.squeeze(arr)
@@ -285,9 +299,25 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         raise InputImageError(path, f"expected a 2-D label image (one integer id per pixel), got shape {arr.shape}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f" and arr.size and np.array_equal(arr, np.round(arr)) and arr.min() >= 0:
+        arr = arr.astype(np.int64)  # MATLAB stores whole numbers as doubles
     if arr.dtype.kind not in "iu":
         raise InputImageError(path, f"expected integer labels, got dtype {arr.dtype}")
     return arr
+
+
+def _mat_array(path: Path, key: str | None) -> np.ndarray:
+    from scipy.io import loadmat  # reads MATLAB data only: no code runs
+
+    data = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    for name in (key, "inst_map"):
+        if name is not None and name in data:
+            return np.asarray(data[name])
+    planes = [k for k, v in data.items() if isinstance(v, np.ndarray) and np.squeeze(v).ndim == 2 and v.size > 1]
+    if len(planes) == 1:
+        return np.asarray(data[planes[0]])
+    wanted = f"{key!r} or 'inst_map'" if key else "'inst_map'"
+    raise InputImageError(path, f"holds no {wanted} (arrays: {', '.join(sorted(data)) or 'none'})")
 
 
 def read_instance_labels(path: str | os.PathLike) -> np.ndarray:

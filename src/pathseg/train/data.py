@@ -17,7 +17,7 @@ import torch
 
 from pathseg.augment import stain_jitter
 from pathseg.errors import PathsegError
-from pathseg.io.images import image_files, read_image, read_instance_labels, read_labels
+from pathseg.io.images import ARRAY_LABEL_SUFFIXES, image_files, read_image, read_instance_labels, read_labels
 from pathseg.nuclei.targets import distance_targets
 from pathseg.resize import resize_labels, resize_rgb, scaled_size
 
@@ -44,7 +44,7 @@ def find_pairs(folder: str | os.PathLike, warn: bool = True) -> list[tuple[Path,
     img_dir, mask_dir = folder / "images", folder / "instance_masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/")
-    masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES)}
+    masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES + ARRAY_LABEL_SUFFIXES)}
     images = image_files(img_dir, IMAGE_SUFFIXES)
     pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
     if not pairs:
@@ -102,7 +102,7 @@ def load_samples(
                 type_path = Path(folder) / "type_masks" / mask_path.name
                 if not type_path.is_file():
                     raise PathsegError(f"{type_path}: missing (class training needs type_masks/ beside the images)")
-                types = read_labels(type_path).astype(np.int32)
+                types = read_labels(type_path, key="type_map").astype(np.int32)
             factor = mpp_in / mpp_model
             image, labels = resample(image, labels, factor)
             if types is not None:
