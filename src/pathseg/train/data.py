@@ -100,6 +100,8 @@ def load_samples(
             types = None
             if with_types:
                 type_path = Path(folder) / "type_masks" / mask_path.name
+                if not type_path.is_file() and mask_path.suffix.lower() == ".mat":
+                    type_path = mask_path  # HoVer-Net's layout: the type_map beside the inst_map
                 if not type_path.is_file():
                     raise PathsegError(f"{type_path}: missing (class training needs type_masks/ beside the images)")
                 types = read_labels(type_path, key="type_map").astype(np.int32)
