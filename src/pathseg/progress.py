@@ -89,7 +89,7 @@ class Bar:
         elapsed, steps = now - self._start, done - self._first  # since the first call
         if steps > 0 and elapsed > 1:
             per = elapsed / steps
-            extra.append(f"{per:.2g} s/it" if per >= 1 else f"{1 / per:.3g} it/s")
+            extra.append(f"{per:.{1 if per < 10 else 0}f} s/it" if per >= 1 else f"{1 / per:.1f} it/s")
             if total and done < total:
                 extra.append(f"~{_duration(per * (total - done))} left")
         print(said + (" " + ", ".join(extra) if extra else ""), file=sys.stderr, flush=True)
