@@ -179,6 +179,9 @@ def test_inputs_expand_folders_and_dataset_layouts(tmp_path):
         expand_inputs([tmp_path / "nest" / "*.png"])
     with pytest.raises(PathsegError, match="reads local files; download it first"):
         expand_inputs([Path("https://example.org/tile.png")])
+    (tmp_path / "hv" / "Images").mkdir(parents=True)  # CoNSeP as HoVer-Net ships it
+    (tmp_path / "hv" / "Images" / "d.png").write_bytes(b"")
+    assert expand_inputs([tmp_path / "hv"]) == [tmp_path / "hv" / "Images" / "d.png"]
 
 
 def test_ais_views_reach_the_network_and_need_an_ais_decoder(tmp_path, monkeypatch, capsys):
@@ -319,7 +322,7 @@ def test_evaluate_reads_hovernet_mat_ground_truth_with_its_classes(tmp_path, cap
     (tmp_path / "pred").mkdir()
     tifffile.imwrite(tmp_path / "pred" / "t_instances.tif", gt.astype(np.uint32))
     tifffile.imwrite(tmp_path / "pred" / "t_classes.tif", types.astype(np.uint8))
-    argv = ["evaluate", "nuclei", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "Labels"), "--classes"]
+    argv = ["evaluate", "nuclei", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path), "--classes"]  # finds Labels/
     assert main([*argv, "-q"]) == 0
     said = capsys.readouterr().out
     assert "F_d 1.000, accuracy of paired nuclei 1.000" in said

@@ -392,10 +392,12 @@ def test_images_whose_own_pixel_size_is_not_mpp_are_named(data, caplog):
 def test_training_folders_take_hovernet_mat_masks(data):
     from scipy.io import savemat
 
-    for png in sorted((data / "instance_masks").glob("*.png")):
+    for png in sorted((data / "instance_masks").glob("*.png")):  # masks as HoVer-Net's .mat files
         inst = np.asarray(Image.open(png)).astype(np.float64)
         savemat(png.with_suffix(".mat"), {"inst_map": inst, "type_map": (inst > 0) * 2})
         png.unlink()
+    (data / "images").rename(data / "Images")  # CoNSeP as HoVer-Net ships it: Images/ and Labels/
+    (data / "instance_masks").rename(data / "Labels")
     samples = load_samples([data], 0.5, 0.5, with_types=True)  # types from the same file's type_map
     assert len(samples) == 4 and all(s.labels.max() >= 1 for s in samples)
     assert all(set(np.unique(s.types[s.labels > 0]).tolist()) == {2} for s in samples)

@@ -34,8 +34,10 @@ def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = (), outli
     suffix; with ``outlines``, also GeoJSON files (``<stem>.geojson``) for stems without a label image."""
     if not folder.is_dir():
         raise PathsegError(f"{folder}: not a folder")
-    if (folder / subfolder).is_dir():
-        folder = folder / subfolder
+    for sub in (subfolder, "Labels") if subfolder == "instance_masks" else (subfolder,):  # Labels/: HoVer-Net's
+        if (folder / sub).is_dir():
+            folder = folder / sub
+            break
     files = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."):

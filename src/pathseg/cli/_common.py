@@ -195,8 +195,9 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     for path in inputs:
         if path.is_dir():
             found = image_files(path, IMAGE_SUFFIXES)
-            if not found and (path / "images").is_dir():
-                found = image_files(path / "images", IMAGE_SUFFIXES)
+            for sub in ("images", "Images"):  # a dataset folder (HoVer-Net's CoNSeP: Images/)
+                if not found and (path / sub).is_dir():
+                    found = image_files(path / sub, IMAGE_SUFFIXES)
             ours = [p for p in found if p.suffix.lower() == ".tif" and p.stem.endswith(OUTPUT_TAGS)]
             if ours:  # label and class images pathseg wrote into the folder are no inputs
                 log.info(

@@ -38,12 +38,15 @@ class Sample:
 
 
 def find_pairs(folder: str | os.PathLike, warn: bool = True) -> list[tuple[Path, Path]]:
-    """(image, mask) paths matched by stem in ``folder/images`` and ``folder/instance_masks``; ``warn``: log the
-    images and masks left without a partner."""
+    """(image, mask) paths matched by stem in ``folder/images`` and ``folder/instance_masks`` (or HoVer-Net's
+    ``Images/`` and ``Labels/``, as CoNSeP ships); ``warn``: log the images and masks left without a partner."""
     folder = Path(folder)
-    img_dir, mask_dir = folder / "images", folder / "instance_masks"
+    img_dir = next((folder / d for d in ("images", "Images") if (folder / d).is_dir()), folder / "images")
+    mask_dir = next(
+        (folder / d for d in ("instance_masks", "Labels", "labels") if (folder / d).is_dir()), folder / "instance_masks"
+    )
     if not img_dir.is_dir() or not mask_dir.is_dir():
-        raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/")
+        raise PathsegError(f"{folder}: expected sub-folders images/ and instance_masks/ (or Images/ and Labels/)")
     masks = {p.stem: p for p in image_files(mask_dir, IMAGE_SUFFIXES + ARRAY_LABEL_SUFFIXES)}
     images = image_files(img_dir, IMAGE_SUFFIXES)
     pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
