@@ -91,13 +91,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
             f"{len(missing)} image(s) have no <stem>.geojson ({where}): {', '.join(missing[:5])}"
             + (" ..." if len(missing) > 5 else "")
         )
-    names = args.classes if args.classes is not None else classes_in(list(sources.values()))
+    found = classes_in(list(sources.values()))  # names and QuPath's colours, in one reading of the files
+    names = args.classes if args.classes is not None else list(found)
     if len(names) > 254 or len(set(names)) != len(names):
         raise PathsegError("--classes: up to 254 distinct names")
     if args.tissue and not names:
         raise PathsegError("--tissue: the outlines carry no QuPath classes; tissue masks need one class per region")
     class_ids = {name: k for k, name in enumerate(names, start=1)} if names else None
-    colors = _class_colors(list(sources.values())) if args.tissue else {}
     out = args.output
     total = 0
     for image in track(images, total=len(images), desc="masks", quiet=args.quiet):
@@ -121,7 +121,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
             left.append(f"{made.outside} outline(s) holding no pixel of the image")
         log.info("%s: %s%s", image.name, _objects(count), f" ({', '.join(left)} left out)" if left else "")
     if args.tissue:
-        classes = [{"name": n, "color": colors.get(n, [128, 128, 128]), "codes": [k]} for n, k in class_ids.items()]
+        classes = [{"name": n, "color": found.get(n) or [128, 128, 128], "codes": [k]} for n, k in class_ids.items()]
         with atomic_open(out / "classes.json", "w") as f:
             json.dump({"classes": classes, "ignore": [0]}, f, indent=1)
         print(
@@ -138,19 +138,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
         + f"\nuse it with: pathseg train nuclei --data {out} ...   or   pathseg evaluate nuclei --gt {out} ..."
     )
     return 0
-
-
-def _class_colors(paths: list[Path]) -> dict[str, list[int]]:
-    """QuPath's colour of each class name in ``paths`` (the first one given), as [r, g, b]."""
-    from pathseg.io.annotations import load_features
-
-    colors: dict[str, list[int]] = {}
-    for path in paths:
-        for feature in load_features(path):
-            cls = ((feature if isinstance(feature, dict) else {}).get("properties") or {}).get("classification")
-            if isinstance(cls, dict) and cls.get("name") and isinstance(cls.get("color"), list):
-                colors.setdefault(str(cls["name"]), [int(v) for v in cls["color"][:3]])
-    return colors
 
 
 def _objects(count: int) -> str:

@@ -131,12 +131,18 @@ def rasterise(
     return Rasterised(labels, types, outside, skipped)
 
 
-def classes_in(paths: list[Path]) -> list[str]:
-    """The class names the polygon features of ``paths`` carry, sorted."""
-    names = set()
+def classes_in(paths: list[Path]) -> dict[str, list[int] | None]:
+    """The classes the polygon features of ``paths`` carry, sorted by name: name -> QuPath's colour ([r, g, b], the
+    first one given) or None."""
+    found: dict[str, list[int] | None] = {}
     for path in paths:
         for feature in load_features(path):
             geometry = (feature if isinstance(feature, dict) else {}).get("geometry") or {}
-            if geometry.get("type") in POLYGONAL and class_name(feature) is not None:
-                names.add(class_name(feature))
-    return sorted(names)
+            name = class_name(feature) if geometry.get("type") in POLYGONAL else None
+            if name is None:
+                continue
+            color = (feature.get("properties") or {}).get("classification") or {}
+            color = color.get("color") if isinstance(color, dict) else None
+            if found.get(name) is None:
+                found[name] = [int(v) for v in color[:3]] if isinstance(color, list) else None
+    return dict(sorted(found.items()))
