@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.errors import PathsegError
+from pathseg.io.export import LABEL_TAGS
 from pathseg.io.images import read_instance_labels, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.progress import track
 
 LABEL_SUFFIXES = {".png", ".tif", ".tiff", ".mat", ".npy"}
 OUTLINE_SUFFIXES = {".geojson", ".json"}
-#: Suffixes pathseg adds to output stems; stripped when matching a prediction to its ground truth.
-OUTPUT_TAGS = ("_instances", "_labels", "_classes", "_tissue")
+#: Suffixes pathseg (and other tools: ``_labels``) add to output stems; stripped when matching a prediction to its
+#: ground truth.
+OUTPUT_TAGS = (*LABEL_TAGS, "_labels")
 
 
 def _stem(path: Path) -> str:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from pathseg.errors import PathsegError
+from pathseg.io.export import LABEL_TAGS
 from pathseg.io.images import image_files
 
 log = logging.getLogger("pathseg")
@@ -180,14 +181,10 @@ def check_output_file(path: Path, option: str) -> None:
         raise PathsegError(f"{option} {path}: {existing} is not writable")
 
 
-#: Stems of the label / class images pathseg writes (``<stem>_instances.tif``, ...): no inputs in a folder.
-OUTPUT_TAGS = ("_instances", "_classes", "_tissue")
-
-
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files they hold (sorted). A dataset folder without image files
     of its own but with an ``images/`` sub-folder (the MoNuSeg / GlaS / CoNSeP layout) gives that sub-folder's;
-    hidden files and pathseg's own label / class TIFFs (:data:`OUTPUT_TAGS`) are left out. A file named twice
+    hidden files and pathseg's own label / class TIFFs (``LABEL_TAGS``) are left out. A file named twice
     comes once. Two files whose results would take one name (``a/t.png`` and ``b/t.png``, or ``t.png`` and
     ``t.tif``) are refused before any work, so that neither overwrites the other's."""
 
@@ -198,7 +195,7 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             for sub in ("images", "Images"):  # a dataset folder (HoVer-Net's CoNSeP: Images/)
                 if not found and (path / sub).is_dir():
                     found = image_files(path / sub, IMAGE_SUFFIXES)
-            ours = [p for p in found if p.suffix.lower() == ".tif" and p.stem.endswith(OUTPUT_TAGS)]
+            ours = [p for p in found if p.suffix.lower() == ".tif" and p.stem.endswith(LABEL_TAGS)]
             if ours:  # label and class images pathseg wrote into the folder are no inputs
                 log.info(
                     "note: %s: %d label / class image(s) pathseg wrote left out, e.g. %s", path, len(ours), ours[0].name

@@ -12,6 +12,10 @@ import numpy as np
 
 from pathseg.io.atomic import atomic_open, atomic_path
 
+#: Tags of the label / class images pathseg writes: ``<stem>_instances.tif`` (nuclei), ``<stem>_classes.tif``
+#: (nucleus classes), ``<stem>_tissue.tif`` (tissue classes).
+LABEL_TAGS = ("_instances", "_classes", "_tissue")
+
 
 def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, mpp: float | None = None) -> Path:
     """Write a label image as a zlib-compressed TIFF (uint32 unless given uint8/uint16).
