@@ -110,9 +110,9 @@ def test_arrays_are_converted_as_files_are_and_non_images_refused(nuclei_image):
 def test_an_mpp_that_replaces_the_files_own_is_noted(tmp_path, nuclei_image, caplog, monkeypatch):
     import logging
 
-    import pathseg.api
+    import pathseg.io.metadata
 
-    monkeypatch.setattr(pathseg.api, "_REPLACED_MPP", set())  # whatever earlier tests noted
+    monkeypatch.setattr(pathseg.io.metadata, "_NOTED", set())  # whatever earlier tests noted
 
     rgb, _ = nuclei_image
     tifffile.imwrite(tmp_path / "t.tif", rgb, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")  # 0.25 µm/px

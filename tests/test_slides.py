@@ -85,9 +85,12 @@ def test_tissue_mask_hsv_equals_skimage():
     assert np.allclose(sat, ref[..., 1], atol=1e-6) and np.allclose(val, ref[..., 2], atol=1e-6)
 
 
-def test_an_mpp_that_replaces_the_slides_own_is_noted(pyramid, caplog):
+def test_an_mpp_that_replaces_the_slides_own_is_noted(pyramid, caplog, monkeypatch):
     import logging
 
+    import pathseg.io.metadata
+
+    monkeypatch.setattr(pathseg.io.metadata, "_NOTED", set())  # whatever earlier tests noted
     path, _ = pyramid
     with caplog.at_level(logging.WARNING, logger="pathseg"):
         with open_slide(path, mpp=0.26) as s:  # within 10%: a correction, said nothing

@@ -18,14 +18,13 @@ from pathseg.errors import PathsegError
 from pathseg.io.convert import as_rgb_array
 from pathseg.io.export import write_csv, write_geojson, write_label_tiff
 from pathseg.io.images import check_resampled_size, read_image
+from pathseg.io.metadata import note_replaced_mpp
 from pathseg.models.base import NucleusModel
 from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.measure import geojson_features, measure_nuclei
 from pathseg.progress import ProgressCallback
 
 log = logging.getLogger("pathseg")
-
-_REPLACED_MPP: set[tuple[float, float]] = set()  # (file's µm/px, --mpp) pairs already noted in this process
 
 
 @dataclass
@@ -206,11 +205,8 @@ def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.nda
             log.info("note: image: %s", note)
         file_mpp, path = None, None
     used, source = resolve_mpp(mpp, file_mpp, net.mpp)
-    if source == "argument" and file_mpp is not None and abs(used / file_mpp - 1) > 0.1:
-        said = (round(file_mpp, 4), used)  # once per pair of sizes, not once per tile of a folder
-        if said not in _REPLACED_MPP:
-            _REPLACED_MPP.add(said)
-            log.warning("note: %s: --mpp %g replaces the file's own %.4g µm/px", path.name, used, file_mpp)
+    if source == "argument":
+        note_replaced_mpp(path.name if path else "image", used, file_mpp)
     if getattr(net, "network_mpp", None) is not None:  # models that resample the image to their own pixel size
         check_resampled_size(rgb.shape, used, net.network_mpp, max_pixels, path or "image")
     return rgb, used, source, path

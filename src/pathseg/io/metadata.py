@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 
@@ -20,6 +21,18 @@ _UNIT_TO_UM = {
     "m": 1e6,
     "\\u00B5m": 1.0,
 }
+
+
+def note_replaced_mpp(name: str, given: float, own: float | None, what: str = "file") -> None:
+    """Log a note when a pixel size the user gave (``--mpp``) replaces the ``what``'s (file's, slide's) ``own`` one
+    by more than 10%; once per pair of sizes in a process, not once per tile of a folder."""
+    if own is None or abs(given / own - 1) <= 0.1 or (round(own, 4), given) in _NOTED:
+        return
+    _NOTED.add((round(own, 4), given))
+    logging.getLogger("pathseg").warning("note: %s: --mpp %g replaces the %s's own %.4g µm/px", name, given, what, own)
+
+
+_NOTED: set[tuple[float, float]] = set()  # (own µm/px, --mpp) pairs already noted
 
 
 def plausible(mpp: float | None) -> float | None:

@@ -6,7 +6,6 @@ tifffile + zarr (random access to tiles). Coordinates are (x, y) in pixels of th
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,7 @@ import numpy as np
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.convert import to_rgb_uint8
 from pathseg.io.images import OPENSLIDE_SUFFIXES, PIL_SUFFIXES, _check_file
-from pathseg.io.metadata import mpp_from_tiff
-
-log = logging.getLogger("pathseg")
+from pathseg.io.metadata import mpp_from_tiff, note_replaced_mpp
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,6 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
     if mpp is not None:
         if not mpp > 0:
             raise PathsegError(f"--mpp must be positive, got {mpp}")
-        if slide.mpp is not None and abs(float(mpp) / slide.mpp - 1) > 0.1:
-            log.warning("note: %s: --mpp %g replaces the slide's own %.4g µm/px", path.name, mpp, slide.mpp)
+        note_replaced_mpp(path.name, float(mpp), slide.mpp, "slide")
         slide.mpp = float(mpp)
     return slide
