@@ -217,7 +217,8 @@ def _shown(value) -> str:
 
 
 def record_settings(out: Path, settings: dict) -> None:
-    """Store ``settings`` as ``out/parts/run.json`` (once the run's plan stands; kept when already there)."""
+    """Store ``settings`` as ``out/parts/run.json`` (once the run's plan stands; kept when already there). This
+    makes ``out/parts``: a run refused before it leaves no folder behind."""
     import json
 
     from pathseg.io.atomic import atomic_open

@@ -417,7 +417,6 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
-        (out / "parts").mkdir(parents=True, exist_ok=True)  # once the slide is open and planned
         record_settings(out, settings)
         chunks, keep = plan.chunks, plan.keep
         if hasattr(model, "fit_slide"):  # slide-level statistics (e.g. the classical model's threshold)

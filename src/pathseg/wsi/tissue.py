@@ -235,7 +235,6 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
                 f"a slide level nearer {model.mpp:g} µm/px avoids it"
             )
             clean = None
-        (out / "parts").mkdir(parents=True, exist_ok=True)  # once the slide is open and planned
         record_settings(out, settings)
         todo = [c for c in plan.chunks if c.index in plan.keep and not _part(out, c).is_file()]
         slide_mpp = slide.mpp if run.mpp is None else run.mpp
