@@ -8,7 +8,7 @@ import numpy as np
 
 from pathseg.errors import PathsegError
 from pathseg.io.export import LABEL_TAGS
-from pathseg.io.images import read_instance_labels, read_labels
+from pathseg.io.images import image_files, read_instance_labels, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.progress import track
 
@@ -40,17 +40,11 @@ def _label_files(folder: Path, subfolder: str, skip: tuple[str, ...] = (), outli
         if (folder / sub).is_dir():
             folder = folder / sub
             break
-    files = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."):
-            if any(p.stem.endswith(tag) for tag in skip):
-                continue
+    listed = image_files(folder, LABEL_SUFFIXES | OUTLINE_SUFFIXES if outlines else LABEL_SUFFIXES)
+    files: dict[str, Path] = {}
+    for p in sorted(listed, key=lambda p: p.suffix.lower() in OUTLINE_SUFFIXES):  # label images first, by name
+        if not p.stem.endswith(skip):
             files.setdefault(_stem(p), p)
-    if outlines:
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in OUTLINE_SUFFIXES and not p.name.startswith("."):
-                if not any(p.stem.endswith(tag) for tag in skip):
-                    files.setdefault(_stem(p), p)
     return files
 
 
