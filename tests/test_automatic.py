@@ -176,8 +176,9 @@ def test_ais_shift_moves_each_views_maps_back_by_the_decoders_bias():
 
 
 def test_a_compact_model_still_trains_after_inference():
-    """Inference moves the weights to channels-last once; they stay ordinary tensors, so training (e.g. a refiner
-    fine-tuned after validating the model it starts from) can still backpropagate through them."""
+    """Inference runs folded channels-last copies (``inference_nets``) made of ordinary tensors; the model's own
+    weights stay as they were, so training (e.g. a refiner fine-tuned after validating the model it starts from)
+    can still backpropagate through them."""
     import torch
 
     from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
@@ -185,8 +186,9 @@ def test_a_compact_model_still_trains_after_inference():
     torch.manual_seed(0)
     model = SamNucleusModel(compact_config(mpp=0.5, tile=128)).eval()
     model.segment(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8), 0.5)
+    folded = model.inference_nets()[0].stages[0][0][0].weight
+    assert folded.is_contiguous(memory_format=torch.channels_last) and not folded.is_inference()
     conv = model.sam.image_encoder.stages[0][0][0].weight
-    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dim() == 4
     assert not any(p.is_inference() for p in model.parameters())
     model.sam.image_encoder(torch.rand(1, 3, 32, 32)).sum().backward()
     assert conv.grad is not None
