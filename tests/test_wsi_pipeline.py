@@ -377,3 +377,16 @@ def test_a_plain_image_is_no_slide_and_a_refused_run_leaves_no_folder(tmp_path, 
     assert main(["wsi", str(tmp_path / "tile.png"), "-o", str(out), "--mpp", "0.5", "-q"]) == 2
     assert "a PNG/JPEG image is no slide: segment it with `pathseg nuclei`" in capsys.readouterr().err
     assert not out.exists()  # no empty parts/ left behind
+
+
+def test_a_roi_reaching_past_the_slide_is_clipped_with_a_note(tmp_path, caplog):
+    from pathseg.wsi.chunks import plan_slide
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    run = SlideRun(str(svs), str(tmp_path), model="classical", roi=(2000, 2900, 5000, 40), use_tissue_mask=False)
+    with open_slide(svs) as slide, caplog.at_level("WARNING", logger="pathseg"):
+        w, h = slide.dimensions
+        plan = plan_slide(run, slide, slide.mpp, tmp_path)
+    assert plan.region == (2000, 2900, w, 2940)
+    assert f"--roi 2000,2900,5000,40 reaches past the slide ({w}x{h}); only its part inside the slide, " in caplog.text
+    assert f"2000,2900,{w - 2000},40, is segmented" in caplog.text

@@ -3,6 +3,7 @@ chunks in this process or on Dask, multiscale OME-Zarr levels and the run report
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,8 +95,21 @@ def plan_slide(run: SlideRun, slide: Slide, model_mpp: float, out: Path, network
         rx, ry, rw, rh = run.roi
         d = lv.downsample
         region = (int(rx / d), int(ry / d), min(int((rx + rw) / d), lv.width), min(int((ry + rh) / d), lv.height))
+        sw, sh = slide.dimensions
         if region[2] <= region[0] or region[3] <= region[1]:
-            raise PathsegError(f"--roi {run.roi} lies outside the slide ({slide.dimensions[0]}x{slide.dimensions[1]})")
+            raise PathsegError(f"--roi {run.roi} lies outside the slide ({sw}x{sh})")
+        if rx + rw > sw or ry + rh > sh:
+            logging.getLogger("pathseg").warning(
+                "note: --roi %s reaches past the slide (%dx%d); only its part inside the slide, %d,%d,%d,%d, is "
+                "segmented",
+                ",".join(map(str, run.roi)),
+                sw,
+                sh,
+                rx,
+                ry,
+                min(rw, sw - rx),
+                min(rh, sh - ry),
+            )
     else:
         region = (0, 0, lv.width, lv.height)
     chunks = chunk_grid(region, (lv.width, lv.height), run.chunk, run.halo)
