@@ -37,12 +37,9 @@ def _foldable(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_mean is not None
 
 
-def weights_state(modules: Iterable[nn.Module | None]) -> tuple:
+def weights_state(modules: Iterable[nn.Module | None]) -> tuple[tuple, list[torch.Tensor]]:
     """A cheap key that changes whenever a parameter or buffer of ``modules`` is replaced, changed in place (an
-    optimiser step, ``load_state_dict``) or moved: each tensor's identity, version counter, device and dtype."""
-    return tuple(
-        (id(t), t._version, t.device, t.dtype)
-        for m in modules
-        if m is not None
-        for t in (*m.parameters(), *m.buffers())
-    )
+    optimiser step, ``load_state_dict``) or moved: each tensor's identity, version counter, device and dtype; and
+    the tensors themselves, to hold while the key is in use (so no identity is reused by a new tensor meanwhile)."""
+    tensors = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())]
+    return tuple((id(t), t._version, t.device, t.dtype) for t in tensors), tensors

@@ -206,7 +206,7 @@ class SamNucleusModel(nn.Module):
         self.refiner = _build_refiner(config.get("mask_refiner"))
         self.correction_refiner = _build_correction_refiner(config, self.refiner)
         self.box_refiner = _build_box_refiner(config, self.refiner)
-        self._folded: tuple | None = None  # (weights key, folded encoder / AIS / class decoders), see inference_nets
+        self._folded: tuple | None = None  # (weights key, folded encoder / AIS / class decoders, tensors keyed)
         self._slide_stain: tuple[np.ndarray, np.ndarray] | None = None  # set by fit_slide
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -461,10 +461,10 @@ class SamNucleusModel(nn.Module):
         parts = (self.sam.image_encoder, self.ais, self.semantic)
         if self.training or not self.fold_batchnorm or not self.is_compact:
             return parts
-        key = weights_state(parts)
+        key, tensors = weights_state(parts)
         if self._folded is None or self._folded[0] != key:
             with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
-                self._folded = (key, tuple(None if p is None else fold_batchnorm(p) for p in parts))
+                self._folded = (key, tuple(None if p is None else fold_batchnorm(p) for p in parts), tensors)
         return self._folded[1]
 
     def window_logits(self, low: torch.Tensor, h: int, w: int) -> torch.Tensor:
