@@ -124,12 +124,19 @@ def test_evaluate_tissue_leaves_nucleus_labels_in_the_same_folder_alone(tmp_path
     assert scores["images"] == 1 and scores["mean_iou"] == 1.0
 
 
-def test_evaluate_reports_missing_predictions(tiles, tmp_path, capsys):
+def test_evaluate_reports_missing_predictions_and_scores_the_predicted_only_when_asked(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"
-    main(["nuclei", str(folder / "t0.png"), "-o", str(out), "-q"])
-    assert main(["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks)]) == 2
-    assert "have no prediction" in capsys.readouterr().err
+    main(["nuclei", str(folder / "t0.png"), "-o", str(out), "-q", "--model", "classical"])
+    n_gt = len(list(masks.iterdir()))
+    args = ["evaluate", "nuclei", "--pred", str(out), "--gt", str(masks)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{n_gt - 1} ground-truth image(s) have no prediction" in err and "add --only-predicted" in err
+    assert main([*args, "--only-predicted", "--json", str(tmp_path / "s.json")]) == 0
+    assert f"scoring the 1 of {n_gt} ground-truth images with a prediction" in capsys.readouterr().err
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert [r["image"] for r in scores["images"]] == ["t0"] and scores["mean"]["sa50"] > 0.5
 
 
 def test_models_list(capsys):

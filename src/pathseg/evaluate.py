@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,12 @@ def match_folders(
     subfolder: str = "instance_masks",
     skip: tuple[str, ...] = ("_classes", "_tissue"),
     outlines: bool = False,
+    only_predicted: bool = False,
 ) -> list[tuple[str, Path, Path]]:
     """Pairs (stem, prediction, ground truth) matched by stem. Predictions whose stem ends in a ``skip`` suffix are
     other outputs in the same folder (default: nucleus class maps and tissue maps beside nucleus instances). Errors
-    if nothing matches or a prediction is missing. ``outlines``: predictions may also be GeoJSON outlines."""
+    if nothing matches or a prediction is missing, unless ``only_predicted`` (then the ground truths without a
+    prediction are left out with a note). ``outlines``: predictions may also be GeoJSON outlines."""
     preds = _label_files(pred, subfolder, skip, outlines)
     gts = _label_files(gt, subfolder)
     common = sorted(set(preds) & set(gts))
@@ -68,21 +71,31 @@ def match_folders(
         )
     missing = sorted(set(gts) - set(preds))
     if missing:
-        raise PathsegError(
-            f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else "")
+        names = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        if not only_predicted:
+            raise PathsegError(
+                f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {names} (to score only the "
+                f"{len(common)} predicted, add --only-predicted)"
+            )
+        logging.getLogger("pathseg").warning(
+            "note: scoring the %d of %d ground-truth images with a prediction; left out: %s",
+            len(common),
+            len(gts),
+            names,
         )
     return [(s, preds[s], gts[s]) for s in common]
 
 
-def evaluate_instance_folders(pred: Path, gt: Path, quiet: bool = False) -> tuple[list[dict], dict]:
+def evaluate_instance_folders(
+    pred: Path, gt: Path, quiet: bool = False, only_predicted: bool = False
+) -> tuple[list[dict], dict]:
     """Instance metrics per matched image and their mean over images. Predictions are label images or, for an
     image without one, GeoJSON outlines (``<stem>.geojson``: QuPath detections or another tool's export), drawn at
     the ground truth's size (:mod:`pathseg.io.annotations`)."""
     from pathseg.io.annotations import rasterise
 
     rows = []
-    pairs = match_folders(pred, gt, outlines=True)
+    pairs = match_folders(pred, gt, outlines=True, only_predicted=only_predicted)
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):
         gl = read_instance_labels(g)
         pl = rasterise(p, gl.shape).labels if p.suffix.lower() in OUTLINE_SUFFIXES else read_instance_labels(p)
@@ -106,7 +119,9 @@ def _class_names(gt: Path) -> dict[int, str]:
     return {}
 
 
-def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bool = False) -> dict:
+def evaluate_class_folders(
+    pred: Path, gt: Path, radius: float = 12.0, quiet: bool = False, only_predicted: bool = False
+) -> dict:
     """Nucleus classification (HoVer-Net F_d and F_c per class, pooled over images) and per-class pixel Dice.
 
     Predictions: ``<stem>_instances.tif`` with ``<stem>_classes.tif`` (class id per pixel). Ground truth:
@@ -116,7 +131,7 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
     from pathseg.metrics.classes import nuclei_with_classes, pair_centroids, type_scores
     from pathseg.metrics.semantic import confusion_matrix
 
-    pairs = match_folders(pred, gt)
+    pairs = match_folders(pred, gt, only_predicted=only_predicted)
     if (Path(gt) / "type_masks").is_dir():
         gt_types = _label_files(gt, "type_masks")
     elif pairs and all(g.suffix.lower() == ".mat" for _, _, g in pairs):  # HoVer-Net's layout: both maps in one file
@@ -166,7 +181,9 @@ def evaluate_class_folders(pred: Path, gt: Path, radius: float = 12.0, quiet: bo
     return {"f_d": scores["f_d"], "accuracy": scores["accuracy"], "classes": per_class, "images": len(pairs)}
 
 
-def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: bool = False) -> dict:
+def evaluate_tissue_folders(
+    pred: Path, gt: Path, classes: str = "glas", quiet: bool = False, only_predicted: bool = False
+) -> dict:
     """Pooled pixel accuracy, per-class Dice / IoU and their means over matched images (predictions: class-id
     images such as ``<stem>_tissue.tif``; ground truth: code masks mapped by the class map ``classes``). With two
     classes, also GlaS object F1 / Dice / Hausdorff (px) of the foreground's connected components, per image and
@@ -183,7 +200,7 @@ def evaluate_tissue_folders(pred: Path, gt: Path, classes: str = "glas", quiet: 
     # tissue maps are <stem>_tissue.tif; older runs wrote <stem>_classes.tif, the name nucleus class maps also take
     tissue_maps = any(p.stem.endswith("_tissue") for p in Path(pred).iterdir()) if Path(pred).is_dir() else False
     skip = ("_instances", "_classes") if tissue_maps else ("_instances",)
-    pairs = match_folders(pred, gt, subfolder, skip=skip)
+    pairs = match_folders(pred, gt, subfolder, skip=skip, only_predicted=only_predicted)
     cm = np.zeros((k, k))
     rows = []
     for stem, p, g in track(pairs, total=len(pairs), desc="scoring", quiet=quiet):

@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=12.0,
         help="centroid distance (px) within which nuclei pair for --classes (HoVer-Net: 12 at 40x)",
     )
+    _add_only_predicted(e)
     e.set_defaults(func=cmd_evaluate_nuclei)
     e = esub.add_parser(
         "tissue",
@@ -63,14 +64,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     e.add_argument("--classes", default="glas", help="class map of the ground truth: glas, bcss5 or a JSON file")
     e.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    _add_only_predicted(e)
     e.set_defaults(func=cmd_evaluate_tissue)
+
+
+def _add_only_predicted(e: argparse.ArgumentParser) -> None:
+    e.add_argument(
+        "--only-predicted",
+        action="store_true",
+        help="score only the ground-truth images that have a prediction, e.g. a first look at a few images "
+        "(default: a ground truth without a prediction stops the run, so a partial run is never scored as the "
+        "whole set)",
+    )
 
 
 def cmd_evaluate_nuclei(args: argparse.Namespace) -> int:
     from pathseg.evaluate import evaluate_instance_folders
     from pathseg.table import format_table
 
-    rows, mean = evaluate_instance_folders(args.pred, args.gt, quiet=args.quiet)
+    rows, mean = evaluate_instance_folders(args.pred, args.gt, quiet=args.quiet, only_predicted=args.only_predicted)
     cols = ["image", "n_gt", "n_pred", "msa", "sa50", "aji", "pq", "dq", "sq", "dice"]
     table_rows = [{**r, "n_gt": int(r["n_gt"]), "n_pred": int(r["n_pred"])} for r in rows]
     table_rows.append(
@@ -81,7 +93,9 @@ def cmd_evaluate_nuclei(args: argparse.Namespace) -> int:
     if args.classes:
         from pathseg.evaluate import evaluate_class_folders
 
-        cls = evaluate_class_folders(args.pred, args.gt, radius=args.radius, quiet=args.quiet)
+        cls = evaluate_class_folders(
+            args.pred, args.gt, radius=args.radius, quiet=args.quiet, only_predicted=args.only_predicted
+        )
         result["classes"] = cls
         print(
             f"\nnucleus classes over {cls['images']} image(s): F_d {cls['f_d']:.3f}, "
@@ -101,7 +115,7 @@ def cmd_evaluate_tissue(args: argparse.Namespace) -> int:
     from pathseg.evaluate import evaluate_tissue_folders
     from pathseg.table import format_table
 
-    r = evaluate_tissue_folders(args.pred, args.gt, args.classes, quiet=args.quiet)
+    r = evaluate_tissue_folders(args.pred, args.gt, args.classes, quiet=args.quiet, only_predicted=args.only_predicted)
     rows = [{"class": name, "dice": d, "iou": i} for name, d, i in zip(r["classes"], r["dice"], r["iou"], strict=True)]
     rows.append({"class": "mean", "dice": r["mean_dice"], "iou": r["mean_iou"]})
     print(f"{r['images']} image(s), pixel accuracy {r['accuracy']:.4f}")
