@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pathseg import __version__
+from pathseg.allocator import tune_allocator
 from pathseg.cli import evaluate, masks, models, nuclei, slides, tissue, train
 from pathseg.cli._common import check_output_file, check_output_folder, expand_inputs, log, output_stem
 from pathseg.errors import PathsegError
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    tune_allocator()  # large blocks reused, not re-mapped every network pass (pathseg.allocator)
     try:
         if getattr(args, "output", None) is not None:  # every -o is a folder
             check_output_folder(Path(args.output))

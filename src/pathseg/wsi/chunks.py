@@ -324,6 +324,9 @@ def run_chunks(
             "`dask worker ADDRESS` on each machine), or leave --scheduler out to run here"
         ) from None
     try:
+        from pathseg.allocator import tune_allocator
+
+        client.run(tune_allocator)  # as in this process; each worker reads its own PATHSEG_MALLOC
         remote_model = client.scatter(model, broadcast=True)
         futures = [
             client.submit(fn, c, remote_model, *args, key=f"pathseg-chunk-{c.index}-{time.time_ns()}", pure=False)
