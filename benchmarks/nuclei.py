@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import pathseg
+from pathseg.allocator import tune_allocator
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_allocator()  # as the pathseg command runs (PATHSEG_MALLOC=system: glibc's defaults)
 
     try:
         pairs = find_pairs(args.data)  # images/ of any image format with instance_masks/ of the same stem
