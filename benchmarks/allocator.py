@@ -1,7 +1,7 @@
 """``pathseg`` commands with glibc's allocator as it comes (``PATHSEG_MALLOC=system``) and as pathseg tunes it
 (:mod:`pathseg.allocator`), alternating in one run: wall seconds, user and system CPU seconds, peak RSS.
 
-    python benchmarks/allocator.py   # `pathseg nuclei` on MoNuSeg test, `pathseg wsi` on the demo slide
+    python benchmarks/allocator.py   # nuclei on MoNuSeg test, wsi on the demo slide, tissue on 6 GlaS images
 """
 
 from __future__ import annotations
@@ -44,18 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
     ap.add_argument("--repeats", type=int, default=2, help="runs per command and allocator (alternating)")
+    ap.add_argument("--only", nargs="+", default=None, help="only the commands whose name starts with these words")
     args = ap.parse_args(argv)
     images, slide = args.data / "monuseg" / "test" / "images", args.data / "wsi" / "CMU-1-Small-Region.svs"
-    if not images.is_dir() or not slide.is_file():
-        print(f"skipped: {images} or {slide} not found", file=sys.stderr)
+    glands = sorted((args.data / "glas" / "testA" / "images").glob("testA_*.png"))[:6]
+    if not images.is_dir() or not slide.is_file() or not glands:
+        print(f"skipped: {images}, {slide} or GlaS testA not found", file=sys.stderr)
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
             "nuclei MoNuSeg test (14 x 1 Mpx)": ["nuclei", str(images), "--mpp", "0.25", "-o", f"{tmp}/n"],
             "wsi demo slide, 1024-px chunks": ["wsi", str(slide), "--chunk", "1024", "-o", f"{tmp}/w"],
+            "tissue 6 GlaS testA images": ["tissue", *map(str, glands), "--mpp", "0.62", "-o", f"{tmp}/t"],
         }
         for name, cmd in commands.items():
+            if args.only and not any(name.startswith(w) for w in args.only):
+                continue
             seen: dict[str, list[dict]] = {"system": [], "pathseg": []}
             for i in range(args.repeats):
                 for allocator in ("system", "pathseg") if i % 2 == 0 else ("pathseg", "system"):
