@@ -456,7 +456,7 @@ class SamNucleusModel(nn.Module):
     def inference_nets(self) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
         """The image encoder, AIS decoder and class decoder to run inference with. For a compact model in
         evaluation mode with :attr:`fold_batchnorm`, copies with each BatchNorm folded into its convolution
-        (``pathseg.models.fuse``: same maps to ~1e-6, ~1.25x faster), refolded whenever a weight changes; else the
+        (``pathseg.models.fuse``: same maps to ~1e-6, 1.14-1.24x faster), refolded whenever a weight changes; else the
         modules themselves."""
         parts = (self.sam.image_encoder, self.ais, self.semantic)
         if self.training or not self.fold_batchnorm or not self.is_compact:
@@ -498,10 +498,6 @@ class SamNucleusModel(nn.Module):
     @property
     def is_compact(self) -> bool:
         return self.config["encoder"].get("type") == "compact"
-
-    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """AIS maps (B, 3, H, W) for normalised input (B, 3, H, W) (compact models: any multiple of 16)."""
-        return self.forward_train(x)[0]
 
     def forward_train(self, x: torch.Tensor, with_semantic: bool = False):
         """AIS maps and the image embedding of normalised input (one encoder pass serves every loss); with
