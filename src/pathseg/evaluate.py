@@ -77,13 +77,18 @@ def match_folders(
                 f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {names} (to score only the "
                 f"{len(common)} predicted, add --only-predicted)"
             )
-        logging.getLogger("pathseg").warning(
-            "note: scoring the %d of %d ground-truth images with a prediction; left out: %s",
-            len(common),
-            len(gts),
-            names,
-        )
+        if (str(pred), str(gt), subfolder) not in _NOTED:  # once, though nuclei and their classes match alike
+            _NOTED.add((str(pred), str(gt), subfolder))
+            logging.getLogger("pathseg").warning(
+                "note: scoring the %d of %d ground-truth images with a prediction; left out: %s",
+                len(common),
+                len(gts),
+                names,
+            )
     return [(s, preds[s], gts[s]) for s in common]
+
+
+_NOTED: set[tuple[str, str, str]] = set()  # (pred, gt, subfolder) whose left-out images were noted
 
 
 def evaluate_instance_folders(
