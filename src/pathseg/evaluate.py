@@ -77,8 +77,9 @@ def match_folders(
                 f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {names} (to score only the "
                 f"{len(common)} predicted, add --only-predicted)"
             )
-        if (str(pred), str(gt), subfolder) not in _NOTED:  # once, though nuclei and their classes match alike
-            _NOTED.add((str(pred), str(gt), subfolder))
+        noted = (str(pred), str(gt), tuple(missing))
+        if noted not in _NOTED:  # once, though nuclei and their classes match alike; again when the set changes
+            _NOTED.add(noted)
             logging.getLogger("pathseg").warning(
                 "note: scoring the %d of %d ground-truth images with a prediction; left out: %s",
                 len(common),
@@ -88,7 +89,7 @@ def match_folders(
     return [(s, preds[s], gts[s]) for s in common]
 
 
-_NOTED: set[tuple[str, str, str]] = set()  # (pred, gt, subfolder) whose left-out images were noted
+_NOTED: set[tuple[str, str, tuple[str, ...]]] = set()  # (pred, gt, left-out stems) already noted
 
 
 def evaluate_instance_folders(
