@@ -1,4 +1,4 @@
-"""``pathseg models list|fetch|convert-ldm``."""
+"""``pathseg models list|fetch|convert-ldm|int8``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pathseg.cli._common import positive_float
+from pathseg.cli._common import int_at_least, positive_float
 from pathseg.errors import PathsegError
 
 
@@ -48,6 +48,67 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     m.add_argument("--mpp", type=positive_float, default=0.5, help="pixel size it was trained at (µm/px, default 0.5)")
     m.set_defaults(func=cmd_models_convert_ldm)
+    add_int8_parser(msub, common)
+
+
+def add_int8_parser(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    m = msub.add_parser(
+        "int8",
+        parents=[common],
+        help="make a copy of a compact nucleus model whose automatic path runs in int8 (~1.3x faster on x86 CPUs)",
+        description="Calibrate the int8 automatic path of a compact nucleus model (pathseg_nuclei_cpu or one you "
+        "trained): the images run through it as `pathseg nuclei` runs them while the range of every activation is "
+        "recorded; the new folder OUT holds the model's files unchanged plus those ranges (ais_int8.safetensors) and "
+        "'ais_precision': 'int8' in its config. Weights are quantized per channel whenever it loads; prompts and "
+        "classes stay float32. Use a few images like those you will segment (4-16). On x86 CPUs only; elsewhere "
+        "the model runs in float32 and says so. Example:\n"
+        "  pathseg models int8 pathseg_nuclei_cpu tiles/ -o models/nuclei_int8\n"
+        "  pathseg nuclei slide_tiles/ -o out/ --model models/nuclei_int8\n"
+        "`pathseg nuclei --ais-precision float32|int8` chooses per run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("model", metavar="MODEL", help="a compact nucleus model: name (pathseg_nuclei_cpu) or folder")
+    m.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="calibration images, or folders of them")
+    m.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the new model folder")
+    m.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        help="pixel size of the images in µm/px; overrides the files'. Without it and without file metadata the "
+        "model's own resolution is assumed",
+    )
+    m.add_argument("--limit", type=int_at_least(1), default=16, help="use at most the first N images (default 16)")
+    m.set_defaults(func=cmd_models_int8)
+
+
+def cmd_models_int8(args: argparse.Namespace) -> int:
+    from pathseg.api import resolve_mpp
+    from pathseg.cli._common import check_output_folder, expand_inputs
+    from pathseg.io.images import read_image
+    from pathseg.models.quantize import calibrate, int8_unavailable, write_int8_folder
+    from pathseg.models.zoo import get_entry, get_nucleus_model, models_dir
+    from pathseg.progress import Bar
+
+    why = int8_unavailable()
+    if why is not None:
+        raise PathsegError(f"int8 cannot run here: {why}")
+    check_output_folder(args.output)
+    source = Path(args.model)
+    if not source.is_dir():
+        source = get_entry(args.model).bundled or models_dir() / args.model
+    model = get_nucleus_model(args.model)
+    if not getattr(model, "is_compact", False) or getattr(model, "ais", None) is None or not source.is_dir():
+        raise PathsegError(f"{args.model}: int8 needs a compact nucleus model folder with an AIS decoder")
+    inputs = expand_inputs(args.inputs)[: args.limit]
+    images = []
+    for path in inputs:
+        loaded = read_image(path)
+        images.append((loaded.pixels, resolve_mpp(args.mpp, loaded.mpp, model.mpp)[0]))
+    with Bar("calibrating", quiet=args.quiet) as bar:
+        qparams = calibrate(model, images, progress=bar)
+    out = write_int8_folder(source, args.output, qparams, model.int8_info(len(images)))
+    print(f"{out}: int8 ranges from {len(images)} image(s); use it with --model {out}")
+    return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

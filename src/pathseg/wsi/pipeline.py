@@ -384,6 +384,8 @@ def _model_parameters(model) -> dict:
     shift = getattr(model, "ais_shift", None)
     if shift is not None:  # only when set: runs recorded before it still resume
         params["ais_shift"] = list(shift)
+    if getattr(model, "ais_precision", "float32") != "float32":  # likewise
+        params["ais_precision"] = model.ais_precision
     return params
 
 
