@@ -115,3 +115,15 @@ def test_models_int8_command_writes_a_new_folder_that_pathseg_nuclei_runs(tmp_pa
     # asking for int8 from a model without ranges says how to make them
     code = main(["nuclei", tile, "-o", str(out), "--model", str(tmp_path / "m"), "--ais-precision", "int8", "-q"])
     assert code == 2 and "pathseg models int8" in capsys.readouterr().err
+
+
+def test_a_pickled_model_leaves_its_int8_network_behind_and_rebuilds_it():
+    import pickle
+
+    model = _int8_model()
+    rgb = _images(1, seed=5)[0]
+    expected = model.predict_maps(rgb)
+    assert model._int8[1] is not None
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy._int8 is None and copy._folded is None
+    assert np.array_equal(copy.predict_maps(rgb), expected)

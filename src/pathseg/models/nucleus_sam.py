@@ -216,6 +216,13 @@ class SamNucleusModel(nn.Module):
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. scattered to Dask workers) without the inference caches: folded and int8 copies are
+        rebuilt where they run."""
+        state = self.__dict__.copy()
+        state.update(_folded=None, _int8=None, _features_hook=None)
+        return state
+
     # -- the NucleusModel interface -------------------------------------------------------------------------
     @property
     def name(self) -> str:
