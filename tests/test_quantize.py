@@ -127,3 +127,27 @@ def test_a_pickled_model_leaves_its_int8_network_behind_and_rebuilds_it():
     copy = pickle.loads(pickle.dumps(model))
     assert copy._int8 is None and copy._folded is None
     assert np.array_equal(copy.predict_maps(rgb), expected)
+
+
+def test_training_keeps_the_ranges_only_while_the_network_they_fit_is_frozen(tmp_path):
+    from pathseg.models.nucleus_sam import SamNucleusModel
+    from pathseg.train.nuclei import train_nuclei
+
+    from .test_train import nuclei_folder, small_config
+
+    data = nuclei_folder(tmp_path / "data")
+    model = _int8_model()
+    model.save_pretrained(tmp_path / "init", dtype=torch.float16)  # as the bundled model is stored
+    model = SamNucleusModel.from_pretrained(tmp_path / "init")  # fp16 values: calibrate what was stored
+    model.set_int8(calibrate(model, [(rgb, 0.5) for rgb in _images()]), images=3)
+    model.save_pretrained(tmp_path / "init", dtype=torch.float16)
+    assert SamNucleusModel.from_pretrained(tmp_path / "init").int8_features() is not None
+    init = str(tmp_path / "init")
+    logs: list[str] = []
+    train_nuclei(small_config(data, tmp_path / "ais", decoder_only=True, init=init, iterations=1), log=logs.append)
+    assert any("int8 ranges are left out" in line for line in logs)
+    trained = json.loads((tmp_path / "ais" / "best" / "config.json").read_text())
+    assert "ais_int8" not in trained and "ais_precision" not in trained
+    train_nuclei(small_config(data, tmp_path / "mask", decoder_only="mask", init=init, iterations=1), log=logs.append)
+    kept = SamNucleusModel.from_pretrained(tmp_path / "mask" / "best")  # the prompt path trained: ranges still fit
+    assert kept.ais_precision == "int8" and kept.int8_features() is not None

@@ -418,6 +418,13 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
             model.config["prompt_mpp"] = cfg.model_mpp  # only the prompt path moves
         elif not cfg.decoder_only:
             model.config["mpp"] = cfg.model_mpp
+        if trained in (None, "ais") and model.ais_precision == "int8":  # the network its ranges belong to trains
+            model.config.pop("ais_int8", None)
+            model.config["ais_precision"], model.int8_qparams = "float32", None
+            log(
+                "--init's int8 ranges are left out (they fit its own encoder and AIS decoder, which train here); "
+                "validation runs in float32; recalibrate the result with `pathseg models int8`"
+            )
         after = _path_mpps(model)
         log(
             "pixel sizes (µm/px) of --init's paths: "
