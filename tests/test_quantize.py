@@ -19,7 +19,7 @@ def _model():
     from .test_fuse import _random_batchnorm_statistics
 
     torch.manual_seed(0)
-    model = SamNucleusModel(compact_config(mpp=0.5, tile=128))
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=256))
     _random_batchnorm_statistics(model)
     return model.eval()
 
@@ -151,3 +151,29 @@ def test_training_keeps_the_ranges_only_while_the_network_they_fit_is_frozen(tmp
     train_nuclei(small_config(data, tmp_path / "mask", decoder_only="mask", init=init, iterations=1), log=logs.append)
     kept = SamNucleusModel.from_pretrained(tmp_path / "mask" / "best")  # the prompt path trained: ranges still fit
     assert kept.ais_precision == "int8" and kept.int8_features() is not None
+
+
+def test_a_slide_run_takes_the_precision_and_will_not_resume_in_another(tmp_path):
+    import tifffile
+
+    from pathseg.errors import PathsegError
+    from pathseg.wsi.pipeline import SlideRun, run_slide
+
+    model = _int8_model()
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.concatenate(_images(2), axis=1), tile=(64, 64), photometric="rgb")
+    run = SlideRun(str(path), str(tmp_path / "o"), model=str(tmp_path / "m"), mpp=0.5, chunk=256, halo=32)
+    run.use_tissue_mask = False
+    run_slide(run, log=lambda *a: None)
+    stored = json.loads((tmp_path / "o" / "parts" / "run.json").read_text())
+    assert stored["model_parameters"]["ais_precision"] == "int8"
+    run.ais_precision = "float32"
+    with pytest.raises(PathsegError, match="ais_precision"):
+        run_slide(run, log=lambda *a: None)
+    run.out = str(tmp_path / "f")
+    run_slide(run, log=lambda *a: None)  # a float32 run of the same int8 model, in its own folder
+    assert "ais_precision" not in json.loads((tmp_path / "f" / "parts" / "run.json").read_text())["model_parameters"]
+    run.task = "tissue"
+    with pytest.raises(PathsegError, match="--ais-precision is for nucleus runs"):
+        run_slide(run, log=lambda *a: None)

@@ -94,7 +94,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run.stride, run.precision = None, "bfloat16"
     with pytest.raises(PathsegError, match="--precision is for tissue runs"):
         run_slide(run, log=lambda *a: None)
-    run.precision = None
+    run.precision, run.ais_precision = None, "int8"
+    with pytest.raises(PathsegError, match="--ais-precision needs a SAM-family model"):
+        run_slide(run, log=lambda *a: None)
+    run.ais_precision = None
     run.chunk, run.halo, run.stride = 192, 64, None  # the first run's settings: resumes (nothing left to do)
     assert run_slide(run, log=lambda *a: None)["chunks_done"] == len(parts)
 
@@ -348,6 +351,9 @@ def test_a_sam_models_automatic_settings_are_part_of_the_resume_check():
     assert "ais_shift" not in before  # recorded only when set, so runs recorded before it still resume
     model.config["ais_shift"] = [0.4, 0.45]
     assert _model_parameters(model)["ais_shift"] == [0.4, 0.45]
+    assert "ais_precision" not in before  # likewise
+    model.config["ais_precision"] = "int8"
+    assert _model_parameters(model)["ais_precision"] == "int8"
     assert _model_parameters(ClassicalModel()) == ClassicalModel().params.as_dict()
 
 

@@ -116,8 +116,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         choices=["float32", "int8"],
         default=None,
         help="arithmetic of the automatic path's network (default: the model's config 'ais_precision', float32 "
-        "unless the model was made by `pathseg models int8`). int8 needs the ranges that command calibrates; on "
-        "pathseg_nuclei_cpu it ran 1.3x faster with MoNuSeg validation mSA + AJI + PQ 1.4485 against 1.4483",
+        "unless the model was made by `pathseg models int8`; int8 for pathseg_nuclei_cpu). int8 needs the "
+        "activation ranges that command calibrates; x86 CPUs only. pathseg_nuclei_cpu: 1.40x faster, MoNuSeg "
+        "validation mSA + AJI + PQ 1.4485 in int8, 1.4483 in float32",
     )
     p.add_argument(
         "--no-stain",
@@ -141,23 +142,6 @@ def _needs_ais_decoder(model, flag: str) -> None:
         raise PathsegError(f"{flag} needs a SAM-family model with an AIS decoder; {model.name!r} has none")
 
 
-def _set_ais_precision(model, precision: str) -> None:
-    """``--ais-precision``: int8 is refused up front where it cannot run (no ranges, no kernels)."""
-    _needs_ais_decoder(model, "--ais-precision")
-    if precision == "int8":
-        from pathseg.models.quantize import int8_unavailable
-
-        why = int8_unavailable() or (
-            None
-            if model.is_compact and model.int8_qparams is not None
-            else f"model {model.name!r} has no int8 ranges; make a copy that has: pathseg models int8 "
-            f"{model.name} SOME_IMAGES -o OUT (then --model OUT)"
-        )
-        if why is not None:
-            raise PathsegError(f"--ais-precision int8: {why}")
-    model.config["ais_precision"] = precision
-
-
 def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
     from pathseg.models.zoo import get_nucleus_model
@@ -177,7 +161,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         model.config["ais_shift"] = list(args.ais_shift)
         model.ais_shift  # noqa: B018 - checks the values now rather than at the first image
     if args.ais_precision is not None:
-        _set_ais_precision(model, args.ais_precision)
+        _needs_ais_decoder(model, "--ais-precision")
+        model.set_ais_precision(args.ais_precision)
     if args.classes and getattr(model, "semantic", None) is None:  # said once, not once per image
         raise PathsegError(f"--classes needs a model with a class decoder; {model.name!r} has none")
     if args.mode != "ais" and not hasattr(model, "sam"):

@@ -493,6 +493,24 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: {msg}")
         return value
 
+    def set_ais_precision(self, precision: str) -> None:
+        """Run the automatic path in ``precision`` (``float32`` or ``int8``); int8 is refused where it cannot run
+        (no calibrated ranges, no kernels) with a message that says what to do."""
+        if precision not in PRECISIONS:
+            raise PathsegError(f"ais precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == INT8:
+            from pathseg.models.quantize import int8_unavailable
+
+            why = int8_unavailable()
+            if why is None and (not self.is_compact or self.ais is None or self.int8_qparams is None):
+                why = (
+                    f"model {self.name!r} has no int8 ranges; make a copy that has: pathseg models int8 {self.name} "
+                    "SOME_IMAGES -o OUT (then --model OUT)"
+                )
+            if why is not None:
+                raise PathsegError(f"int8: {why}")
+        self.config["ais_precision"] = precision
+
     def int8_features(self) -> nn.Module | None:
         """The int8 network from normalised input to the AIS decoder's last features (:mod:`pathseg.models.quantize`)
         when :attr:`ais_precision` is ``int8`` and it can run here, else None (float32; why is logged once). Rebuilt

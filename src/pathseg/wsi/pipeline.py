@@ -11,6 +11,7 @@ per-nucleus table from the parts. Nothing slide-sized is held in memory.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -374,8 +375,8 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
 
 def _model_parameters(model) -> dict:
     """What shapes a nucleus model's automatic output besides its weights: thresholds, and for SAM-family models the
-    network's pixel size, views, stain reference and map shift (a resumed run with other values stops instead of
-    mixing)."""
+    network's pixel size, views, stain reference, map shift and precision (a resumed run with other values stops
+    instead of mixing)."""
     if hasattr(model, "params"):
         return model.params.as_dict()
     params = dict(getattr(model, "ais_params", {}))
@@ -405,7 +406,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     if run.stride is not None:
         raise PathsegError("--stride is for tissue runs (--task tissue); nucleus runs tile by --chunk and --halo")
     if run.precision is not None:
-        raise PathsegError("--precision is for tissue runs (--task tissue); nucleus models run in float32")
+        raise PathsegError("--precision is for tissue runs (--task tissue); nucleus runs take --ais-precision")
     if not run.clean:
         raise PathsegError("--no-clean is for tissue runs (--task tissue); nucleus runs have no class-map cleaning")
     from pathseg.models.zoo import get_nucleus_model
@@ -413,6 +414,13 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     start = time.perf_counter()
     out = Path(run.out)
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
+    if run.ais_precision is not None:
+        if getattr(model, "ais", None) is None:
+            raise PathsegError(f"--ais-precision needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+        if model is run.model:  # the caller's model is left alone
+            model = copy.copy(model)
+            model.config = dict(model.config)
+        model.set_ais_precision(run.ais_precision)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     settings = run_settings(run, model, _model_parameters(model))
