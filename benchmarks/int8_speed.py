@@ -4,7 +4,7 @@ Each image is segmented by ``model.segment`` in float32 and in int8 (order alter
 clock starts), and the two label images are compared with each other (AJI and foreground agreement; no ground
 truth is read, so a test folder can be timed without scoring it). Prints a table and the pooled speed ratio.
 
-    python benchmarks/int8_speed.py --model MODEL_WITH_INT8_RANGES --data ../shared/data/monuseg/test
+    python benchmarks/int8_speed.py --data ../shared/data/monuseg/test [--model MODEL_WITH_INT8_RANGES]
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ COLUMNS = ["image", "float32_s", "int8_s", "speedup", "n_float32", "n_int8", "aj
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a nucleus model with int8 ranges (`pathseg models int8`)")
+    ap.add_argument(
+        "--model",
+        default="pathseg_nuclei_cpu",
+        help="a nucleus model with int8 ranges (default: the bundled one; others: `pathseg models int8`)",
+    )
     ap.add_argument("--data", type=Path, default=Path("../shared/data/monuseg/test"), help="images or a dataset")
     ap.add_argument("--mpp", type=float, default=0.25, help="pixel size of the images in µm/px (MoNuSeg: 0.25)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     ap.add_argument("--mode", default="ais", choices=["ais", "apg", "amg"], help="automatic mode (SAM-family models)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--ais-precision",
+        choices=["float32", "int8"],
+        default=None,
+        help="automatic path's arithmetic (SAM-family models; default: the model's config)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         model = SamNucleusModel(default_config(name.split(":", 1)[1], name=name)).eval()
     else:
         model = get_nucleus_model(name)
+    if args.ais_precision is not None:
+        if not hasattr(model, "set_ais_precision"):
+            print(f"--ais-precision needs a SAM-family model; {name!r} is not one", file=sys.stderr)
+            return 2
+        model.set_ais_precision(args.ais_precision)
     mpp = args.mpp
     rows, pixels = [], []
     for path, mask_path in pairs:
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     tag = name.replace(":", "_").replace("/", "_") + ("" if args.mode == "ais" else f"_{args.mode}")
+    tag += f"_{args.ais_precision}" if args.ais_precision else ""
     out = args.json or Path("benchmarks/results") / f"nuclei_{tag}_{args.data.parent.name}_{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
