@@ -75,6 +75,8 @@ def test_ranges_travel_with_the_folder_and_are_dropped_when_the_weights_change(t
     config = json.loads((tmp_path / "retrained" / "config.json").read_text())
     assert "ais_precision" not in config and "ais_int8" not in config
     assert not (tmp_path / "retrained" / QPARAMS_NAME).exists()
+    loaded.save_pretrained(tmp_path / "m")  # saved over its old folder: the old ranges go with the old weights
+    assert not (tmp_path / "m" / QPARAMS_NAME).exists()
 
 
 def test_ranges_that_do_not_fit_the_network_are_refused():

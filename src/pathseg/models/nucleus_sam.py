@@ -502,7 +502,9 @@ class SamNucleusModel(nn.Module):
             from pathseg.models.quantize import int8_unavailable
 
             why = int8_unavailable()
-            if why is None and (not self.is_compact or self.ais is None or self.int8_qparams is None):
+            if why is None and (not self.is_compact or self.ais is None):
+                why = f"model {self.name!r} is no compact model with an AIS decoder (ViT SAMs run in float32)"
+            elif why is None and self.int8_qparams is None:
                 why = (
                     f"model {self.name!r} has no int8 ranges; make a copy that has: pathseg models int8 {self.name} "
                     "SOME_IMAGES -o OUT (then --model OUT)"
@@ -662,6 +664,8 @@ class SamNucleusModel(nn.Module):
         folder = save_folder(folder, config, state, dtype)
         if current:
             write_weights(folder / QPARAMS_NAME, ranges)
+        elif (folder / QPARAMS_NAME).is_file():  # an earlier save's ranges, for other weights
+            (folder / QPARAMS_NAME).unlink()
         return folder
 
     @classmethod
