@@ -114,6 +114,9 @@ def test_models_int8_command_writes_a_new_folder_that_pathseg_nuclei_runs(tmp_pa
     tile = str(images / "t0.tif")
     assert main(["nuclei", tile, "-o", str(out), "--model", str(tmp_path / "q"), "--mpp", "0.5", "-q"]) == 0
     assert (out / "t0_instances.tif").is_file()
+    # a model that cannot run int8 is refused before anything loads (no download of a ViT SAM)
+    assert main(["models", "int8", "pathosam_vit_b", str(images), "-o", str(tmp_path / "v"), "-q"]) == 2
+    assert "compact nucleus model folder" in capsys.readouterr().err and not (tmp_path / "v").exists()
     # asking for int8 from a model without ranges says how to make them
     code = main(["nuclei", tile, "-o", str(out), "--model", str(tmp_path / "m"), "--ais-precision", "int8", "-q"])
     assert code == 2 and "pathseg models int8" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -93,12 +94,18 @@ def cmd_models_int8(args: argparse.Namespace) -> int:
     if why is not None:
         raise PathsegError(f"int8 cannot run here: {why}")
     check_output_folder(args.output)
+    wanted = "int8 needs a compact nucleus model folder with an AIS decoder (pathseg_nuclei_cpu, or one that "
+    wanted += "`pathseg train nuclei` wrote)"
     source = Path(args.model)
     if not source.is_dir():
+        if source.exists() or os.sep in args.model:
+            raise PathsegError(f"{args.model}: {wanted}")
         source = get_entry(args.model).bundled or models_dir() / args.model
+        if not (source / "config.json").is_file():  # a checkpoint to download or build: never a compact model
+            raise PathsegError(f"{args.model}: {wanted}")
     model = get_nucleus_model(args.model)
-    if not getattr(model, "is_compact", False) or getattr(model, "ais", None) is None or not source.is_dir():
-        raise PathsegError(f"{args.model}: int8 needs a compact nucleus model folder with an AIS decoder")
+    if not getattr(model, "is_compact", False) or getattr(model, "ais", None) is None:
+        raise PathsegError(f"{args.model}: {wanted}")
     inputs = expand_inputs(args.inputs)[: args.limit]
     images = []
     for path in inputs:
