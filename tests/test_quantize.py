@@ -41,7 +41,8 @@ def test_int8_maps_follow_the_float_maps_and_only_the_automatic_path_changes():
     plain = model.predict_maps(rgb)
     embedding = model.embed_window(rgb)
     calls = []
-    model.set_int8(calibrate(model, [(x, 0.5) for x in _images()], progress=lambda *a: calls.append(a)), images=3)
+    pairs = ((x, 0.5) for x in _images())  # any iterable: images may be read one at a time
+    model.set_int8(calibrate(model, pairs, total=3, progress=lambda *a: calls.append(a)), images=3)
     assert calls[-1][:2] == (3, 3)
     assert model.ais_precision == "int8" and model.int8_features() is not None
     assert model.config["ais_int8"]["images"] == 3 and len(model.config["ais_int8"]["weights_sha256"]) == 64
@@ -107,6 +108,9 @@ def test_models_int8_command_writes_a_new_folder_that_pathseg_nuclei_runs(tmp_pa
     assert config["ais_precision"] == "int8" and config["ais_int8"]["images"] == 3
     assert config["name"] == json.loads((tmp_path / "m" / "config.json").read_text())["name"] + "_int8"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # images without a pixel size are taken at the model's, and the user is told
+    assert main(["models", "int8", str(tmp_path / "m"), str(images / "t0.tif"), "-o", str(tmp_path / "q2")]) == 0
+    assert "1 image(s) carry no pixel size (t0.tif); assumed 0.5" in capsys.readouterr().err
     # an existing, non-empty output folder is never overwritten
     assert main(["models", "int8", str(tmp_path / "m"), str(images), "-o", str(tmp_path / "q"), "-q"]) == 2
     assert "not an empty folder" in capsys.readouterr().err

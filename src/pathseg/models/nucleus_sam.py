@@ -21,7 +21,14 @@ from pathseg.errors import PathsegError
 from pathseg.models.decoders import EmbeddingDecoder
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder, write_weights
 from pathseg.models.fuse import fold_batchnorm, weights_state
-from pathseg.models.quantize import INT8, PRECISIONS, QPARAMS_NAME, int8_network, weights_fingerprint
+from pathseg.models.quantize import (
+    INT8,
+    PRECISIONS,
+    QPARAMS_NAME,
+    int8_network,
+    int8_unavailable,
+    weights_fingerprint,
+)
 from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into, read_state
 from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
@@ -499,8 +506,6 @@ class SamNucleusModel(nn.Module):
         if precision not in PRECISIONS:
             raise PathsegError(f"ais precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == INT8:
-            from pathseg.models.quantize import int8_unavailable
-
             why = int8_unavailable()
             if why is None and (not self.is_compact or self.ais is None):
                 why = f"model {self.name!r} is no compact model with an AIS decoder (ViT SAMs run in float32)"

@@ -5,7 +5,7 @@ float32.
 Weights are quantized per output channel from the float weights whenever the network is built; activations need
 ranges observed on real images (**calibration**), which are saved beside the model (config ``ais_int8`` names the
 file and the fingerprint of the weights they were observed for) so that the network can be rebuilt anywhere without
-the images. ``pathseg models int8 MODEL --data IMAGES -o OUT`` writes such a model folder.
+the images. ``pathseg models int8 MODEL IMAGES... -o OUT`` writes such a model folder.
 
 The bundled model's automatic path runs 1.40x faster end to end this way (14 MoNuSeg test images, ``python
 benchmarks/int8_speed.py``), with MoNuSeg validation mSA + AJI + PQ 1.4485 against 1.4483 in float32. Where the
@@ -77,7 +77,7 @@ def _observed(encoder: nn.Module, ais: nn.Module) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = "x86"  # process-wide: the quantized kernels read it when they run
     net = _Features(copy.deepcopy(encoder), copy.deepcopy(ais)).eval().to(memory_format=torch.contiguous_format)
     for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:  # folded BatchNorms: conv + ReLU fuse
         kept = [m for m in seq if not isinstance(m, nn.Identity)]
@@ -170,10 +170,14 @@ def int8_network(
 
 
 def calibrate(
-    model, images: list[tuple[np.ndarray, float]], progress: ProgressCallback | None = None
+    model,
+    images: Iterable[tuple[np.ndarray, float]],
+    total: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, torch.Tensor]:
     """Activation ranges of ``model``'s automatic-path network (a compact :class:`SamNucleusModel`) observed on
-    ``images``, pairs of (RGB uint8 array, pixel size in µm/px) run exactly as the automatic path runs them."""
+    ``images``, pairs of (RGB uint8 array, pixel size in µm/px) run exactly as the automatic path runs them
+    (``total``: how many, for ``progress``)."""
     encoder, ais, _ = model.inference_nets()
     calibration = Calibration(encoder, ais)
     model._features_hook = calibration
@@ -181,7 +185,7 @@ def calibrate(
         for i, (rgb, mpp) in enumerate(images):
             model.initialized_segmenter(rgb, mpp)
             if progress is not None:
-                progress(i + 1, len(images), "")
+                progress(i + 1, total, "")
     finally:
         model._features_hook = None
     return calibration.qparams()
