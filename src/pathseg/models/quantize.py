@@ -72,9 +72,25 @@ class _Features(nn.Module):
         return self.ais.features(*self.encoder.forward_features(x))
 
 
-def _observed(encoder: nn.Module, ais: nn.Module) -> nn.Module:
+def _qconfig_mapping(calibrating: bool):
+    """PyTorch's x86 default (histogram observers) to calibrate; to rebuild from stored ranges, the same with min/max
+    observers, which give the same network (every range is replaced) and build ~0.2 s faster."""
+    from torch.ao.quantization import MinMaxObserver, QConfig, get_default_qconfig_mapping
+
+    mapping = get_default_qconfig_mapping("x86")
+    if calibrating:
+        return mapping
+    default = mapping.global_qconfig
+    cheap = QConfig(activation=MinMaxObserver.with_args(reduce_range=True), weight=default.weight)
+    mapping.set_global(cheap)
+    for kind, qconfig in list(mapping.object_type_qconfigs.items()):
+        if qconfig is not None and qconfig.activation is default.activation:
+            mapping.set_object_type(kind, cheap)
+    return mapping
+
+
+def _observed(encoder: nn.Module, ais: nn.Module, calibrating: bool = True) -> nn.Module:
     """The features network (from BatchNorm-folded copies) with observers that record activation ranges."""
-    from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     torch.backends.quantized.engine = "x86"  # process-wide: the quantized kernels read it when they run
@@ -92,7 +108,7 @@ def _observed(encoder: nn.Module, ais: nn.Module) -> nn.Module:
     try:
         with warnings.catch_warnings():  # the FX workflow's deprecation and observer notices; its kernels are current
             warnings.simplefilter("ignore")
-            return prepare_fx(net, get_default_qconfig_mapping("x86"), (torch.zeros(1, 3, 32, 32),))
+            return prepare_fx(net, _qconfig_mapping(calibrating), (torch.zeros(1, 3, 32, 32),))
     finally:
         fx_config.do_not_emit_stack_traces = traces
 
@@ -134,7 +150,7 @@ class Calibration:
 def build_int8(encoder: nn.Module, ais: nn.Module, qparams: dict[str, torch.Tensor]) -> nn.Module:
     """The int8 features network of the folded ``encoder`` + ``ais`` with the calibrated ``qparams``; ValueError when
     they do not fit its layers (calibrated with another architecture or PyTorch version)."""
-    observed = _observed(encoder, ais)
+    observed = _observed(encoder, ais, calibrating=False)
     with torch.no_grad():
         observed(torch.zeros(1, 3, 32, 32))  # any range: every activation's is replaced below
     net = _converted(observed)
