@@ -186,3 +186,21 @@ def test_a_slide_run_takes_the_precision_and_will_not_resume_in_another(tmp_path
     run.task = "tissue"
     with pytest.raises(PathsegError, match="--ais-precision is for nucleus runs"):
         run_slide(run, log=lambda *a: None)
+
+
+def test_a_network_rebuilt_from_stored_ranges_equals_the_calibrated_one():
+    import copy
+
+    from pathseg.models.quantize import Calibration, _converted
+
+    model = _model()
+    encoder, ais, _ = model.inference_nets()
+    calibration = Calibration(encoder, ais)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        calibration(torch.randn(1, 3, 64, 80, generator=g))
+    direct = _converted(copy.deepcopy(calibration.observed))  # histogram observers, converted as calibrated
+    rebuilt = build_int8(encoder, ais, calibration.qparams())  # min/max observers, ranges loaded
+    x = torch.randn(1, 3, 48, 64, generator=g)
+    with torch.no_grad():
+        assert torch.equal(direct(x), rebuilt(x))
