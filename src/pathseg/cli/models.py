@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def add_int8_parser(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``pathseg models int8``."""
     m = msub.add_parser(
         "int8",
         parents=[common],
