@@ -183,6 +183,12 @@ def test_a_slide_run_takes_the_precision_and_will_not_resume_in_another(tmp_path
     run.out = str(tmp_path / "f")
     run_slide(run, log=lambda *a: None)  # a float32 run of the same int8 model, in its own folder
     assert "ais_precision" not in json.loads((tmp_path / "f" / "parts" / "run.json").read_text())["model_parameters"]
+    run.model, run.out = model, str(tmp_path / "g")  # a model object: the run takes a copy set to float32
+    run_slide(run, log=lambda *a: None)
+    assert (
+        model.ais_precision == "int8"
+        and "ais_precision" not in json.loads((tmp_path / "g" / "parts" / "run.json").read_text())["model_parameters"]
+    )
     run.task = "tissue"
     with pytest.raises(PathsegError, match="--ais-precision is for nucleus runs"):
         run_slide(run, log=lambda *a: None)
