@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.data} not found", file=sys.stderr)
         return 0
     model = get_nucleus_model(args.model)
+    model.set_ais_precision("float32")  # the fold is compared in float32 (int8 always builds on the folded net)
     pairs = find_pairs(args.data)[: args.limit]
     rows = []
     for i, (path, mask_path) in enumerate(pairs):

@@ -53,6 +53,8 @@ def test_int8_maps_follow_the_float_maps_and_only_the_automatic_path_changes():
     assert torch.equal(model.embed_window(rgb), embedding)  # prompts stay float32
     model.config["ais_precision"] = "float32"
     assert np.array_equal(model.predict_maps(rgb), plain)
+    model.config["ais_precision"], model.fold_batchnorm = "int8", False  # int8 builds on the folded network only
+    assert model.int8_features() is None
 
 
 def test_ranges_travel_with_the_folder_and_are_dropped_when_the_weights_change(tmp_path, caplog):
