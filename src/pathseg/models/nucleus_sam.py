@@ -521,11 +521,11 @@ class SamNucleusModel(nn.Module):
     def int8_features(self) -> nn.Module | None:
         """The int8 network from normalised input to the AIS decoder's last features (:mod:`pathseg.models.quantize`)
         when :attr:`ais_precision` is ``int8`` and it can run here, else None (float32; why is logged once). Built on
-        the BatchNorm-folded network (with :attr:`fold_batchnorm` off, float32) and rebuilt whenever a weight changes;
-        ranges calibrated for other weights are not used."""
+        the BatchNorm-folded network on the CPU (with :attr:`fold_batchnorm` off or on a GPU, float32) and rebuilt
+        whenever a weight changes; ranges calibrated for other weights are not used."""
         if self.ais_precision != INT8 or self.training or not self.is_compact or self.ais is None:
             return None
-        if not self.fold_batchnorm:
+        if not self.fold_batchnorm or next(self.ais.parameters()).device.type != "cpu":  # int8 kernels: CPU ones
             return None
         key, tensors = weights_state((self.sam.image_encoder, self.ais))
         if self._int8 is None or self._int8[0] != key:

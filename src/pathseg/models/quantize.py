@@ -103,14 +103,16 @@ def _observed(encoder: nn.Module, ais: nn.Module, calibrating: bool = True) -> n
             seq.append(m)
     from torch.fx import config as fx_config
 
-    traces = fx_config.do_not_emit_stack_traces
-    fx_config.do_not_emit_stack_traces = True  # symbolising them cost ~1.5 s the first time
+    traces = getattr(fx_config, "do_not_emit_stack_traces", None)  # not in every PyTorch
+    if traces is not None:
+        fx_config.do_not_emit_stack_traces = True  # symbolising them cost ~1.5 s the first time
     try:
         with warnings.catch_warnings():  # the FX workflow's deprecation and observer notices; its kernels are current
             warnings.simplefilter("ignore")
             return prepare_fx(net, _qconfig_mapping(calibrating), (torch.zeros(1, 3, 32, 32),))
     finally:
-        fx_config.do_not_emit_stack_traces = traces
+        if traces is not None:
+            fx_config.do_not_emit_stack_traces = traces
 
 
 def _converted(observed: nn.Module) -> nn.Module:
