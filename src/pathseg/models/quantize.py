@@ -185,6 +185,8 @@ def int8_network(
         return build_int8(*folded, qparams), None
     except ValueError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - another PyTorch's FX workflow: float32 is always a correct answer
+        return None, f"this PyTorch ({torch.__version__}) could not build it: {type(exc).__name__}: {exc}"
 
 
 def calibrate(
