@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if model.int8_features() is None:
         print("int8 cannot run here (see the warning above)", file=sys.stderr)
         return 2
-    rows = []
+    rows, pixels = [], 0
     for i, path in enumerate(paths):
         rgb = read_image(path).pixels
+        pixels += rgb.shape[0] * rgb.shape[1]
         labels, seconds = {}, {}
         for precision in ("float32", "int8") if i % 2 == 0 else ("int8", "float32"):
             model.config["ais_precision"] = precision
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{path.stem}: {rows[-1]['speedup']:.2f}x", file=sys.stderr, flush=True)
     total = {p: sum(r[f"{p}_s"] for r in rows) for p in ("float32", "int8")}
-    mpx = sum(read_image(p).pixels[..., 0].size for p in paths) / 1e6
+    mpx = pixels / 1e6
     mean = {k: float(np.mean([r[k] for r in rows])) for k in COLUMNS[1:]}
     mean["speedup"] = total["float32"] / total["int8"]  # pooled
     print(f"\nmodel {args.model} on {args.data} ({len(rows)} images, torch threads {torch.get_num_threads()})")

@@ -88,7 +88,7 @@ def cmd_models_int8(args: argparse.Namespace) -> int:
     from pathseg.cli._common import check_output_folder, expand_inputs
     from pathseg.io.images import read_image
     from pathseg.models.quantize import calibrate, int8_unavailable, write_int8_folder
-    from pathseg.models.zoo import get_entry, get_nucleus_model, models_dir
+    from pathseg.models.zoo import get_entry, get_nucleus_model
     from pathseg.progress import Bar
 
     why = int8_unavailable()
@@ -98,11 +98,9 @@ def cmd_models_int8(args: argparse.Namespace) -> int:
     wanted = "int8 needs a compact nucleus model folder with an AIS decoder (pathseg_nuclei_cpu, or one that "
     wanted += "`pathseg train nuclei` wrote)"
     source = Path(args.model)
-    if not source.is_dir():
-        if source.exists() or os.sep in args.model:
-            raise PathsegError(f"{args.model}: {wanted}")
-        source = get_entry(args.model).bundled or models_dir() / args.model
-        if not (source / "config.json").is_file():  # a checkpoint to download or build: never a compact model
+    if not source.is_dir():  # a name: only bundled models are folders (others are checkpoints to download or build)
+        source = None if source.exists() or os.sep in args.model else get_entry(args.model).bundled
+        if source is None:
             raise PathsegError(f"{args.model}: {wanted}")
     model = get_nucleus_model(args.model)
     if not getattr(model, "is_compact", False) or getattr(model, "ais", None) is None:

@@ -17,19 +17,22 @@ from torch import nn
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` in evaluation mode in which every ``Conv2d`` directly followed by a
-    ``BatchNorm2d`` with running statistics (within an ``nn.Sequential``) is one convolution and the BatchNorm an
-    ``nn.Identity``; weights in channels-last memory format. ``module`` itself is left as it is (it may train)."""
+    ``BatchNorm2d`` with running statistics (within an ``nn.Sequential``) is one convolution and the BatchNorm is
+    gone (so a ReLU after it follows the convolution directly); weights in channels-last memory format. ``module``
+    itself is left as it is (it may train)."""
     folded = copy.deepcopy(module).eval().requires_grad_(False)
     with torch.no_grad():
         for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
-            for i in range(len(seq) - 1):
+            i = 0
+            while i < len(seq) - 1:
                 conv, bn = seq[i], seq[i + 1]
                 if isinstance(conv, nn.Conv2d) and _foldable(bn):
                     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
                     conv.weight = nn.Parameter(conv.weight * scale[:, None, None, None], requires_grad=False)
                     conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
-                    seq[i + 1] = nn.Identity()
+                    del seq[i + 1]  # Sequential renumbers the modules after it
+                i += 1
     return folded.to(memory_format=torch.channels_last)
 
 

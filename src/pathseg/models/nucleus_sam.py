@@ -217,7 +217,7 @@ class SamNucleusModel(nn.Module):
         self.box_refiner = _build_box_refiner(config, self.refiner)
         self._folded: tuple | None = None  # (weights key, folded encoder / AIS / class decoders, tensors keyed)
         self.int8_qparams: dict[str, torch.Tensor] | None = None  # calibrated activation ranges (ais_precision int8)
-        self._int8: tuple | None = None  # (weights key, int8 features network or None, tensors keyed)
+        self._int8: tuple | None = None  # (folded encoder, folded AIS decoder, int8 features network or None)
         self._features_hook = None  # a pathseg.models.quantize.Calibration while calibrating
         self._slide_stain: tuple[np.ndarray, np.ndarray] | None = None  # set by fit_slide
         sem = config.get("semantic_decoder")
@@ -386,7 +386,7 @@ class SamNucleusModel(nn.Module):
             encoder, ais, _ = self.inference_nets()
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
-            features = self._features_hook or self.int8_features()
+            features = self._features_hook or self._int8_for(encoder, ais)
             if features is not None:
                 return ais.head(features(x))[0, :, :h, :w].numpy()
             x = x.contiguous(memory_format=torch.channels_last)  # ~1.5x faster convolutions on CPU, same numbers
@@ -521,22 +521,26 @@ class SamNucleusModel(nn.Module):
     def int8_features(self) -> nn.Module | None:
         """The int8 network from normalised input to the AIS decoder's last features (:mod:`pathseg.models.quantize`)
         when :attr:`ais_precision` is ``int8`` and it can run here, else None (float32; why is logged once). Built on
-        the BatchNorm-folded network on the CPU (with :attr:`fold_batchnorm` off or on a GPU, float32) and rebuilt
+        the BatchNorm-folded network on the CPU (with :attr:`fold_batchnorm` off or on a GPU, float32), so rebuilt
         whenever a weight changes; ranges calibrated for other weights are not used."""
+        encoder, ais, _ = self.inference_nets()
+        return self._int8_for(encoder, ais)
+
+    def _int8_for(self, encoder: nn.Module, ais: nn.Module | None) -> nn.Module | None:
+        """:meth:`int8_features` for the folded nets :meth:`inference_nets` just gave (they are refolded on any weight
+        change, so they key the cache)."""
         if self.ais_precision != INT8 or self.training or not self.is_compact or self.ais is None:
             return None
-        if not self.fold_batchnorm or next(self.ais.parameters()).device.type != "cpu":  # int8 kernels: CPU ones
+        if encoder is self.sam.image_encoder or next(self.ais.parameters()).device.type != "cpu":  # unfolded; GPU
             return None
-        key, tensors = weights_state((self.sam.image_encoder, self.ais))
-        if self._int8 is None or self._int8[0] != key:
+        if self._int8 is None or self._int8[0] is not encoder or self._int8[1] is not ais:
             with torch.inference_mode(False):
-                encoder, ais, _ = self.inference_nets()
                 sha = (self.config.get("ais_int8") or {}).get("weights_sha256")
                 net, why = int8_network((self.sam.image_encoder, self.ais), (encoder, ais), self.int8_qparams, sha)
             if why is not None:
                 logging.getLogger("pathseg").warning("model %r runs in float32, not int8: %s", self.name, why)
-            self._int8 = (key, net, tensors)
-        return self._int8[1]
+            self._int8 = (encoder, ais, net)  # holding the keys: their identities cannot be reused meanwhile
+        return self._int8[2]
 
     def set_int8(self, qparams: dict[str, torch.Tensor], images: int) -> None:
         """Run the automatic path in int8 with activation ranges ``qparams`` calibrated on ``images`` images for the

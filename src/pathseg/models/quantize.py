@@ -95,12 +95,6 @@ def _observed(encoder: nn.Module, ais: nn.Module, calibrating: bool = True) -> n
 
     torch.backends.quantized.engine = "x86"  # process-wide: the quantized kernels read it when they run
     net = _Features(copy.deepcopy(encoder), copy.deepcopy(ais)).eval().to(memory_format=torch.contiguous_format)
-    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:  # folded BatchNorms: conv + ReLU fuse
-        kept = [m for m in seq if not isinstance(m, nn.Identity)]
-        while len(seq):
-            del seq[len(seq) - 1]
-        for m in kept:
-            seq.append(m)
     from torch.fx import config as fx_config
 
     traces = getattr(fx_config, "do_not_emit_stack_traces", None)  # not in every PyTorch
