@@ -99,6 +99,17 @@ def without_finished(inputs: list[Path], outdir: Path, suffixes: list[str]) -> l
     return [p for p in inputs if p not in done]
 
 
+def add_image_mpp(p: argparse.ArgumentParser) -> None:
+    """The --mpp of the commands that read images for a model: the user's, else the file's, else the model's own."""
+    p.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        help="pixel size in µm/px; overrides the file's. Without it and without file metadata the "
+        "model's own resolution is assumed",
+    )
+
+
 def add_max_pixels(p: argparse.ArgumentParser, resampled: bool = True) -> None:
     """The --max-pixels cap of the image-reading commands (``resampled``: those that resample to a model's µm/px)."""
     p.add_argument(

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from pathseg.cli._common import int_at_least, log, positive_float
+from pathseg.cli._common import add_image_mpp, int_at_least, log, positive_float
 from pathseg.errors import PathsegError
 
 
@@ -72,13 +72,7 @@ def add_int8_parser(msub: argparse._SubParsersAction, common: argparse.ArgumentP
     m.add_argument("model", metavar="MODEL", help="a compact nucleus model: name (pathseg_nuclei_cpu) or folder")
     m.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="calibration images, or folders of them")
     m.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the new model folder")
-    m.add_argument(
-        "--mpp",
-        type=positive_float,
-        default=None,
-        help="pixel size of the images in µm/px; overrides the files'. Without it and without file metadata the "
-        "model's own resolution is assumed",
-    )
+    add_image_mpp(m)
     m.add_argument("--limit", type=int_at_least(1), default=16, help="use at most the first N images (default 16)")
     m.set_defaults(func=cmd_models_int8)
 

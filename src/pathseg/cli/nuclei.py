@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pathseg.cli._common import (
+    add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
     add_skip_existing,
@@ -15,7 +16,6 @@ from pathseg.cli._common import (
     expand_inputs,
     log,
     output_stem,
-    positive_float,
     without_finished,
 )
 from pathseg.errors import PathsegError
@@ -33,13 +33,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     add_inputs_and_output(p)
     p.add_argument("--model", default=None, help="model name (see `pathseg models list`); default: best offline")
-    p.add_argument(
-        "--mpp",
-        type=positive_float,
-        default=None,
-        help="pixel size in µm/px; overrides the file's. Without it and without file metadata the "
-        "model's own resolution is assumed",
-    )
+    add_image_mpp(p)
     add_max_pixels(p)
     p.add_argument(
         "--prompts",

@@ -7,13 +7,13 @@ import sys
 import time
 
 from pathseg.cli._common import (
+    add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
     add_skip_existing,
     add_tissue_inference,
     expand_inputs,
     output_stem,
-    positive_float,
     without_finished,
 )
 from pathseg.errors import PathsegError
@@ -33,12 +33,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     add_inputs_and_output(p)
     p.add_argument("--model", default=None, help="tissue model name or folder (default: the bundled one)")
-    p.add_argument(
-        "--mpp",
-        type=positive_float,
-        default=None,
-        help="pixel size in µm/px; overrides the file's (default: the file's, else the model's own)",
-    )
+    add_image_mpp(p)
     add_max_pixels(p)
     add_tissue_inference(p)
     add_skip_existing(p)
