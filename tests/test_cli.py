@@ -36,6 +36,17 @@ def test_help_teaches(capsys):
     assert "--mpp" in capsys.readouterr().out
 
 
+def test_python_dash_m_pathseg_runs_the_command():
+    import subprocess
+    import sys
+
+    import pathseg
+
+    done = subprocess.run([sys.executable, "-m", "pathseg", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert pathseg.__version__ in done.stdout
+
+
 def test_nuclei_then_evaluate(tiles, tmp_path, capsys):
     folder, masks = tiles
     out = tmp_path / "out"

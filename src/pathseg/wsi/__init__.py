@@ -1,1 +1,1 @@
-"""Whole-slide processing: tissue detection, tiling with halo, resumable runs (in progress)."""
+"""Whole-slide processing: tissue detection, chunks with a halo, resumable runs, streamed outputs, Dask workers."""
