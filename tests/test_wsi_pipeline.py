@@ -10,6 +10,7 @@ import zarr
 from pathseg.io.slides import open_slide
 from pathseg.metrics import instance_scores
 from pathseg.models.classical import ClassicalModel
+from pathseg.wsi.chunks import Chunk
 from pathseg.wsi.pipeline import SlideRun, chunk_grid, run_slide
 from tests.conftest import shared_data
 
@@ -396,3 +397,37 @@ def test_a_roi_reaching_past_the_slide_is_clipped_with_a_note(tmp_path, caplog):
     assert plan.region == (2000, 2900, w, 2940)
     assert f"--roi 2000,2900,5000,40 reaches past the slide ({w}x{h}); only its part inside the slide, " in caplog.text
     assert f"2000,2900,{w - 2000},40, is segmented" in caplog.text
+
+
+def test_slide_geojson_traces_holes_as_a_tiles_geojson_does():
+    from pathseg.nuclei.measure import geojson_features, measure_nuclei
+    from pathseg.wsi.pipeline import _feature_strings, owned_nuclei
+
+    yy, xx = np.mgrid[:80, :80]
+    labels = np.zeros((80, 80), np.int32)
+    r2 = (yy - 30) ** 2 + (xx - 30) ** 2
+    labels[r2 < 15**2] = 1
+    labels[r2 < 4**2] = 0  # a nucleus with a hole
+    labels[(yy - 65) ** 2 + (xx - 65) ** 2 < 6**2] = 2
+    rgb = np.full((80, 80, 3), 200, np.uint8)
+    chunk = Chunk(index=0, inner=(0, 0, 80, 80), outer=(0, 0, 80, 80))
+    part = owned_nuclei(chunk, 0.5, rgb, labels)
+    slide = {
+        f["properties"]["label"] - int(part["id"][0]) + 1: f for f in map(json.loads, _feature_strings(part, 1.0, None))
+    }
+    tile = {f["properties"]["label"]: f for f in geojson_features(labels, measure_nuclei(labels, rgb, 0.5))}
+    assert sorted(slide) == sorted(tile) == [1, 2]
+    for lab in (1, 2):
+        assert slide[lab]["geometry"]["coordinates"] == tile[lab]["geometry"]["coordinates"]
+    donut = [np.array(r) for r in slide[1]["geometry"]["coordinates"]]
+    assert len(donut) == 2 and len(slide[2]["geometry"]["coordinates"]) == 1
+
+    def shoelace(r):
+        return 0.5 * abs(np.dot(r[:-1, 0], r[1:, 1]) - np.dot(r[1:, 0], r[:-1, 1]))
+
+    # QuPath's area (outer minus hole) is the table's pixel count
+    assert shoelace(donut[0]) - shoelace(donut[1]) == (labels == 1).sum()
+    # a part written before holes were traced (resumed run) still gives its outer rings
+    old = {k: v for k, v in part.items() if not k.startswith("hole_")}
+    outer_only = [json.loads(t)["geometry"]["coordinates"] for t in _feature_strings(old, 1.0, None)]
+    assert [len(c) for c in outer_only] == [1, 1]

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
-from pathseg.nuclei.measure import COLUMNS, mask_outline, measure_nuclei
+from pathseg.nuclei.measure import COLUMNS, hole_rings, mask_outline, measure_nuclei
 from pathseg.progress import ProgressCallback
 from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_multiscales: part of this module's API)
     LOCAL_BITS,
@@ -102,14 +102,23 @@ def owned_nuclei(
     if vote is not None:
         result["class_id"] = vote[0][own]
         result["class_probabilities"] = vote[1][own]
-    # outlines here, in pass 1 (parallel on Dask workers), not in the sequential assembly
-    rings, ring_offsets = [], [0]
+    # outlines here, in pass 1 (parallel on Dask workers), not in the sequential assembly: each nucleus's outer
+    # ring, and its holes' rings with the index of the nucleus they belong to (as a tile's GeoJSON traces them)
+    rings, ring_offsets, holes, hole_offsets, hole_owner = [], [0], [], [0], []
     for i, (bx0, by0, bx1, by1) in enumerate(boxes):
-        ring = mask_outline(masks[i].reshape(by1 - by0, bx1 - bx0), bx0, by0)
+        mask = masks[i].reshape(by1 - by0, bx1 - bx0)
+        ring = mask_outline(mask, bx0, by0)
         rings.append(ring)
         ring_offsets.append(ring_offsets[-1] + len(ring))
+        for hole in hole_rings(mask, bx0, by0):
+            holes.append(hole)
+            hole_offsets.append(hole_offsets[-1] + len(hole))
+            hole_owner.append(i)
     result["rings"] = np.concatenate(rings) if rings else np.zeros((0, 2))
     result["ring_offsets"] = np.array(ring_offsets, dtype=np.int64)
+    result["hole_rings"] = np.concatenate(holes) if holes else np.zeros((0, 2))
+    result["hole_offsets"] = np.array(hole_offsets, dtype=np.int64)
+    result["hole_owner"] = np.array(hole_owner, dtype=np.int64)
     return result
 
 
@@ -330,6 +339,17 @@ def _json_numbers(values: np.ndarray, decimals: int = 4):
     return pc.if_else(pc.is_finite(rounded), pc.cast(rounded, pa.string()), "null")
 
 
+def _ring_texts(points: np.ndarray, offsets: np.ndarray, downsample: float):
+    """JSON text ``[x,y],[x,y],...`` of each ring (its points from ``offsets[k]`` to ``offsets[k + 1]``), scaled
+    by ``downsample`` to level-0 pixels, as an Arrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    xy = np.round(points.astype(np.float64) * downsample, 2)
+    text = pc.binary_join_element_wise("[", _json_numbers(xy[:, 0], 2), ",", _json_numbers(xy[:, 1], 2), "]", "")
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), text), ",")
+
+
 def _feature_strings(part: dict, downsample: float, class_names: list[dict] | None) -> list[str]:
     """QuPath detection features of one part, serialised column-wise by Arrow compute (rings with < 4 points,
     which are not polygons, are left out)."""
@@ -352,14 +372,19 @@ def _feature_strings(part: dict, downsample: float, class_names: list[dict] | No
         ]
         classification = pc.take(pa.array(names), pa.array(part["class_id"].astype(np.int64)))
     offsets = part["ring_offsets"].astype(np.int64)
-    rings = np.round(part["rings"].astype(np.float64) * downsample, 2)
-    points = join("[", _json_numbers(rings[:, 0], 2), ",", _json_numbers(rings[:, 1], 2), "]", "")
-    ring_text = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), points), ",")
+    ring_text = _ring_texts(part["rings"], offsets, downsample)
+    holes = [""] * n  # ',[hole ring]' per hole of each nucleus (parts written before holes were traced have none)
+    if "hole_owner" in part and len(part["hole_owner"]):
+        hole_text = _ring_texts(part["hole_rings"], part["hole_offsets"].astype(np.int64), downsample).to_pylist()
+        for owner, text in zip(part["hole_owner"].tolist(), hole_text, strict=True):
+            holes[owner] += ",[" + text + "]"
     ids = _json_numbers(part["id"])
     features = join(
         '{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[',
         ring_text,
-        ']]},"properties":{"objectType":"detection","label":',
+        "]",
+        pa.array(holes),
+        ']},"properties":{"objectType":"detection","label":',
         ids,
         ',"name":"nucleus ',
         ids,
