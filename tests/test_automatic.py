@@ -212,3 +212,32 @@ def test_tune_ais_takes_a_folder_or_a_bundled_nucleus_models_name(tmp_path):
         tune_ais.model_folder(Path("pathseg_nuclei_cpu"), write=True)
     with pytest.raises(SystemExit, match="not a bundled nucleus model \\(pathseg_nuclei_cpu\\)"):
         tune_ais.model_folder(Path("pathseg_tissue"))  # a tissue model is no choice here
+
+
+def test_objects_of_flat_fill_are_dropped_and_stained_ones_kept(nuclei_image):
+    from skimage.segmentation import relabel_sequential
+
+    from pathseg.nuclei.automatic import drop_flat_fill
+
+    rgb, gt = nuclei_image
+    rgb = rgb.copy()
+    rgb[:, :20] = 0  # a blacked-out strip, as padding leaves it
+    wholly_black = [i for i in np.unique(gt)[1:] if (np.nonzero(gt == i)[1] < 20).all()]
+    labels = relabel_sequential(np.where(np.isin(gt, wholly_black), 0, gt).astype(np.uint32))[0]
+    labels[labels > 0] += 1  # nuclei: ids 2.., some cut by the strip (black and stained pixels)
+    labels[5:60, 0:6][labels[5:60, 0:6] == 0] = 1  # an object wholly in the fill, as a border response makes one
+    expected = relabel_sequential(np.where(labels == 1, 0, labels))[0]
+    noisy = rgb.copy()
+    noisy[:, :20] = np.random.default_rng(0).integers(0, 3, (rgb.shape[0], 20, 3))  # JPEG-like noise: still flat
+    for image in (rgb, noisy):
+        assert np.array_equal(drop_flat_fill(labels, image), expected)
+    stained = rgb.copy()
+    stained[:, :20] = np.random.default_rng(1).integers(60, 200, (rgb.shape[0], 20, 3))
+    assert drop_flat_fill(labels, stained) is labels  # nothing flat: the same array back, nothing copied
+
+
+def test_the_bundled_model_finds_no_nucleus_in_black_padding():
+    from pathseg.api import segment_nuclei
+
+    black = np.zeros((256, 256, 3), np.uint8)  # its network answers the left edge with a nucleus-like strip
+    assert segment_nuclei(black, mpp=0.5).labels.max() == 0

@@ -31,7 +31,7 @@ from pathseg.models.quantize import (
 )
 from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into, read_state
-from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter
+from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter, drop_flat_fill
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size, shift_maps
 
@@ -620,7 +620,8 @@ class SamNucleusModel(nn.Module):
         ``mode``: ``ais`` (decoder maps + watershed, default), ``apg`` (SAM prompts at AIS seeds) or ``amg``
         (SAM's point grid). ``params`` override the mode's post-processing thresholds. ``stain``: for a model with
         :attr:`ais_stain`, the LAB statistics to normalise from (:meth:`stain_stats` of the whole image ``rgb`` is
-        cut from; default: ``rgb``'s own).
+        cut from; default: ``rgb``'s own). Objects of flat fill (black padding: :func:`drop_flat_fill`) are left
+        out.
         """
         if mode in ("amg", "apg"):
             from pathseg.nuclei.interactive import Predictor
@@ -630,10 +631,12 @@ class SamNucleusModel(nn.Module):
                 AutomaticMaskGenerator(Predictor(self)) if mode == "amg" else AutomaticPromptGenerator(Predictor(self))
             )
             gen.initialize(rgb, mpp, progress=progress)
-            return gen.generate(**params)  # APG seeds from the model's tuned AIS thresholds
-        if mode != "ais":
+            labels = gen.generate(**params)  # APG seeds from the model's tuned AIS thresholds
+        elif mode == "ais":
+            labels = self.initialized_segmenter(rgb, mpp, progress, stain).generate(**{**self.ais_params, **params})
+        else:
             raise PathsegError(f"unknown mode {mode!r}; one of ais, apg, amg")
-        return self.initialized_segmenter(rgb, mpp, progress, stain).generate(**{**self.ais_params, **params})
+        return drop_flat_fill(labels, rgb)
 
     def initialized_segmenter(
         self,
