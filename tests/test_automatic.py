@@ -1,6 +1,7 @@
 """AIS post-processing and tiling: one watershed on stitched maps, no nucleus split or duplicated at tile borders."""
 
 import numpy as np
+import pytest
 
 from pathseg.metrics import instance_scores
 from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter, watershed_from_maps
@@ -241,3 +242,21 @@ def test_the_bundled_model_finds_no_nucleus_in_black_padding():
 
     black = np.zeros((256, 256, 3), np.uint8)  # its network answers the left edge with a nucleus-like strip
     assert segment_nuclei(black, mpp=0.5).labels.max() == 0
+
+
+def test_ais_params_are_checked_by_name_and_range():
+    from pathseg.errors import PathsegError
+    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+
+    with pytest.raises(ValueError, match="unknown AIS parameter"):
+        AISParams.of({"threshold": 0.5})
+    with pytest.raises(ValueError, match="distance_smoothing must be >= 0"):
+        AISParams(distance_smoothing=-1)
+    with pytest.raises(ValueError, match="outline_levels must lie between 0 and 1"):
+        AISParams(outline_levels=(0.5, 1.0))
+    model = SamNucleusModel(compact_config(mpp=0.5, tile=128))
+    model.set_ais_params(min_foreground=0.5, min_size=10)
+    assert model.ais_params["min_foreground"] == 0.5 and model.ais_params["min_size"] == 10
+    with pytest.raises(PathsegError, match="min_foreground must lie in"):
+        model.set_ais_params(min_foreground=-0.1)
+    assert model.ais_params["min_foreground"] == 0.5  # a refused change leaves the model as it was

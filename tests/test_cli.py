@@ -255,6 +255,29 @@ def test_ais_shift_reaches_the_maps_and_is_checked_before_any_image(tmp_path, mo
     assert "--ais-shift needs a SAM-family model" in capsys.readouterr().err
 
 
+def test_ais_params_reach_the_watershed_and_are_checked_before_any_image(tmp_path, monkeypatch, capsys):
+    from pathseg.nuclei import automatic
+
+    rgb, _ = synthetic_nuclei()
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    seen = []
+    original = automatic.watershed_from_maps
+    monkeypatch.setattr(automatic, "watershed_from_maps", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+    args = ["nuclei", str(tmp_path / "t.png"), "-q", "--ais-param", "min_foreground=0.55"]
+    assert main([*args, "-o", str(tmp_path / "a"), "--ais-param", "outline_levels=0.3,0.5"]) == 0
+    assert seen[-1].min_foreground == 0.55 and seen[-1].outline_levels == (0.3, 0.5)
+    assert seen[-1].foreground_threshold == 0.4  # the bundled model's own value where none is given
+    seen.clear()
+    assert main([*args, "-o", str(tmp_path / "b"), "--ais-param", "foreground_threshold=1.5"]) == 2
+    assert not seen and "foreground_threshold must lie in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "c"), "--ais-param", "threshold=0.5"])
+    assert "NAME one of center_distance_threshold" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "d"), "--model", "classical"]) == 2
+    assert "--ais-param needs a SAM-family model" in capsys.readouterr().err
+    assert not seen and not (tmp_path / "b").exists()
+
+
 def test_no_stain_turns_the_automatic_paths_normalisation_off(tmp_path, monkeypatch):
     import pathseg.stain
     from pathseg.models.nucleus_sam import SamNucleusModel, compact_config

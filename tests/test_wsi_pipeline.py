@@ -355,6 +355,8 @@ def test_a_sam_models_automatic_settings_are_part_of_the_resume_check():
     assert "ais_precision" not in before  # likewise
     model.config["ais_precision"] = "int8"
     assert _model_parameters(model)["ais_precision"] == "int8"
+    model.set_ais_params(min_foreground=0.55)  # --ais-param: part of the thresholds recorded
+    assert _model_parameters(model)["min_foreground"] == 0.55 and before["min_foreground"] == 0.0
     assert _model_parameters(ClassicalModel()) == ClassicalModel().params.as_dict()
 
 
@@ -431,3 +433,24 @@ def test_slide_geojson_traces_holes_as_a_tiles_geojson_does():
     old = {k: v for k, v in part.items() if not k.startswith("hole_")}
     outer_only = [json.loads(t)["geometry"]["coordinates"] for t in _feature_strings(old, 1.0, None)]
     assert [len(c) for c in outer_only] == [1, 1]
+
+
+def test_ais_params_shape_a_slide_run_and_its_resume_check(tmp_path):
+    from pathseg.errors import PathsegError
+
+    svs = shared_data("wsi", "CMU-1-Small-Region.svs")
+    roi = (600, 900, 400, 400)
+    out = str(tmp_path / "run")
+    run_slide(SlideRun(str(svs), out, model="pathseg_nuclei_cpu", roi=roi, chunk=512), log=lambda *a: None)
+    # every nucleus has a mean foreground probability under 1: min_foreground=1 drops them all
+    run = SlideRun(str(svs), str(tmp_path / "none"), model="pathseg_nuclei_cpu", roi=roi, chunk=512)
+    run.ais_params = {"min_foreground": 1.0}
+    run_slide(run, log=lambda *a: None)
+    assert not zarr.open_array(str(tmp_path / "none" / "labels.zarr" / "0"), mode="r")[:].any()
+    assert zarr.open_array(out + "/labels.zarr/0", mode="r")[:].any()
+    run.out = out  # into the plain run's folder: other thresholds are refused, never mixed
+    with pytest.raises(PathsegError, match="min_foreground: null there, 1.0 now"):
+        run_slide(run, log=lambda *a: None)
+    run.task = "tissue"
+    with pytest.raises(PathsegError, match="--ais-param is for nucleus runs"):
+        run_slide(run, log=lambda *a: None)

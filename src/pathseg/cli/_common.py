@@ -122,6 +122,45 @@ def add_max_pixels(p: argparse.ArgumentParser, resampled: bool = True) -> None:
     )
 
 
+def _ais_param(text: str) -> tuple[str, float | tuple[float, ...]]:
+    from pathseg.nuclei.automatic import AISParams
+
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    known = [f for f in AISParams.__dataclass_fields__ if f != "object_filter"]
+    if not sep or name not in known:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(known)}; got {text!r}")
+    try:
+        if name == "outline_levels":
+            return name, tuple(float(v) for v in value.split(",") if v.strip())
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{name}: not a finite number: {value!r}")
+    return name, number
+
+
+def add_ais_params(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--ais-param NAME=VALUE`` (repeatable): the automatic path's thresholds for this run."""
+    p.add_argument(
+        "--ais-param",
+        dest="ais_params",
+        action="append",
+        type=_ais_param,
+        default=None,
+        metavar="NAME=VALUE",
+        help=f"{prefix}override one of the automatic path's thresholds for this run (repeatable; default: the "
+        "model's config 'ais_params', tuned on its validation split). NAME: foreground_threshold, "
+        "center_distance_threshold, boundary_distance_threshold (0-1), foreground_smoothing, distance_smoothing "
+        "(σ, model px), min_size (model px), min_foreground (0-1: nuclei whose mean foreground probability is "
+        "lower are dropped; 0 keeps all), outline_levels (comma list). pathseg_nuclei_cpu: foreground 0.4, "
+        "centre 0.5, boundary 0.5, σ 0 / 0.5, min_size 20, min_foreground 0. E.g. min_foreground=0.55 leaves "
+        "faint nuclei out as MoNuSeg's annotators did: MoNuSeg test mSA 0.395 -> 0.409, but CoNSeP test "
+        "detection F_d 0.680 -> 0.651 (float32, benchmarks/NUCLEI.md session 35)",
+    )
+
+
 def add_tissue_inference(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--tta``, ``--tta-space``, ``--precision``, ``--stride`` and ``--no-clean``: a tissue model's test-time
     views, arithmetic, patch stride and cleaning, for ``pathseg tissue`` and ``pathseg wsi``."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pathseg.cli._common import (
+    add_ais_params,
     add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
@@ -114,6 +115,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "activation ranges that command calibrates; x86 CPUs only. pathseg_nuclei_cpu: 1.40x faster, MoNuSeg "
         "validation mSA + AJI + PQ 1.4485 in int8, 1.4483 in float32",
     )
+    add_ais_params(p)
     p.add_argument(
         "--no-stain",
         action="store_true",
@@ -157,6 +159,9 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     if args.ais_precision is not None:
         _needs_ais_decoder(model, "--ais-precision")
         model.set_ais_precision(args.ais_precision)
+    if args.ais_params:
+        _needs_ais_decoder(model, "--ais-param")
+        model.set_ais_params(**dict(args.ais_params))
     if args.classes and getattr(model, "semantic", None) is None:  # said once, not once per image
         raise PathsegError(f"--classes needs a model with a class decoder; {model.name!r} has none")
     if args.mode != "ais" and not hasattr(model, "sam"):

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pathseg.cli._common import add_tissue_inference, int_at_least, log, output_stem, positive_float
+from pathseg.cli._common import add_ais_params, add_tissue_inference, int_at_least, log, output_stem, positive_float
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -75,6 +75,7 @@ def add_wsi_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="nuclei: arithmetic of the automatic path's network (default: the model's config 'ais_precision'; "
         "int8 for pathseg_nuclei_cpu, 1.4x faster; see `pathseg nuclei --help`)",
     )
+    add_ais_params(p, "nuclei: ")
     add_tissue_inference(p, "--task tissue: ")
     p.set_defaults(func=cmd_wsi)
 
@@ -139,6 +140,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         stride=args.stride,
         precision=args.precision,
         ais_precision=args.ais_precision,
+        ais_params=dict(args.ais_params) if args.ais_params else None,
         clean=not args.no_clean,
     )
     with Bar("chunks", quiet=args.quiet) as bar:

@@ -500,6 +500,16 @@ class SamNucleusModel(nn.Module):
             raise PathsegError(f"model {self.name!r}: {msg}")
         return value
 
+    def set_ais_params(self, **overrides: float | tuple[float, ...]) -> None:
+        """Override :attr:`ais_params` fields (:class:`AISParams` names; thresholds in [0, 1], σ and ``min_size``
+        in model pixels) for this model object, checked now: ``segment``, slides and APG seeds use them."""
+        merged = {**self.ais_params, **overrides}
+        try:
+            AISParams.of(merged)
+        except ValueError as exc:
+            raise PathsegError(str(exc)) from None
+        self.config["ais_params"] = merged
+
     def set_ais_precision(self, precision: str) -> None:
         """Run the automatic path in ``precision`` (``float32`` or ``int8``); int8 is refused where it cannot run
         (no calibrated ranges, no kernels) with a message that says what to do."""

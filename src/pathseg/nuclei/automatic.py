@@ -37,15 +37,36 @@ class AISParams:
     #: unlikely to be nuclei, judged on the unsmoothed maps after the size filters (None: no filter)
     object_filter: dict | None = None
 
+    def __post_init__(self) -> None:
+        for name in _UNIT_INTERVAL:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"AIS parameter {name} must lie in [0, 1] (a probability or a normalised distance), got {value!r}"
+                )
+        for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"AIS parameter {name} must be >= 0 (model pixels), got {value!r}")
+        if any(not 0.0 < v < 1.0 for v in self.outline_levels):
+            raise ValueError(f"AIS outline_levels must lie between 0 and 1, got {list(self.outline_levels)}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def of(cls, params: dict) -> AISParams:
         """The defaults with ``params`` (e.g. a model's config ``ais_params``, lists allowed) over them."""
+        unknown = sorted(set(params) - set(asdict(cls())))
+        if unknown:
+            raise ValueError(f"unknown AIS parameter(s) {', '.join(unknown)}; known: {', '.join(asdict(cls()))}")
         merged = {**asdict(cls()), **params}
         merged["outline_levels"] = tuple(float(v) for v in merged["outline_levels"] or ())
         return cls(**merged)
+
+
+#: AISParams fields that are probabilities or normalised distances
+_UNIT_INTERVAL = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold", "min_foreground")
 
 
 def watershed_from_maps(

@@ -42,6 +42,7 @@ class SlideRun:
     stride: int | None = None  #: tissue: patch stride, px at the model's µm/px; None = the model's setting
     precision: str | None = None  #: tissue: "float32", "bfloat16" or "auto"; None = the model's setting
     ais_precision: str | None = None  #: nuclei: "float32" or "int8" automatic path; None = the model's setting
+    ais_params: dict | None = None  #: nuclei: AIS thresholds over the model's ``ais_params``; None = the model's
     clean: bool = True  #: tissue: clean the class map as the model's config ``clean`` says (False: raw argmax)
 
 

@@ -439,13 +439,17 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     start = time.perf_counter()
     out = Path(run.out)
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
-    if run.ais_precision is not None:
+    if run.ais_precision is not None or run.ais_params:
+        flag = "--ais-precision" if run.ais_precision is not None else "--ais-param"
         if getattr(model, "ais", None) is None:
-            raise PathsegError(f"--ais-precision needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+            raise PathsegError(f"{flag} needs a SAM-family model with an AIS decoder; {model.name!r} has none")
         if model is run.model:  # the caller's model is left alone
             model = copy.copy(model)
             model.config = dict(model.config)
-        model.set_ais_precision(run.ais_precision)
+        if run.ais_precision is not None:
+            model.set_ais_precision(run.ais_precision)
+        if run.ais_params:
+            model.set_ais_params(**run.ais_params)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     settings = run_settings(run, model, _model_parameters(model))

@@ -211,6 +211,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         raise PathsegError("--classes is for nuclei; tissue runs always write class maps")
     if run.ais_precision is not None:
         raise PathsegError("--ais-precision is for nucleus runs; tissue runs take --precision")
+    if run.ais_params:
+        raise PathsegError("--ais-param is for nucleus runs")
     start = time.perf_counter()
     out = Path(run.out)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
