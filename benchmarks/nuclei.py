@@ -20,6 +20,7 @@ import torch
 
 import pathseg
 from pathseg.allocator import tune_allocator
+from pathseg.cli._common import add_ais_params
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="automatic path's arithmetic (SAM-family models; default: the model's config)",
     )
+    add_ais_params(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--ais-precision needs a SAM-family model; {name!r} is not one", file=sys.stderr)
             return 2
         model.set_ais_precision(args.ais_precision)
+    if args.ais_params:
+        if not hasattr(model, "set_ais_params"):
+            print(f"--ais-param needs a SAM-family model; {name!r} is not one", file=sys.stderr)
+            return 2
+        try:
+            model.set_ais_params(**dict(args.ais_params))
+        except PathsegError as e:
+            print(e, file=sys.stderr)
+            return 2
     mpp = args.mpp
     rows, pixels = [], []
     for path, mask_path in pairs:
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tag = name.replace(":", "_").replace("/", "_") + ("" if args.mode == "ais" else f"_{args.mode}")
     tag += f"_{args.ais_precision}" if args.ais_precision else ""
+    tag += "".join(f"_{k}{v if not isinstance(v, tuple) else '-'.join(map(str, v))}" for k, v in args.ais_params or [])
     out = args.json or Path("benchmarks/results") / f"nuclei_{tag}_{args.data.parent.name}_{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": name,
                 "data": str(args.data),
                 "mpp": mpp,
+                "ais_params": getattr(model, "ais_params", None),
                 "pathseg": pathseg.__version__,
                 "python": platform.python_version(),
                 "machine": platform.machine(),
