@@ -493,3 +493,20 @@ def test_a_tissue_models_backbone_serves_as_a_backbone_by_its_folder(tmp_path):
     assert isinstance(bb, DiffusionBackbone)
     theirs = model.backbone.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in bb.state_dict().items())
+
+
+def test_black_fill_reaches_the_tissue_head_as_glass(monkeypatch):
+    from pathseg.tissue.model import black_fill_as_glass
+
+    model = _tiny_tissue_model()
+    rgb = np.random.default_rng(0).integers(40, 220, (80, 96, 3), dtype=np.uint8)
+    rgb[:, :30] = np.random.default_rng(1).integers(0, 5, (80, 30, 3))  # blacked out, with JPEG-like noise
+    seen = []
+    logits = model.logits
+    monkeypatch.setattr(model, "logits", lambda x: seen.append(x) or logits(x))
+    model.probabilities(rgb)
+    assert all(float(x.min()) >= 40 / 255 for x in seen)  # the fill arrived as white, nothing else changed
+    tissue = rgb[:, 30:].copy()
+    assert black_fill_as_glass(tissue) is tissue  # no fill: the same array, nothing copied
+    glass = black_fill_as_glass(rgb)
+    assert (glass[:, :30] == 255).all() and np.array_equal(glass[:, 30:], rgb[:, 30:]) and rgb[:, :30].max() < 5
