@@ -496,7 +496,7 @@ def test_a_tissue_models_backbone_serves_as_a_backbone_by_its_folder(tmp_path):
 
 
 def test_black_fill_reaches_the_tissue_head_as_glass(monkeypatch):
-    from pathseg.tissue.model import black_fill_as_glass
+    from pathseg.io.convert import black_fill_as_glass
 
     model = _tiny_tissue_model()
     rgb = np.random.default_rng(0).integers(40, 220, (80, 96, 3), dtype=np.uint8)

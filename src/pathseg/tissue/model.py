@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pathseg.errors import PathsegError
+from pathseg.io.convert import black_fill_as_glass
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
 from pathseg.models.precision import PRECISIONS, autocast, check_precision
@@ -54,22 +55,6 @@ def unview_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 def patch_grid(n: int, patch: int, step: int) -> list[int]:
     """Patch starts 0, step, 2 step, ... covering ``n`` pixels (the last patch may reach past the end)."""
     return [i * step for i in range(1 + max(0, -(-(n - patch) // step)))]
-
-
-#: brightest channel at or below which a pixel is black fill (padding, a blacked-out region), never brightfield tissue
-BLACK_FILL = 16
-
-
-def black_fill_as_glass(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` (RGB uint8) with black fill (every channel <= :data:`BLACK_FILL`) shown as white glass, which the
-    tissue head knows as background; a copy only when there is any. Per pixel, so chunks agree with one pass.
-    (No pixel of the GlaS and MoNuSeg images is that dark.)"""
-    fill = pixels.max(axis=-1) <= BLACK_FILL
-    if not fill.any():
-        return pixels
-    out = np.array(pixels)
-    out[fill] = 255
-    return out
 
 
 def pad_to_grid(img: np.ndarray, h: int, w: int) -> np.ndarray:
