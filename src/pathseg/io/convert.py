@@ -107,7 +107,7 @@ def _to_uint8(arr: np.ndarray, notes: list[str]) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {arr.dtype}")
 
 
-#: brightest channel (0-255) at or below which tissue classes take a pixel for black fill (padding, a blacked-out region)
+#: brightest channel (0-255) at or below which tissue classes take a pixel for black fill (padding, blacked out)
 BLACK_FILL = 16
 
 
