@@ -247,13 +247,15 @@ def test_the_bundled_model_finds_no_nucleus_in_black_padding():
 def test_ais_params_are_checked_by_name_and_range():
     from pathseg.errors import PathsegError
     from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
+    from pathseg.nuclei.automatic import checked_ais_params
 
     with pytest.raises(ValueError, match="unknown AIS parameter"):
         AISParams.of({"threshold": 0.5})
     with pytest.raises(ValueError, match="distance_smoothing must be >= 0"):
-        AISParams(distance_smoothing=-1)
+        checked_ais_params({"distance_smoothing": -1})
     with pytest.raises(ValueError, match="outline_levels must lie between 0 and 1"):
-        AISParams(outline_levels=(0.5, 1.0))
+        checked_ais_params({"outline_levels": [0.5, 1.0]})
+    assert AISParams.of({"center_distance_threshold": 1.1}).center_distance_threshold == 1.1  # code may
     model = SamNucleusModel(compact_config(mpp=0.5, tile=128))
     model.set_ais_params(min_foreground=0.5, min_size=10)
     assert model.ais_params["min_foreground"] == 0.5 and model.ais_params["min_size"] == 10

@@ -31,7 +31,7 @@ from pathseg.models.quantize import (
 )
 from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
 from pathseg.models.sam.checkpoint import load_checkpoint, load_into, read_state
-from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter, drop_flat_fill
+from pathseg.nuclei.automatic import AISParams, AutomaticSegmenter, checked_ais_params, drop_flat_fill
 from pathseg.progress import ProgressCallback
 from pathseg.resize import resize_maps, resize_rgb, scaled_size, shift_maps
 
@@ -505,7 +505,7 @@ class SamNucleusModel(nn.Module):
         in model pixels) for this model object, checked now: ``segment``, slides and APG seeds use them."""
         merged = {**self.ais_params, **overrides}
         try:
-            AISParams.of(merged)
+            checked_ais_params(merged)
         except ValueError as exc:
             raise PathsegError(str(exc)) from None
         self.config["ais_params"] = merged

@@ -37,20 +37,6 @@ class AISParams:
     #: unlikely to be nuclei, judged on the unsmoothed maps after the size filters (None: no filter)
     object_filter: dict | None = None
 
-    def __post_init__(self) -> None:
-        for name in _UNIT_INTERVAL:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"AIS parameter {name} must lie in [0, 1] (a probability or a normalised distance), got {value!r}"
-                )
-        for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"AIS parameter {name} must be >= 0 (model pixels), got {value!r}")
-        if any(not 0.0 < v < 1.0 for v in self.outline_levels):
-            raise ValueError(f"AIS outline_levels must lie between 0 and 1, got {list(self.outline_levels)}")
-
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -67,6 +53,26 @@ class AISParams:
 
 #: AISParams fields that are probabilities or normalised distances
 _UNIT_INTERVAL = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold", "min_foreground")
+
+
+def checked_ais_params(params: dict) -> AISParams:
+    """:meth:`AISParams.of` ``params``, refusing values no user means (ValueError naming the field): thresholds
+    outside [0, 1], negative σ or ``min_size``, outline levels outside (0, 1). (``AISParams`` itself takes any
+    value, so code may pass e.g. 1.1 to make every pixel a seed.)"""
+    p = AISParams.of(params)
+    for name in _UNIT_INTERVAL:
+        value = getattr(p, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"AIS parameter {name} must lie in [0, 1] (a probability or a normalised distance), got {value!r}"
+            )
+    for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
+        value = getattr(p, name)
+        if not value >= 0:
+            raise ValueError(f"AIS parameter {name} must be >= 0 (model pixels), got {value!r}")
+    if any(not 0.0 < v < 1.0 for v in p.outline_levels):
+        raise ValueError(f"AIS outline_levels must lie between 0 and 1, got {list(p.outline_levels)}")
+    return p
 
 
 def watershed_from_maps(
