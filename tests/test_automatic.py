@@ -255,7 +255,7 @@ def test_ais_params_are_checked_by_name_and_range():
         checked_ais_params({"distance_smoothing": -1})
     with pytest.raises(ValueError, match="outline_levels must lie between 0 and 1"):
         checked_ais_params({"outline_levels": [0.5, 1.0]})
-    assert AISParams.of({"center_distance_threshold": 1.1}).center_distance_threshold == 1.1  # code may
+    assert AISParams.of({"center_distance_threshold": 1.1}).center_distance_threshold == 1.1  # code may force seeds
     model = SamNucleusModel(compact_config(mpp=0.5, tile=128))
     model.set_ais_params(min_foreground=0.5, min_size=10)
     assert model.ais_params["min_foreground"] == 0.5 and model.ais_params["min_size"] == 10
