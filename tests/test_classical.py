@@ -67,3 +67,17 @@ def test_fit_slide_ignores_glass():
     nuclei_h = haematoxylin(rgb)[gt > 0].mean()
     assert stroma_h < model.params.threshold < nuclei_h  # splits nuclei from tissue, not tissue from glass
     assert instance_scores(gt, model.segment(rgb, 0.25))["sa50"] > 0.9
+
+
+def test_black_fill_neither_becomes_nuclei_nor_takes_the_threshold(nuclei_image):
+    rgb, gt = nuclei_image
+    filled = np.concatenate([np.zeros((rgb.shape[0], 60, 3), np.uint8), rgb], axis=1)  # blacked-out strip
+    labels = segment_classical(filled, mpp=0.25)
+    assert not labels[:, :60].any()
+    s = instance_scores(gt, labels[:, 60:])  # as without the strip (test_finds_separate_nuclei); black fill
+    assert s["n_pred"] == s["n_gt"] and s["sa50"] > 0.95  # taken at face value made every nucleus background
+    model = ClassicalModel()
+    model.fit_slide([filled], mpp=0.25)  # the fill counts as glass: the threshold is set by the stained pixels
+    alone = ClassicalModel()
+    alone.fit_slide([rgb], mpp=0.25)
+    assert model.params.threshold == pytest.approx(alone.params.threshold, rel=0.01)  # smoothing at its edge

@@ -107,15 +107,16 @@ def _to_uint8(arr: np.ndarray, notes: list[str]) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {arr.dtype}")
 
 
-#: brightest channel (0-255) at or below which tissue classes take a pixel for black fill (padding, blacked out)
+#: brightest channel (0-255) at or below which a pixel is taken for black fill (padding, a blacked-out region)
 BLACK_FILL = 16
 
 
 def black_fill_as_glass(pixels: np.ndarray) -> np.ndarray:
     """``pixels`` (RGB uint8) with black fill (every channel <= :data:`BLACK_FILL`) shown as white glass, which the
-    tissue head knows as background; a copy only when there is any. Per pixel, so chunks agree with one pass. No
-    GlaS or MoNuSeg pixel is that dark, but 59 CoNSeP pixels are (in dark nuclei), so nucleus paths do not use it
-    (they drop objects of flat fill instead: :func:`pathseg.nuclei.automatic.drop_flat_fill`)."""
+    tissue head and the classical model's threshold know as background; a copy only when there is any. Per pixel,
+    so chunks agree with one pass. No GlaS or MoNuSeg pixel is that dark, but 59 CoNSeP pixels are (in dark
+    nuclei), so the SAM-family nucleus path does not use it (it drops objects of flat fill instead:
+    :func:`pathseg.nuclei.automatic.drop_flat_fill`)."""
     fill = pixels.max(axis=-1) <= BLACK_FILL
     if not fill.any():
         return pixels

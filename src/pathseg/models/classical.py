@@ -19,6 +19,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import closing, disk, opening, remove_small_holes, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
+from pathseg.io.convert import black_fill_as_glass
 from pathseg.progress import ProgressCallback
 
 
@@ -71,7 +72,7 @@ def segment_classical(rgb: np.ndarray, mpp: float, params: ClassicalParams | Non
     if not mpp > 0:
         raise ValueError(f"pixel size must be positive, got {mpp} µm/px")
     px = 1.0 / mpp  # pixels per µm
-    h = haematoxylin(rgb)
+    h = haematoxylin(black_fill_as_glass(rgb))  # black fill's huge optical density would take the Otsu threshold
     if p.smooth_um > 0:
         h = ndi.gaussian_filter(h, p.smooth_um * px)
     if float(h.max()) - float(h.min()) < 1e-6:
@@ -142,6 +143,7 @@ class ClassicalModel:
         glass from tissue instead of nuclei from the rest, and nearly all tissue would become "nuclei"."""
         values = []
         for s in samples:
+            s = black_fill_as_glass(s)
             h = ndi.gaussian_filter(haematoxylin(s), self.params.smooth_um / mpp)
             values.append(h[s[..., :3].mean(axis=-1) < GLASS_LEVEL])
         values = [v for v in values if v.size]
