@@ -442,14 +442,14 @@ def test_ais_params_shape_a_slide_run_and_its_resume_check(tmp_path):
     roi = (600, 900, 400, 400)
     out = str(tmp_path / "run")
     run_slide(SlideRun(str(svs), out, model="pathseg_nuclei_cpu", roi=roi, chunk=512), log=lambda *a: None)
-    # every nucleus has a mean foreground probability under 1: min_foreground=1 drops them all
+    # no nucleus is that large: min_size=1e9 (model px) drops them all
     run = SlideRun(str(svs), str(tmp_path / "none"), model="pathseg_nuclei_cpu", roi=roi, chunk=512)
-    run.ais_params = {"min_foreground": 1.0}
+    run.ais_params = {"min_size": 1e9}
     run_slide(run, log=lambda *a: None)
     assert not zarr.open_array(str(tmp_path / "none" / "labels.zarr" / "0"), mode="r")[:].any()
     assert zarr.open_array(out + "/labels.zarr/0", mode="r")[:].any()
     run.out = out  # into the plain run's folder: other thresholds are refused, never mixed
-    with pytest.raises(PathsegError, match="min_foreground: null there, 1.0 now"):
+    with pytest.raises(PathsegError, match="min_size: 20 there, 1000000000.0 now"):
         run_slide(run, log=lambda *a: None)
     run.task = "tissue"
     with pytest.raises(PathsegError, match="--ais-param is for nucleus runs"):
