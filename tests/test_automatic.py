@@ -262,3 +262,21 @@ def test_ais_params_are_checked_by_name_and_range():
     with pytest.raises(PathsegError, match="min_foreground must lie in"):
         model.set_ais_params(min_foreground=-0.1)
     assert model.ais_params["min_foreground"] == 0.5  # a refused change leaves the model as it was
+
+
+def test_watershed_by_parts_equals_one_watershed():
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from pathseg.nuclei.automatic import watershed_by_parts
+
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        surface = ndi.gaussian_filter(rng.random((150, 170)), 2).astype(np.float32)
+        mask = ndi.gaussian_filter(rng.random((150, 170)), 3) > 0.5  # parts of every size, some touching diagonally
+        mask[::7, ::7] ^= True
+        markers, _ = ndi.label((surface < np.quantile(surface, 0.2)) & mask)
+        for block in (8, 16, 64):
+            assert np.array_equal(
+                watershed_by_parts(surface, markers, mask, block), watershed(surface, markers, mask=mask)
+            )

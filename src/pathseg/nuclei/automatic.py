@@ -98,10 +98,10 @@ def watershed_from_maps(
     seeds = (center < p.center_distance_threshold) & (boundary < p.boundary_distance_threshold) & fg
     markers, n = ndi.label(seeds)
     if p.outline_levels:
-        labels = watershed(boundary, markers=markers, mask=foreground > min(p.outline_levels))
+        labels = watershed_by_parts(boundary, markers, foreground > min(p.outline_levels))
         labels = steepest_outlines(labels, n, foreground, p.outline_levels)
     else:
-        labels = watershed(boundary, markers=markers, mask=fg)
+        labels = watershed_by_parts(boundary, markers, fg)
     if p.min_size > 0 or p.min_foreground > 0:
         flat = labels.ravel()
         sizes = np.bincount(flat)  # each object's pixels, counted once for both filters
@@ -116,6 +116,36 @@ def watershed_from_maps(
     if p.object_filter:
         labels = relabel_sequential(filter_objects(labels, raw, p.object_filter, scale))[0]
     return labels.astype(np.uint32)
+
+
+def watershed_by_parts(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray, block: int = 512) -> np.ndarray:
+    """``skimage.segmentation.watershed(surface, markers, mask=mask)``, run on groups of the mask's separate
+    (4-connected) parts: the parts whose bounding box starts in the same ``block`` x ``block`` cell are flooded
+    together in their joint box. Flooding never crosses from one part to another and each part's pixels keep their
+    raster order, so the labels are those of one call, except where seed pixels of one part tie exactly in
+    ``surface`` value (skimage breaks those ties by its queue's internal order; no pixel differed on the MoNuSeg,
+    CoNSeP test and GlaS training images, nor on the demo slide). On a 4000² image ~4x faster than one call
+    (skimage's priority queue slows as the image grows)."""
+    if mask.size <= block * block:
+        return watershed(surface, markers=markers, mask=mask)
+    parts, count = ndi.label(mask)
+    boxes = ndi.find_objects(parts)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, sl in enumerate(boxes):
+        groups.setdefault((sl[0].start // block, sl[1].start // block), []).append(i)
+    out = np.zeros(markers.shape, np.int32)
+    member = np.zeros(count + 1, bool)
+    for ids in groups.values():
+        y0, y1 = min(boxes[i][0].start for i in ids), max(boxes[i][0].stop for i in ids)
+        x0, x1 = min(boxes[i][1].start for i in ids), max(boxes[i][1].stop for i in ids)
+        member[:] = False
+        member[np.asarray(ids) + 1] = True
+        inside = member[parts[y0:y1, x0:x1]]
+        seeds = np.where(inside, markers[y0:y1, x0:x1], 0)
+        if seeds.any():
+            flooded = watershed(surface[y0:y1, x0:x1], markers=seeds, mask=inside)
+            out[y0:y1, x0:x1][inside] = flooded[inside]
+    return out
 
 
 def drop_flat_fill(labels: np.ndarray, rgb: np.ndarray, tolerance: int = 2) -> np.ndarray:
