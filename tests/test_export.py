@@ -173,3 +173,15 @@ def test_measurements_match_scikit_image(nuclei_image):
     ):
         assert np.allclose(t[ours], ref[theirs], atol=1e-6), ours
     assert ((t["solidity"] > 0.8) & (t["solidity"] <= 1.0)).all()  # discs are nearly convex
+
+
+def test_hole_rings_finds_exactly_the_holes_binary_fill_holes_finds():
+    from scipy import ndimage as ndi
+
+    from pathseg.nuclei.measure import hole_rings
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):  # random masks: rings, diagonal gaps, pieces inside holes
+        mask = rng.random((int(rng.integers(3, 14)), int(rng.integers(3, 14)))) < rng.uniform(0.3, 0.9)
+        holes = ndi.binary_fill_holes(mask) & ~mask
+        assert bool(hole_rings(mask)) == bool(holes.any())  # its quick screen never misses a hole

