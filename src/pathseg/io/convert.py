@@ -114,9 +114,9 @@ BLACK_FILL = 16
 def black_fill_as_glass(pixels: np.ndarray) -> np.ndarray:
     """``pixels`` (RGB uint8) with black fill (every channel <= :data:`BLACK_FILL`) shown as white glass, which the
     tissue head and the classical model's threshold know as background; a copy only when there is any. Per pixel,
-    so chunks agree with one pass. No GlaS or MoNuSeg pixel is that dark, but 59 CoNSeP pixels are (in dark
-    nuclei), so the SAM-family nucleus path does not use it (it drops objects of flat fill instead:
-    :func:`pathseg.nuclei.automatic.drop_flat_fill`)."""
+    so chunks agree with one pass. No GlaS, MoNuSeg or CoNSeP test pixel is that dark (59 CoNSeP training pixels
+    are, none inside an annotated nucleus). The SAM-family nucleus path leaves its network's input as it is and drops
+    objects of flat fill instead (:func:`pathseg.nuclei.automatic.drop_flat_fill`)."""
     fill = pixels.max(axis=-1) <= BLACK_FILL
     if not fill.any():
         return pixels
