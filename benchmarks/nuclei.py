@@ -20,11 +20,12 @@ import torch
 
 import pathseg
 from pathseg.allocator import tune_allocator
-from pathseg.cli._common import add_ais_params
+from pathseg.cli._common import add_ais_params, add_ais_precision
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
 from pathseg.metrics import instance_scores
+from pathseg.models.base import set_ais_options
 from pathseg.models.zoo import default_nucleus_model, get_nucleus_model
 from pathseg.table import format_table
 from pathseg.train.data import find_pairs
@@ -51,12 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick look)")
     ap.add_argument("--mode", default="ais", choices=["ais", "apg", "amg"], help="automatic mode (SAM-family models)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument(
-        "--ais-precision",
-        choices=["float32", "int8"],
-        default=None,
-        help="automatic path's arithmetic (SAM-family models; default: the model's config)",
-    )
+    add_ais_precision(ap)
     add_ais_params(ap)
     args = ap.parse_args(argv)
     if args.threads:
@@ -76,20 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         model = SamNucleusModel(default_config(name.split(":", 1)[1], name=name)).eval()
     else:
         model = get_nucleus_model(name)
-    if args.ais_precision is not None:
-        if not hasattr(model, "set_ais_precision"):
-            print(f"--ais-precision needs a SAM-family model; {name!r} is not one", file=sys.stderr)
-            return 2
-        model.set_ais_precision(args.ais_precision)
-    if args.ais_params:
-        if not hasattr(model, "set_ais_params"):
-            print(f"--ais-param needs a SAM-family model; {name!r} is not one", file=sys.stderr)
-            return 2
-        try:
-            model.set_ais_params(**dict(args.ais_params))
-        except PathsegError as e:
-            print(e, file=sys.stderr)
-            return 2
+    try:
+        set_ais_options(model, args.ais_precision, dict(args.ais_params or []))
+    except PathsegError as e:
+        print(e, file=sys.stderr)
+        return 2
     mpp = args.mpp
     rows, pixels = [], []
     for path, mask_path in pairs:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pathseg.cli._common import (
     add_ais_params,
+    add_ais_precision,
     add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
@@ -20,6 +21,7 @@ from pathseg.cli._common import (
     without_finished,
 )
 from pathseg.errors import PathsegError
+from pathseg.models.base import needs_ais_decoder, set_ais_options
 from pathseg.progress import Bar
 
 
@@ -106,15 +108,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "undoes it (CoNSeP train mSA 0.178 -> 0.198). MoNuSeg's annotations sit ~0.5 px right of their nuclei, "
         "which is why the bundled model leaves it off (MoNuSeg validation mSA 0.304 -> 0.298)",
     )
-    p.add_argument(
-        "--ais-precision",
-        choices=["float32", "int8"],
-        default=None,
-        help="arithmetic of the automatic path's network (default: the model's config 'ais_precision', float32 "
-        "unless the model was made by `pathseg models int8`; int8 for pathseg_nuclei_cpu). int8 needs the "
-        "activation ranges that command calibrates; x86 CPUs only. pathseg_nuclei_cpu: 1.40x faster, MoNuSeg "
-        "validation mSA + AJI + PQ 1.4485 in int8, 1.4483 in float32",
-    )
+    add_ais_precision(p)
     add_ais_params(p)
     p.add_argument(
         "--no-stain",
@@ -133,11 +127,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=cmd_nuclei)
 
 
-def _needs_ais_decoder(model, flag: str) -> None:
-    if getattr(model, "ais", None) is None:
-        raise PathsegError(f"{flag} needs a SAM-family model with an AIS decoder; {model.name!r} has none")
-
-
 def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
     from pathseg.models.zoo import get_nucleus_model
@@ -150,18 +139,13 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
             return 0
     model = get_nucleus_model(args.model)
     if args.ais_views is not None:
-        _needs_ais_decoder(model, "--ais-views")
+        needs_ais_decoder(model, "--ais-views")
         model.config["ais_tta"] = args.ais_views
     if args.ais_shift is not None:
-        _needs_ais_decoder(model, "--ais-shift")
+        needs_ais_decoder(model, "--ais-shift")
         model.config["ais_shift"] = list(args.ais_shift)
         model.ais_shift  # noqa: B018 - checks the values now rather than at the first image
-    if args.ais_precision is not None:
-        _needs_ais_decoder(model, "--ais-precision")
-        model.set_ais_precision(args.ais_precision)
-    if args.ais_params:
-        _needs_ais_decoder(model, "--ais-param")
-        model.set_ais_params(**dict(args.ais_params))
+    set_ais_options(model, args.ais_precision, dict(args.ais_params or []))
     if args.classes and getattr(model, "semantic", None) is None:  # said once, not once per image
         raise PathsegError(f"--classes needs a model with a class decoder; {model.name!r} has none")
     if args.mode != "ais" and not hasattr(model, "sam"):

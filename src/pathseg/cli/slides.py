@@ -6,7 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from pathseg.cli._common import add_ais_params, add_tissue_inference, int_at_least, log, output_stem, positive_float
+from pathseg.cli._common import (
+    add_ais_params,
+    add_ais_precision,
+    add_tissue_inference,
+    int_at_least,
+    log,
+    output_stem,
+    positive_float,
+)
 from pathseg.errors import PathsegError
 from pathseg.progress import Bar
 
@@ -68,13 +76,7 @@ def add_wsi_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="also classify every nucleus (a model with a class decoder): classes.zarr, QuPath "
         "classification in the GeoJSON, class columns in the tables",
     )
-    p.add_argument(
-        "--ais-precision",
-        choices=["float32", "int8"],
-        default=None,
-        help="nuclei: arithmetic of the automatic path's network (default: the model's config 'ais_precision'; "
-        "int8 for pathseg_nuclei_cpu, 1.4x faster; see `pathseg nuclei --help`)",
-    )
+    add_ais_precision(p, "nuclei: ")
     add_ais_params(p, "nuclei: ")
     add_tissue_inference(p, "--task tissue: ")
     p.set_defaults(func=cmd_wsi)

@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
+from pathseg.models.base import needs_ais_decoder, set_ais_options
 from pathseg.nuclei.measure import COLUMNS, hole_rings, mask_outline, measure_nuclei
 from pathseg.progress import ProgressCallback
 from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_multiscales: part of this module's API)
@@ -440,16 +441,11 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     out = Path(run.out)
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.ais_precision is not None or run.ais_params:
-        flag = "--ais-precision" if run.ais_precision is not None else "--ais-param"
-        if getattr(model, "ais", None) is None:
-            raise PathsegError(f"{flag} needs a SAM-family model with an AIS decoder; {model.name!r} has none")
+        needs_ais_decoder(model, "--ais-precision" if run.ais_precision is not None else "--ais-param")
         if model is run.model:  # the caller's model is left alone
             model = copy.copy(model)
             model.config = dict(model.config)
-        if run.ais_precision is not None:
-            model.set_ais_precision(run.ais_precision)
-        if run.ais_params:
-            model.set_ais_params(**run.ais_params)
+        set_ais_options(model, run.ais_precision, run.ais_params)
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     settings = run_settings(run, model, _model_parameters(model))
