@@ -454,3 +454,18 @@ def test_ais_params_shape_a_slide_run_and_its_resume_check(tmp_path):
     run.task = "tissue"
     with pytest.raises(PathsegError, match="--ais-param is for nucleus runs"):
         run_slide(run, log=lambda *a: None)
+
+
+def test_a_resume_check_shows_an_unstated_ais_setting_as_what_it_means(tmp_path):
+    from pathseg.errors import PathsegError
+    from pathseg.wsi.chunks import check_resume, record_settings
+
+    params = {"ais_mpp": 0.38, "min_size": 20}
+    there = {"task": "nuclei", "chunk": 512, "model_parameters": {**params, "ais_precision": "int8"}}
+    record_settings(tmp_path, there)
+    with pytest.raises(PathsegError, match='model_parameters.ais_precision: "int8" there, "float32" now'):
+        check_resume(tmp_path, {**there, "model_parameters": params})  # float32 is recorded by its absence
+    shifted = {**there, "model_parameters": {**params, "ais_precision": "int8", "ais_shift": [0.4, 0.45]}}
+    with pytest.raises(PathsegError, match=r"model_parameters.ais_shift: null there, \[0.4, 0.45\] now"):
+        check_resume(tmp_path, shifted)
+    check_resume(tmp_path, {**there, "model_parameters": {**params, "ais_precision": "int8", "ais_shift": None}})

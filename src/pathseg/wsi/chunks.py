@@ -198,6 +198,8 @@ def check_resume(out: Path, settings: dict) -> None:
     if not path.is_file():
         return
     before = json.loads(path.read_text())
+    if all(_records_ais(s) for s in (before, settings)):
+        before, settings = _unstated_filled(before), _unstated_filled(settings)
     diff = [k for k in settings if k in before and before[k] != settings[k]]  # older runs lack newer keys
     if diff:
         if "task" in diff:  # everything else follows from the task
@@ -211,6 +213,23 @@ def check_resume(out: Path, settings: dict) -> None:
             f"{out} holds chunks of a run with other settings ({said}). Re-run with that run's settings to resume "
             f"it, or write to a new output folder (or delete {out / 'parts'} to start over)."
         )
+
+
+#: model parameters a nucleus run records only when set (so runs recorded before them still resume), and what their
+#: absence means
+_UNSTATED = {"ais_precision": "float32", "ais_shift": None}
+
+
+def _records_ais(settings: dict) -> bool:
+    """Whether ``settings`` are a SAM-family nucleus run's (the runs that record the parameters in ``_UNSTATED``)."""
+    params = settings.get("model_parameters")
+    return settings.get("task") == "nuclei" and isinstance(params, dict) and "ais_mpp" in params
+
+
+def _unstated_filled(settings: dict) -> dict:
+    """``settings`` with the model parameters left unstated shown as what they mean, so a resume check says
+    ``"int8" there, "float32" now`` instead of ``null now`` (an absence is equal to its meaning)."""
+    return {**settings, "model_parameters": {**_UNSTATED, **settings["model_parameters"]}}
 
 
 def _differences(key: str, was, now):
