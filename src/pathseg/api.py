@@ -87,6 +87,7 @@ def segment_nuclei(
     progress: ProgressCallback | None = None,
     mode: str = "ais",
     classes: bool = False,
+    device: str | None = None,
 ) -> NucleiResult:
     """Segment nuclei in an image file or array (RGB uint8; grey, RGBA, 16-bit and float are converted as files are).
 
@@ -95,8 +96,10 @@ def segment_nuclei(
     ``max_pixels``: images with more pixels, as read or as resampled to the model's pixel size, are refused
     (default 100e6 or ``PATHSEG_MAX_PIXELS``).
     ``mode``: ``ais`` (default), or for SAM-family models ``apg`` / ``amg`` (prompt-based automatic modes).
+    ``device``: where the network runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``; a model object is moved there).
+    None: a model object stays where it is, a name is loaded onto ``auto`` (the first CUDA GPU, else the CPU).
     """
-    net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
+    net = _model(model, device)
     rgb, used_mpp, mpp_source, source = _load(image, net, mpp, max_pixels)
     if mode != "ais" and not hasattr(net, "sam"):
         raise PathsegError(f"mode {mode!r} needs a SAM-family model; {net.name!r} only does automatic segmentation")
@@ -146,6 +149,7 @@ def segment_nuclei_prompted(
     box_fit: bool | str = "model",
     overlap: str = "smaller",
     classes: bool = False,
+    device: str | None = None,
 ) -> NucleiResult:
     """One nucleus per prompt (:class:`pathseg.io.prompts.Prompt`), with a SAM-family model.
 
@@ -156,12 +160,12 @@ def segment_nuclei_prompted(
     overlaps it with IoU >= ``box_from_ais`` (``"model"``: the model's setting; ``None``: never, always the mask
     decoder's mask); with ``box_fit`` (``"model"``: the model's setting) it takes the candidate (the decoder's 3,
     that nucleus) whose bounding box best fits the box. ``classes``: also one class per nucleus, as
-    :func:`segment_nuclei` gives them.
+    :func:`segment_nuclei` gives them. ``device``: as for :func:`segment_nuclei`.
     """
     from pathseg.nuclei.interactive import Predictor, check_overlap, paint_objects, prompt_error
 
     check_overlap(overlap, PathsegError)  # before the model loads
-    net = model if isinstance(model, NucleusModel) else get_nucleus_model(model)
+    net = _model(model, device)
     if not hasattr(net, "sam"):
         raise PathsegError(f"model {net.name!r} cannot take prompts; use a SAM-family model (--model)")
     rgb, used_mpp, mpp_source, source = _load(image, net, mpp, max_pixels)
@@ -187,6 +191,15 @@ def segment_nuclei_prompted(
     if classes:
         result.classes = classify_nuclei(net, result)
     return result
+
+
+def _model(model: str | NucleusModel | None, device: str | None) -> NucleusModel:
+    """The nucleus model ``model`` names (or is), on ``device`` (see :func:`segment_nuclei`)."""
+    from pathseg.models.device import place
+
+    if isinstance(model, NucleusModel):
+        return model if device is None else place(model, device)
+    return place(get_nucleus_model(model), device or "auto")
 
 
 def _load(image, net, mpp: float | None, max_pixels: int | None) -> tuple[np.ndarray, float, str, Path | None]:
@@ -256,14 +269,19 @@ def segment_tissue(
     max_pixels: int | None = None,
     clean: bool = True,
     progress: ProgressCallback | None = None,
+    device: str | None = None,
 ) -> TissueResult:
     """Tissue / gland classes of ``image`` (a path or an RGB uint8 array) with ``model`` (a tissue model, a zoo
     name or a model folder; default: the bundled tissue model). ``clean``: apply the model's hole / speck
     cleaning (:func:`pathseg.tissue.postprocess.clean_classes`), if its config has one. ``progress(done, total,
-    "patches")`` follows the model's patches."""
+    "patches")`` follows the model's patches. ``device``: as for :func:`segment_nuclei`."""
+    from pathseg.models.device import place
     from pathseg.models.zoo import get_tissue_model
 
-    net = model if hasattr(model, "probabilities") else get_tissue_model(model)
+    if hasattr(model, "probabilities"):
+        net = model if device is None else place(model, device)
+    else:
+        net = place(get_tissue_model(model), device or "auto")
     rgb, used, source, path = _load(image, net, mpp, max_pixels)
     probs = net.probabilities(rgb, used, progress=progress)
     return TissueResult(net.classes(probs, used, clean), probs, net.class_names, used, source, net.name, path)

@@ -141,6 +141,16 @@ def _ais_param(text: str) -> tuple[str, float | tuple[float, ...]]:
     return name, number
 
 
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N``: where the network runs (:func:`pathseg.models.device.resolve_device`)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the network runs: auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda or "
+        "cuda:N. Images and results stay in memory as usual; int8 (--ais-precision) runs on CPUs only",
+    )
+
+
 def add_ais_precision(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--ais-precision float32|int8``: the arithmetic of the automatic path's network for this run."""
     p.add_argument(

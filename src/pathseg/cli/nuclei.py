@@ -10,6 +10,7 @@ from pathlib import Path
 from pathseg.cli._common import (
     add_ais_params,
     add_ais_precision,
+    add_device,
     add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
@@ -123,12 +124,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
         "<stem>_classes.tif and adds classification to the GeoJSON and class columns to the CSV",
     )
+    add_device(p)
     add_skip_existing(p)
     p.set_defaults(func=cmd_nuclei)
 
 
 def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
+    from pathseg.models.device import place
     from pathseg.models.zoo import get_nucleus_model
 
     inputs = expand_inputs(args.inputs)
@@ -152,6 +155,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         raise PathsegError(f"--mode {args.mode} needs a SAM-family model; {model.name!r} only does automatic (ais)")
     if args.no_stain and getattr(model, "ais_stain", None) is not None:
         model.config["ais_stain"] = None
+    model = place(model, args.device, args.ais_precision)
     prompt_only = {
         "--box-margin": args.box_margin,
         "--box-from-ais": args.box_from_ais,

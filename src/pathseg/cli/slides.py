@@ -9,6 +9,7 @@ from pathlib import Path
 from pathseg.cli._common import (
     add_ais_params,
     add_ais_precision,
+    add_device,
     add_tissue_inference,
     int_at_least,
     log,
@@ -79,6 +80,7 @@ def add_wsi_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     add_ais_precision(p, "nuclei: ")
     add_ais_params(p, "nuclei: ")
     add_tissue_inference(p, "--task tissue: ")
+    add_device(p)
     p.set_defaults(func=cmd_wsi)
 
 
@@ -101,6 +103,7 @@ def add_demo_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     p.add_argument("--slide", type=Path, default=None, help="use this slide instead of downloading the demo slide")
     p.add_argument("--model", default=None, help="model name; default: best offline")
+    add_device(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -144,6 +147,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         ais_precision=args.ais_precision,
         ais_params=dict(args.ais_params) if args.ais_params else None,
         clean=not args.no_clean,
+        device=args.device,
     )
     with Bar("chunks", quiet=args.quiet) as bar:
         report = run_slide(run, progress=bar, log=lambda m: log.warning("%s", m))
@@ -171,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"slide: {slide}\nmodel: {model.name}")
     start = time.perf_counter()
     with Bar("nuclei", quiet=args.quiet) as bar:
-        result = segment_nuclei(slide, model, progress=bar)
+        result = segment_nuclei(slide, model, progress=bar, device=args.device)
     paths = write_nuclei_outputs(result, args.output, output_stem(slide))
     h, w = result.labels.shape
     print(

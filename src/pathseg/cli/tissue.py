@@ -7,6 +7,7 @@ import sys
 import time
 
 from pathseg.cli._common import (
+    add_device,
     add_image_mpp,
     add_inputs_and_output,
     add_max_pixels,
@@ -36,12 +37,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     add_image_mpp(p)
     add_max_pixels(p)
     add_tissue_inference(p)
+    add_device(p)
     add_skip_existing(p)
     p.set_defaults(func=cmd_tissue)
 
 
 def cmd_tissue(args: argparse.Namespace) -> int:
     from pathseg.api import segment_tissue, write_tissue_outputs
+    from pathseg.models.device import place
     from pathseg.models.zoo import get_tissue_model
 
     inputs = expand_inputs(args.inputs)
@@ -50,6 +53,7 @@ def cmd_tissue(args: argparse.Namespace) -> int:
         if not inputs:
             return 0
     model = get_tissue_model(args.model).with_settings(args.tta, args.tta_space, args.stride, args.precision)
+    model = place(model, args.device)
     failures = 0
     from pathseg.progress import track
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from pathseg.errors import PathsegError
 from pathseg.models.decoders import EmbeddingDecoder
+from pathseg.models.device import module_device
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder, write_weights
 from pathseg.models.fuse import fold_batchnorm, weights_state
 from pathseg.models.quantize import (
@@ -378,24 +379,35 @@ class SamNucleusModel(nn.Module):
             views.append(np.flip(maps, tuple(a + 1 for a in ax)))
         return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (move it with ``model.to(device)`` or :func:`pathseg.models.device.place`);
+        images go in and maps come out as numpy arrays wherever that is."""
+        return module_device(self)
+
+    def _input(self, rgb: np.ndarray) -> torch.Tensor:
+        """(1, 3, H, W) float32 on :attr:`device` of an RGB uint8 array (uint8 crosses to a GPU, a quarter of the
+        bytes)."""
+        return torch.from_numpy(np.array(rgb)).to(self.device).permute(2, 0, 1)[None].float()
+
     @torch.inference_mode()
     def _maps_once(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+        x = self._input(rgb)
         if self.is_compact:  # fully convolutional: any size that is a multiple of 16
             encoder, ais, _ = self.inference_nets()
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
             features = self._features_hook or self._int8_for(encoder, ais)
             if features is not None:
-                return ais.head(features(x))[0, :, :h, :w].numpy()
+                return ais.head(features(x))[0, :, :h, :w].numpy()  # int8: on the CPU
             x = x.contiguous(memory_format=torch.channels_last)  # ~1.5x faster convolutions on CPU, same numbers
-            return ais(*encoder.forward_features(x))[0, :, :h, :w].numpy()
+            return ais(*encoder.forward_features(x))[0, :, :h, :w].cpu().numpy()
         x = self.sam.resize_longest(x)
         input_size = tuple(x.shape[-2:])
         maps = self.ais(self.sam.embed(x))
         maps = self.sam.postprocess_masks(maps, input_size, (h, w))
-        return maps[0].numpy()
+        return maps[0].cpu().numpy()
 
     @property
     def class_names(self) -> list[dict]:
@@ -416,7 +428,7 @@ class SamNucleusModel(nn.Module):
         if self.semantic is None:
             raise PathsegError(f"model {self.name!r} has no semantic (class) decoder")
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+        x = self._input(rgb)
         if self.is_compact:
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
@@ -427,7 +439,7 @@ class SamNucleusModel(nn.Module):
             x = self.sam.resize_longest(x)
             input_size = tuple(x.shape[-2:])
             logits = self.sam.postprocess_masks(self.semantic(self.sam.embed(x)), input_size, (h, w))
-        return torch.softmax(logits.float(), dim=1)[0].numpy()
+        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
 
     def class_probabilities(self, rgb: np.ndarray, mpp: float, progress: ProgressCallback | None = None) -> np.ndarray:
         """(C, H, W) class probabilities of ``rgb`` at ``mpp`` µm/px (tiled like the AIS maps)."""
@@ -454,7 +466,7 @@ class SamNucleusModel(nn.Module):
     def prompt_context(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image embedding (C, h, w) of an RGB uint8 window and, for a model with a mask refiner, its guide image
         (6 or more channels, H, W) at the window's size (see :meth:`MaskRefiner.guide`; one encoder pass for all)."""
-        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+        x = self._input(rgb)
         if not self.is_compact:
             return self.sam.embed(self.sam.resize_longest(x))[0], None
         h, w = rgb.shape[:2]

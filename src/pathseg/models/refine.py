@@ -174,7 +174,9 @@ def refine_roi(
     k = coarse.shape[0]
     crop = coarse[:, y0:y1, x0:x1][:, None]
     g = guide[: GUIDE_CHANNELS + refiner.feature_channels, y0:y1, x0:x1].float()[None].expand(k, -1, -1, -1)
-    pm = prompt_maps(roi, points, labels, box)[None].expand(k, -1, -1, -1) if refiner.prompt_channels else None
+    pm = None
+    if refiner.prompt_channels:
+        pm = prompt_maps(roi, points, labels, box).to(coarse.device)[None].expand(k, -1, -1, -1)
     logits, iou = refiner(crop, g, pm)
     return logits[:, 0], iou
 

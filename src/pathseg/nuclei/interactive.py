@@ -231,7 +231,7 @@ class Predictor:
                     parts.update({f"project.{k}": v for k, v in self.model.refiner.project.state_dict().items()})
             for k, v in sorted(parts.items()):
                 h.update(k.encode())
-                h.update(v.detach().float().contiguous().numpy().tobytes())
+                h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
             self._weights = h.hexdigest()
         return self._weights
 
@@ -295,8 +295,8 @@ class Predictor:
 
         from pathseg.io.atomic import atomic_path
 
-        tensors = {f"tile_{i}": e.contiguous() for i, e in enumerate(self.embeddings)}
-        tensors.update({f"guide_{i}": g.contiguous() for i, g in enumerate(self.guides) if g is not None})
+        tensors = {f"tile_{i}": e.contiguous().cpu() for i, e in enumerate(self.embeddings)}
+        tensors.update({f"guide_{i}": g.contiguous().cpu() for i, g in enumerate(self.guides) if g is not None})
         try:
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata=sig)
@@ -321,7 +321,9 @@ class Predictor:
         except Exception as exc:  # truncated, corrupt or not a cache at all (safetensors raises its own types)
             log.warning("embedding cache %s is unreadable (%s); recomputing", path, exc)
             return False
-        self.embeddings, self.guides = embeddings, guides
+        device = self.model.device  # stored on the CPU, used where the model runs
+        self.embeddings = [e.to(device) for e in embeddings]
+        self.guides = [None if g is None else g.to(device) for g in guides]
         return True
 
     # -- prompts -------------------------------------------------------------------------------------------
@@ -477,12 +479,15 @@ class Predictor:
         local_pts = None if pts is None else pts - offset  # window pixels
         local_box = None if bx is None else np.concatenate([bx[:2] - offset, bx[2:] - offset])
         t_pts = None
+        device = emb.device
         if local_pts is not None:
             t_pts = (
-                torch.tensor(local_pts * scale, dtype=torch.float32)[None],
-                torch.tensor(lbl, dtype=torch.float32)[None],
+                torch.tensor(local_pts * scale, dtype=torch.float32, device=device)[None],
+                torch.tensor(lbl, dtype=torch.float32, device=device)[None],
             )
-        t_box = None if local_box is None else torch.tensor(local_box * scale, dtype=torch.float32)[None]
+        t_box = None
+        if local_box is not None:
+            t_box = torch.tensor(local_box * scale, dtype=torch.float32, device=device)[None]
         with torch.inference_mode():
             low, iou = self.model.sam.decode(emb[None], t_pts, t_box, mask_input, multimask_output=multimask)
             full = self.model.window_logits(low, h, w)[0]
@@ -491,12 +496,12 @@ class Predictor:
             if guide is not None and refiner is not None:
                 from pathseg.models.refine import paste_roi, prompt_roi, refine_roi
 
-                roi = prompt_roi((full > 0).numpy(), (h, w), local_pts, local_box)
+                roi = prompt_roi((full > 0).cpu().numpy(), (h, w), local_pts, local_box)
                 logits, r_iou = refine_roi(refiner, full, guide, roi, local_pts, lbl, local_box)
                 full = paste_roi(full, roi, logits)
                 if self.model.prompt_iou == "refiner":
                     iou = r_iou[None]
-        return (full - self.model.sam.mask_threshold).numpy(), iou[0].numpy(), low[0], box_yx
+        return (full - self.model.sam.mask_threshold).cpu().numpy(), iou[0].cpu().numpy(), low[0], box_yx
 
     def _touches_edge(self, mask: np.ndarray, box_yx) -> bool:
         """True if the mask reaches an edge of its window that is not an edge of the image (object cut off)."""

@@ -87,13 +87,14 @@ def _candidates(
 
 def _decode_points(model, emb, pts, window, scale, multimask) -> list[Candidate]:
     y0, x0, h, w = window
-    coords = torch.tensor((pts - [x0, y0]) * scale, dtype=torch.float32)[:, None, :]
-    labels = torch.ones(len(pts), 1)
+    coords = torch.tensor((pts - [x0, y0]) * scale, dtype=torch.float32, device=emb.device)[:, None, :]
+    labels = torch.ones(len(pts), 1, device=emb.device)
     with torch.inference_mode():
         low, iou = model.sam.decode(emb, (coords, labels), None, None, multimask_output=multimask)
         logits = model.window_logits(low, h, w)
         stab = stability_score(logits, model.sam.mask_threshold)
-    masks = (logits > model.sam.mask_threshold).numpy()
+    masks = (logits > model.sam.mask_threshold).cpu().numpy()
+    iou, stab = iou.float().cpu().numpy(), stab.cpu().numpy()
     found = (
         Candidate.from_mask(masks[i, k], y0, x0, iou[i, k], stab[i, k])
         for i in range(masks.shape[0])

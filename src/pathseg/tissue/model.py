@@ -15,6 +15,7 @@ import torch
 
 from pathseg.errors import PathsegError
 from pathseg.io.convert import black_fill_as_glass
+from pathseg.models.device import module_device
 from pathseg.models.diffusion.backbone import DiffusionBackbone
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder
 from pathseg.models.precision import PRECISIONS, autocast, check_precision
@@ -233,10 +234,12 @@ class TissueModel(torch.nn.Module):
         win = _window(p)
         coords = [(y, x) for y in ys for x in xs if y < y1 and y + p > y0 and x < x1 and x + p > x0]
         x_all = torch.from_numpy(np.array(black_fill_as_glass(pixels))).permute(2, 0, 1)
+        device = module_device(self)
         for i in range(0, len(coords), batch):
             part = coords[i : i + batch]
-            xb = torch.stack([x_all[:, y - oy : y - oy + p, x - ox : x - ox + p] for y, x in part]).float() / 255
-            for (y, x), lg in zip(part, self.logits(xb), strict=True):
+            xb = torch.stack([x_all[:, y - oy : y - oy + p, x - ox : x - ox + p] for y, x in part])
+            xb = xb.to(device).float() / 255  # uint8 crosses to a GPU, a quarter of the bytes
+            for (y, x), lg in zip(part, self.logits(xb).cpu(), strict=True):
                 sy0, sy1, sx0, sx1 = max(y, y0), min(y + p, y1), max(x, x0), min(x + p, x1)
                 w = win[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
                 acc[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += lg[:, sy0 - y : sy1 - y, sx0 - x : sx1 - x] * w

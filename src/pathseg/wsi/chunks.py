@@ -37,6 +37,9 @@ class SlideRun:
     workers: int = 0  #: > 0: run the chunks on a local Dask cluster of this many processes
     scheduler: str | None = None  #: address of an existing dask.distributed scheduler
     task: str = "nuclei"  #: "nuclei" or "tissue"
+    #: where the network runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``); None: a model object stays where it is, a
+    #: model name is placed as ``auto`` (:func:`pathseg.models.device.place`)
+    device: str | None = None
     tta: int | None = None  #: tissue: test-time views per patch (1, 2, 4, 8); None = the model's setting
     tta_space: str | None = None  #: tissue: views of the "image" or of its "latent"; None = the model's setting
     stride: int | None = None  #: tissue: patch stride, px at the model's µm/px; None = the model's setting

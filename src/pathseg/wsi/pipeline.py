@@ -435,6 +435,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         raise PathsegError("--precision is for tissue runs (--task tissue); nucleus runs take --ais-precision")
     if not run.clean:
         raise PathsegError("--no-clean is for tissue runs (--task tissue); nucleus runs have no class-map cleaning")
+    from pathseg.models.device import place
     from pathseg.models.zoo import get_nucleus_model
 
     start = time.perf_counter()
@@ -446,6 +447,8 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
             model = copy.copy(model)
             model.config = dict(model.config)
         set_ais_options(model, run.ais_precision, run.ais_params)
+    if run.device is not None or not hasattr(run.model, "segment"):  # a caller's model stays where it is
+        model = place(model, run.device or "auto", run.ais_precision)  # before the settings: int8 is CPU-only
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     settings = run_settings(run, model, _model_parameters(model))

@@ -205,6 +205,7 @@ def assemble_tissue(
 
 def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
     """Tissue classes of a slide (or its ``roi``) into ``run.out``; resumes after the last finished chunk."""
+    from pathseg.models.device import module_device, place
     from pathseg.models.zoo import get_tissue_model
 
     if run.classes:
@@ -217,9 +218,11 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
     out = Path(run.out)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
     model = model.with_settings(run.tta, run.tta_space, run.stride, run.precision)  # the caller's is left alone
+    if run.device is not None or not isinstance(run.model, TissueModel):  # a caller's model stays where it is
+        model = place(model, run.device or "auto")
     # "auto" is decided once, here, on the machine that plans the run: every chunk (on any Dask worker) computes
     # at the same arithmetic, and the run records which one, so a resume elsewhere cannot silently change it
-    model = model.with_settings(precision=resolve_precision(model.precision))
+    model = model.with_settings(precision=resolve_precision(model.precision, module_device(model)))
     parameters = {"features": model.config["features"], "patch": model.patch, "stride": model.step, "tta": model.tta}
     # (absent at their old defaults: runs begun before these settings existed still resume)
     if model.tta_space != "image":

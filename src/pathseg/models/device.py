@@ -1,0 +1,62 @@
+"""Where models run: ``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+Inference takes numpy images in and gives numpy maps out on any device: inputs move to the model's device, results
+come back to the CPU. Models are loaded on the CPU and moved with :func:`place`."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pathseg.errors import PathsegError
+
+log = logging.getLogger("pathseg")
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device ``spec`` names (None = ``auto``); a CUDA device this machine lacks stops with a message."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    spec = "auto" if spec is None else spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise PathsegError(f"unknown device {spec!r}; one of auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PathsegError(
+                f"device {spec!r}: this PyTorch sees no CUDA GPU (torch {torch.__version__}, built for CUDA "
+                f"{torch.version.cuda or 'none: a CPU build'}); use --device cpu, or install a CUDA build of PyTorch"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise PathsegError(f"device {spec!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (the CPU for a module without any)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def place(model, device: str | torch.device | None = "auto", ais_precision: str | None = None):
+    """``model`` moved to ``device`` (see :func:`resolve_device`), in place; returned as is when it is no torch
+    module (``classical``). The int8 automatic path runs on CPUs only, so elsewhere the model's automatic path is
+    set to float32 (and so recorded by slide runs), with a note; ``ais_precision`` ``int8`` asked for on another
+    device stops with a message instead."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    target = resolve_device(device)
+    if target.type != "cpu" and ais_precision == "int8":
+        raise PathsegError(f"--ais-precision int8 runs on CPUs; on {target} leave it out (float32) or use --device cpu")
+    if target.type != "cpu" and getattr(model, "ais_precision", None) == "int8":
+        log.info("note: model %r runs its automatic path in float32 on %s (int8 runs on CPUs)", model.name, target)
+        model.set_ais_precision("float32")
+    return model.to(target)  # in place (a module already there: nothing moves)
