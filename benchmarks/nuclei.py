@@ -20,12 +20,13 @@ import torch
 
 import pathseg
 from pathseg.allocator import tune_allocator
-from pathseg.cli._common import add_ais_params, add_ais_precision
+from pathseg.cli._common import add_ais_params, add_ais_precision, add_device
 from pathseg.errors import PathsegError
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
 from pathseg.metrics import instance_scores
 from pathseg.models.base import set_ais_options
+from pathseg.models.device import module_device, place
 from pathseg.models.zoo import default_nucleus_model, get_nucleus_model
 from pathseg.table import format_table
 from pathseg.train.data import find_pairs
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     add_ais_precision(ap)
     add_ais_params(ap)
+    add_device(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         model = get_nucleus_model(name)
     try:
         set_ais_options(model, args.ais_precision, dict(args.ais_params or []))
+        model = place(model, args.device, args.ais_precision)
     except PathsegError as e:
         print(e, file=sys.stderr)
         return 2
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pathseg": pathseg.__version__,
                 "python": platform.python_version(),
                 "machine": platform.machine(),
+                "device": str(module_device(model)) if isinstance(model, torch.nn.Module) else "cpu",
                 "images": rows,
                 "mean": mean,
             },

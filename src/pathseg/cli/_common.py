@@ -147,7 +147,8 @@ def add_device(p: argparse.ArgumentParser) -> None:
         "--device",
         default="auto",
         help="where the network runs: auto (default: the first CUDA GPU if there is one, else the CPU), cpu, cuda or "
-        "cuda:N. Images and results stay in memory as usual; int8 (--ais-precision) runs on CPUs only",
+        "cuda:N. Only the network moves (images and results stay in main memory); int8 (--ais-precision) runs on "
+        "CPUs only",
     )
 
 
