@@ -29,10 +29,13 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise PathsegError(f"unknown device {spec!r}; one of auto, cpu, cuda, cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise PathsegError(
-                f"device {spec!r}: this PyTorch sees no CUDA GPU (torch {torch.__version__}, built for CUDA "
-                f"{torch.version.cuda or 'none: a CPU build'}); use --device cpu, or install a CUDA build of PyTorch"
+            why = (
+                f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no GPU (driver, "
+                "CUDA_VISIBLE_DEVICES?)"
+                if torch.version.cuda
+                else f"torch {torch.__version__} is a CPU build; install a CUDA build of PyTorch for GPUs"
             )
+            raise PathsegError(f"device {spec!r}: no CUDA GPU here ({why}); use --device cpu or auto")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise PathsegError(f"device {spec!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
