@@ -41,7 +41,13 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     t.add_argument(
         "--model-mpp", type=positive_float, default=0.5, help="pixel size the model works at (µm/px; default 0.5)"
     )
-    t.add_argument("--iterations", type=int_at_least(1), default=20000, help="optimiser steps (default 20000)")
+    t.add_argument(
+        "--iterations",
+        type=int_at_least(1),
+        default=20000,
+        help="optimiser steps (default 20000, a GPU-sized run). On a CPU a --decoder-only fine-tune of "
+        "pathseg_nuclei_cpu takes ~3 s per step: 600 steps at --lr 5e-4 (~30 min) took CoNSeP test F_d 0.68 -> 0.74",
+    )
     t.add_argument("--batch", type=int_at_least(1), default=8, help="crops per step (default 8)")
     t.add_argument(
         "--crop", type=int_at_least(32), default=256, help="training crop size in model pixels (default 256)"
