@@ -40,11 +40,14 @@ def test_python_dash_m_pathseg_runs_the_command():
     import subprocess
     import sys
 
+    import torch
+
     import pathseg
 
     done = subprocess.run([sys.executable, "-m", "pathseg", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert pathseg.__version__ in done.stdout
+    assert f"torch {torch.__version__}" in done.stdout and "devices: cpu" in done.stdout  # for bug reports
 
 
 def test_nuclei_then_evaluate(tiles, tmp_path, capsys):

@@ -30,6 +30,27 @@ EPILOG = """examples:
 """
 
 
+class _Version(argparse.Action):
+    """``--version``: what a bug report needs, the devices a ``--device`` can name included."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``pathseg X (Python Y, torch Z; devices: cpu, cuda:0 NAME ...)``."""
+    import platform
+
+    import torch
+
+    devices = ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    return (
+        f"pathseg {__version__} (Python {platform.python_version()}, torch {torch.__version__}; "
+        f"devices: {', '.join(devices)})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pathseg",
@@ -37,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"pathseg {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show pathseg's, Python's and PyTorch's versions and the devices"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or notes (warnings and errors still print)"
