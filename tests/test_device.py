@@ -60,12 +60,13 @@ def test_place_moves_torch_models_and_leaves_the_classical_one(monkeypatch):
     assert place(classical, "cpu") is classical
     model = _compact()
     assert place(model, "cpu") is model and module_device(model) == torch.device("cpu")
-    model.config["ais_precision"] = "int8"  # as the bundled model: int8 runs on CPUs only
+    model.config["ais_precision"] = model.config["class_precision"] = "int8"  # as the bundled model: CPUs only
     monkeypatch.setattr(devices, "resolve_device", lambda spec: META)  # stands in for a GPU
     with pytest.raises(PathsegError, match="--ais-precision int8 runs on CPUs"):
         place(model, "cuda", ais_precision="int8")  # asked for explicitly: refused
     assert place(model, "cuda") is model and model.device == META
     assert model.ais_precision == "float32"  # what runs there, and what a slide run records
+    assert model.config["class_precision"] == "float32"
 
 
 @pytest.mark.usefixtures("_meta_reads_as_zeros")

@@ -10,6 +10,7 @@ from pathlib import Path
 from pathseg.cli._common import (
     add_ais_params,
     add_ais_precision,
+    add_class_precision,
     add_device,
     add_image_mpp,
     add_inputs_and_output,
@@ -124,6 +125,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="also give every nucleus one class (probability-weighted vote over its pixels): writes "
         "<stem>_classes.tif and adds classification to the GeoJSON and class columns to the CSV",
     )
+    add_class_precision(p)
     add_device(p)
     add_skip_existing(p)
     p.set_defaults(func=cmd_nuclei)
@@ -131,6 +133,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 def cmd_nuclei(args: argparse.Namespace) -> int:
     from pathseg.api import segment_nuclei, segment_nuclei_prompted, write_nuclei_outputs
+    from pathseg.models.class_int8 import set_class_precision
     from pathseg.models.device import place
     from pathseg.models.zoo import get_nucleus_model
 
@@ -151,11 +154,15 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     set_ais_options(model, args.ais_precision, dict(args.ais_params or []))
     if args.classes and getattr(model, "semantic", None) is None:  # said once, not once per image
         raise PathsegError(f"--classes needs a model with a class decoder; {model.name!r} has none")
+    if args.class_precision is not None:
+        if not args.classes:
+            raise PathsegError("--class-precision goes with --classes")
+        set_class_precision(model, args.class_precision)
     if args.mode != "ais" and not hasattr(model, "sam"):
         raise PathsegError(f"--mode {args.mode} needs a SAM-family model; {model.name!r} only does automatic (ais)")
     if args.no_stain and getattr(model, "ais_stain", None) is not None:
         model.config["ais_stain"] = None
-    model = place(model, args.device, args.ais_precision)
+    model = place(model, args.device, args.ais_precision, args.class_precision)
     prompt_only = {
         "--box-margin": args.box_margin,
         "--box-from-ais": args.box_from_ais,

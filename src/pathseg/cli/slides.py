@@ -9,6 +9,7 @@ from pathlib import Path
 from pathseg.cli._common import (
     add_ais_params,
     add_ais_precision,
+    add_class_precision,
     add_device,
     add_tissue_inference,
     int_at_least,
@@ -79,6 +80,7 @@ def add_wsi_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
     add_ais_precision(p, "nuclei: ")
     add_ais_params(p, "nuclei: ")
+    add_class_precision(p, "nuclei: ")
     add_tissue_inference(p, "--task tissue: ")
     add_device(p)
     p.set_defaults(func=cmd_wsi)
@@ -145,6 +147,7 @@ def cmd_wsi(args: argparse.Namespace) -> int:
         stride=args.stride,
         precision=args.precision,
         ais_precision=args.ais_precision,
+        class_precision=args.class_precision,
         ais_params=dict(args.ais_params) if args.ais_params else None,
         clean=not args.no_clean,
         device=args.device,

@@ -49,17 +49,25 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def place(model, device: str | torch.device | None = "auto", ais_precision: str | None = None):
+def place(
+    model,
+    device: str | torch.device | None = "auto",
+    ais_precision: str | None = None,
+    class_precision: str | None = None,
+):
     """``model`` moved to ``device`` (see :func:`resolve_device`), in place; returned as is when it is no torch
-    module (``classical``). The int8 automatic path runs on CPUs only, so elsewhere the model's automatic path is
-    set to float32 (and so recorded by slide runs), with a note; ``ais_precision`` ``int8`` asked for on another
-    device stops with a message instead."""
+    module (``classical``). The int8 automatic and class paths run on CPUs only, so elsewhere they are set to
+    float32 (and so recorded by slide runs), with a note; ``ais_precision`` ``int8`` asked for on another
+    device stops with a message instead (``class_precision`` likewise)."""
     if not isinstance(model, torch.nn.Module):
         return model
     target = resolve_device(device)
-    if target.type != "cpu" and ais_precision == "int8":
-        raise PathsegError(f"--ais-precision int8 runs on CPUs; on {target} leave it out (float32) or use --device cpu")
+    for flag, asked in (("--ais-precision", ais_precision), ("--class-precision", class_precision)):
+        if target.type != "cpu" and asked == "int8":
+            raise PathsegError(f"{flag} int8 runs on CPUs; on {target} leave it out (float32) or use --device cpu")
     if target.type != "cpu" and getattr(model, "ais_precision", None) == "int8":
         log.info("note: model %r runs its automatic path in float32 on %s (int8 runs on CPUs)", model.name, target)
         model.set_ais_precision("float32")
+    if target.type != "cpu" and getattr(model, "config", {}).get("class_precision") == "int8":
+        model.config["class_precision"] = "float32"  # likewise for its class path
     return model.to(target)  # in place (a module already there: nothing moves)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathseg.errors import PathsegError
+from pathseg.models import class_int8
+from pathseg.models.class_int8 import class_int8_network
 from pathseg.models.decoders import EmbeddingDecoder
 from pathseg.models.device import module_device
 from pathseg.models.folder import WEIGHTS_NAME, read_folder, save_folder, write_weights
@@ -220,6 +222,10 @@ class SamNucleusModel(nn.Module):
         self.int8_qparams: dict[str, torch.Tensor] | None = None  # calibrated activation ranges (ais_precision int8)
         self._int8: tuple | None = None  # (folded encoder, folded AIS decoder, int8 features network or None)
         self._features_hook = None  # a pathseg.models.quantize.Calibration while calibrating
+        #: the class path's int8 ranges, network cache and calibration hook (:mod:`pathseg.models.class_int8`)
+        self.class_int8_qparams: dict[str, torch.Tensor] | None = None
+        self._class_int8: tuple | None = None
+        self._class_features_hook = None
         self._slide_stain: tuple[np.ndarray, np.ndarray] | None = None  # set by fit_slide
         sem = config.get("semantic_decoder")
         self.semantic = _build_decoder(sem, final_activation=None) if sem else None
@@ -228,7 +234,7 @@ class SamNucleusModel(nn.Module):
         """Pickled (e.g. scattered to Dask workers) without the inference caches: folded and int8 copies are
         rebuilt where they run."""
         state = self.__dict__.copy()
-        state.update(_folded=None, _int8=None, _features_hook=None)
+        state.update(_folded=None, _int8=None, _features_hook=None, _class_int8=None, _class_features_hook=None)
         return state
 
     # -- the NucleusModel interface -------------------------------------------------------------------------
@@ -433,8 +439,12 @@ class SamNucleusModel(nn.Module):
             x = (x - self.sam.pixel_mean) / self.sam.pixel_std
             x = F.pad(x, (0, (-w) % 16, 0, (-h) % 16), mode="reflect" if min(h, w) > 16 else "constant")
             encoder, _, semantic = self.inference_nets()
-            emb, skips = encoder.forward_features(x.contiguous(memory_format=torch.channels_last))
-            logits = semantic(emb, skips)[..., :h, :w]
+            features = self._class_features_hook or class_int8_network(self, encoder, semantic)
+            if features is not None:  # int8 (or calibrating)
+                logits = semantic.head(features(x))[..., :h, :w]
+            else:
+                emb, skips = encoder.forward_features(x.contiguous(memory_format=torch.channels_last))
+                logits = semantic(emb, skips)[..., :h, :w]
         else:
             x = self.sam.resize_longest(x)
             input_size = tuple(x.shape[-2:])
@@ -505,7 +515,7 @@ class SamNucleusModel(nn.Module):
     def ais_precision(self) -> str:
         """``float32`` (default) or ``int8`` (config ``ais_precision``): the arithmetic of the automatic path's
         network. ``int8`` needs calibrated activation ranges (:attr:`int8_qparams`, written by ``pathseg models int8``);
-        prompts and classes always run in float32."""
+        prompts always run in float32 (classes: :mod:`pathseg.models.class_int8`)."""
         value = self.config.get("ais_precision", "float32")
         if value not in PRECISIONS:
             msg = f"ais_precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
@@ -698,11 +708,13 @@ class SamNucleusModel(nn.Module):
         )
         if current:  # the ranges still belong to these weights (a retrained encoder or decoder drops them)
             config.update(ais_int8=info, **({"ais_precision": INT8} if self.ais_precision == INT8 else {}))
+        config, class_ranges = class_int8.saved_config(self, config)
         folder = save_folder(folder, config, state, dtype)
-        if current:
-            write_weights(folder / QPARAMS_NAME, ranges)
-        elif (folder / QPARAMS_NAME).is_file():  # an earlier save's ranges, for other weights
-            (folder / QPARAMS_NAME).unlink()
+        for name, kept in ((QPARAMS_NAME, ranges if current else None), (class_int8.CLASS_QPARAMS_NAME, class_ranges)):
+            if kept is not None:
+                write_weights(folder / name, kept)
+            elif (folder / name).is_file():  # an earlier save's ranges, for other weights
+                (folder / name).unlink()
         return folder
 
     @classmethod
@@ -717,6 +729,7 @@ class SamNucleusModel(nn.Module):
         load_into(model, state, f"model {model.name!r}", Path(folder) / WEIGHTS_NAME)
         if (Path(folder) / QPARAMS_NAME).is_file():
             model.int8_qparams = read_state(Path(folder) / QPARAMS_NAME)
+        model.class_int8_qparams = class_int8.read_ranges(Path(folder))
         return model.eval()
 
 

@@ -205,10 +205,18 @@ def calibrate(
     return calibration.qparams()
 
 
-def write_int8_folder(source: Path, out: Path, qparams: dict[str, torch.Tensor], info: dict) -> Path:
+def write_int8_folder(
+    source: Path,
+    out: Path,
+    qparams: dict[str, torch.Tensor],
+    info: dict,
+    class_ranges: tuple[dict[str, torch.Tensor], dict] | None = None,
+) -> Path:
     """A new model folder ``out``: the files of model folder ``source`` as they are, plus the int8 ranges
-    (``QPARAMS_NAME``), config ``ais_precision`` / ``ais_int8`` (``info``) and ``_int8`` after its name. Written
-    beside ``out`` and renamed into place, so an interrupted run leaves no half folder."""
+    (``QPARAMS_NAME``), config ``ais_precision`` / ``ais_int8`` (``info``) and ``_int8`` after its name; with
+    ``class_ranges`` (ranges, info) also the class path's (:mod:`pathseg.models.class_int8`). Written beside ``out``
+    and renamed into place, so an interrupted run leaves no half folder."""
+    from pathseg.models.class_int8 import CLASS_QPARAMS_NAME
     from pathseg.models.folder import read_config, update_config, write_weights
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -218,12 +226,16 @@ def write_int8_folder(source: Path, out: Path, qparams: dict[str, torch.Tensor],
     tmp.mkdir(parents=True)
     try:
         for f in sorted(source.iterdir()):
-            if f.is_file() and f.name != QPARAMS_NAME and not f.name.startswith("."):
+            if f.is_file() and f.name not in (QPARAMS_NAME, CLASS_QPARAMS_NAME) and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)
         write_weights(tmp / QPARAMS_NAME, qparams)
         name = str(read_config(tmp).get("name") or source.name)
         name = name if name.endswith("_int8") else f"{name}_int8"  # outputs and reports tell the copies apart
-        update_config(tmp, {"name": name, "ais_precision": INT8, "ais_int8": info})
+        update = {"name": name, "ais_precision": INT8, "ais_int8": info}
+        if class_ranges is not None:
+            write_weights(tmp / CLASS_QPARAMS_NAME, class_ranges[0])
+            update.update(class_precision=INT8, class_int8=class_ranges[1])
+        update_config(tmp, update)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

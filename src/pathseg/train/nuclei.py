@@ -425,6 +425,10 @@ def train_nuclei(cfg: TrainConfig, progress: ProgressCallback | None = None, log
                 "--init's int8 ranges are left out (they fit its own encoder and AIS decoder, which train here); "
                 "validation runs in float32; recalibrate the result with `pathseg models int8`"
             )
+        if trained in (None, "semantic") and model.config.get("class_precision") == "int8":  # likewise for classes
+            model.config.pop("class_int8", None)
+            model.config["class_precision"], model.class_int8_qparams = "float32", None
+            log("--init's class int8 ranges are left out (their network trains here); recalibrate: pathseg models int8")
         after = _path_mpps(model)
         log(
             "pixel sizes (µm/px) of --init's paths: "

@@ -45,6 +45,7 @@ class SlideRun:
     stride: int | None = None  #: tissue: patch stride, px at the model's µm/px; None = the model's setting
     precision: str | None = None  #: tissue: "float32", "bfloat16" or "auto"; None = the model's setting
     ais_precision: str | None = None  #: nuclei: "float32" or "int8" automatic path; None = the model's setting
+    class_precision: str | None = None  #: nuclei with classes: "float32" or "int8" class path; None = the model's
     ais_params: dict | None = None  #: nuclei: AIS thresholds over the model's ``ais_params``; None = the model's
     clean: bool = True  #: tissue: clean the class map as the model's config ``clean`` says (False: raw argmax)
 
@@ -220,7 +221,7 @@ def check_resume(out: Path, settings: dict) -> None:
 
 #: model parameters a nucleus run records only when set (so runs recorded before them still resume), and what their
 #: absence means
-_UNSTATED = {"ais_precision": "float32", "ais_shift": None}
+_UNSTATED = {"ais_precision": "float32", "ais_shift": None, "class_precision": "float32"}
 
 
 def _records_ais(settings: dict) -> bool:

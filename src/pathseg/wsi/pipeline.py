@@ -435,23 +435,32 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         raise PathsegError("--precision is for tissue runs (--task tissue); nucleus runs take --ais-precision")
     if not run.clean:
         raise PathsegError("--no-clean is for tissue runs (--task tissue); nucleus runs have no class-map cleaning")
+    from pathseg.models.class_int8 import set_class_precision
     from pathseg.models.device import place
     from pathseg.models.zoo import get_nucleus_model
 
     start = time.perf_counter()
     out = Path(run.out)
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
-    if run.ais_precision is not None or run.ais_params:
-        needs_ais_decoder(model, "--ais-precision" if run.ais_precision is not None else "--ais-param")
+    if run.class_precision is not None and not run.classes:
+        raise PathsegError("--class-precision goes with --classes")
+    if run.ais_precision is not None or run.ais_params or run.class_precision is not None:
+        if run.ais_precision is not None or run.ais_params:
+            needs_ais_decoder(model, "--ais-precision" if run.ais_precision is not None else "--ais-param")
         if model is run.model:  # the caller's model is left alone
             model = copy.copy(model)
             model.config = dict(model.config)
         set_ais_options(model, run.ais_precision, run.ais_params)
+        if run.class_precision is not None and getattr(model, "semantic", None) is not None:
+            set_class_precision(model, run.class_precision)
     if run.device is not None or not hasattr(run.model, "segment"):  # a caller's model stays where it is
-        model = place(model, run.device or "auto", run.ais_precision)  # before the settings: int8 is CPU-only
+        model = place(model, run.device or "auto", run.ais_precision, run.class_precision)  # before the settings
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
-    settings = run_settings(run, model, _model_parameters(model))
+    parameters = _model_parameters(model)
+    if run.classes and getattr(model, "config", {}).get("class_precision", "float32") != "float32":
+        parameters["class_precision"] = model.config["class_precision"]  # the class votes' arithmetic
+    settings = run_settings(run, model, parameters)
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
@@ -480,4 +489,4 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     end = time.perf_counter()
     timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     done = sum(_part_path(out, c).is_file() for c in chunks)
-    return write_report(run, plan, model.name, _model_parameters(model), done, failed, end - start, paths, timings)
+    return write_report(run, plan, model.name, parameters, done, failed, end - start, paths, timings)

@@ -214,6 +214,8 @@ def run_slide_tissue(run: SlideRun, progress: ProgressCallback | None = None, lo
         raise PathsegError("--ais-precision is for nucleus runs; tissue runs take --precision")
     if run.ais_params:
         raise PathsegError("--ais-param is for nucleus runs")
+    if run.class_precision is not None:
+        raise PathsegError("--class-precision is for nucleus runs with --classes")
     start = time.perf_counter()
     out = Path(run.out)
     model = run.model if isinstance(run.model, TissueModel) else get_tissue_model(run.model)
