@@ -102,3 +102,26 @@ def test_a_slide_run_records_the_class_precision(tmp_path):
     run.class_precision = None  # the bundled model's int8: the chunks written in float32 are not mixed with it
     with pytest.raises(PathsegError, match='model_parameters.class_precision: "float32" there, "int8" now'):
         run_slide(run, log=lambda *a: None)
+
+
+def test_models_int8_calibrates_the_class_path_too(tmp_path):
+    import json
+
+    import tifffile
+
+    from pathseg.cli import main
+    from pathseg.models.nucleus_sam import SamNucleusModel
+
+    _model().save_pretrained(tmp_path / "m")
+    images = tmp_path / "tiles"
+    images.mkdir()
+    for i, rgb in enumerate(_images()):
+        tifffile.imwrite(images / f"t{i}.tif", rgb)
+    out = tmp_path / "q"
+    assert main(["models", "int8", str(tmp_path / "m"), str(images), "--mpp", "0.5", "-o", str(out), "-q"]) == 0
+    assert (out / "ais_int8.safetensors").is_file() and (out / class_int8.CLASS_QPARAMS_NAME).is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_precision"] == "int8" and config["class_int8"]["images"] == 3
+    model = SamNucleusModel.from_pretrained(out)
+    encoder, _, semantic = model.inference_nets()
+    assert class_int8.class_int8_network(model, encoder, semantic) is not None  # the ranges fit: int8 runs
