@@ -9,7 +9,7 @@ import torch
 
 from pathseg.errors import PathsegError
 from pathseg.models import class_int8
-from pathseg.models.quantize import int8_unavailable
+from pathseg.models.quantize import calibrate, int8_unavailable
 
 pytestmark = pytest.mark.skipif(int8_unavailable() is not None, reason=str(int8_unavailable()))
 
@@ -39,7 +39,7 @@ def test_int8_classes_follow_float32_and_only_the_class_path_changes():
     with pytest.raises(PathsegError, match="no class int8 ranges"):
         class_int8.set_class_precision(model, "int8")
     calls = []
-    ranges = class_int8.calibrate_classes(model, ((x, 0.5) for x in _images()), 3, lambda *a: calls.append(a))
+    ranges = calibrate(model, ((x, 0.5) for x in _images()), 3, lambda *a: calls.append(a), classes=True)
     class_int8.set_class_int8(model, ranges, images=3)
     assert calls[-1][:2] == (3, 3) and model.config["class_precision"] == "int8"
     quantized = model.predict_class_maps(rgb)
@@ -54,7 +54,7 @@ def test_class_ranges_travel_with_the_folder_and_are_dropped_for_other_weights(t
     from pathseg.models.nucleus_sam import SamNucleusModel
 
     model = _model()
-    class_int8.set_class_int8(model, class_int8.calibrate_classes(model, [(x, 0.5) for x in _images()]), images=3)
+    class_int8.set_class_int8(model, calibrate(model, [(x, 0.5) for x in _images()], classes=True), images=3)
     rgb = _images(1, seed=7)[0]
     expected = model.predict_class_maps(rgb)
     model.save_pretrained(tmp_path / "m")

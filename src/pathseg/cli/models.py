@@ -116,11 +116,11 @@ def cmd_models_int8(args: argparse.Namespace) -> int:
         qparams = calibrate(model, images(), total=len(inputs), progress=bar)
     class_ranges = None
     if model.semantic is not None:  # its class path too, on the same images
-        from pathseg.models.class_int8 import calibrate_classes, class_int8_info
+        from pathseg.models.class_int8 import class_int8_info
 
         assumed.clear()
         with Bar("calibrating classes", quiet=args.quiet) as bar:
-            ranges = calibrate_classes(model, images(), total=len(inputs), progress=bar)
+            ranges = calibrate(model, images(), total=len(inputs), progress=bar, classes=True)
         class_ranges = (ranges, class_int8_info(model, len(inputs)))
     if assumed:
         log.warning(

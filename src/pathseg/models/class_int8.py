@@ -4,7 +4,8 @@ the decoder's last 1x1 convolution and the softmax in float32.
 
 Config ``class_precision`` (``float32`` default, ``int8``) and ``class_int8`` (the fingerprint of the weights the
 ranges were observed for, as ``ais_int8``); the ranges live in ``class_int8.safetensors`` beside the model.
-``pathseg models int8`` calibrates them with the automatic path's. On the bundled model the class path runs 1.47x
+``pathseg models int8`` calibrates them with the automatic path's
+(:func:`pathseg.models.quantize.calibrate` with ``classes=True``). On the bundled model the class path runs 1.47x
 faster (demo slide), CoNSeP train class accuracy 0.798 against 0.799 in float32 (``benchmarks/NUCLEI.md``, session
 52).
 """
@@ -12,16 +13,13 @@ faster (demo slide), CoNSeP train class accuracy 0.798 against 0.799 in float32 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from pathseg.errors import PathsegError
-from pathseg.models.quantize import INT8, PRECISIONS, Calibration, int8_network, int8_unavailable, weights_fingerprint
-from pathseg.progress import ProgressCallback
+from pathseg.models.quantize import INT8, PRECISIONS, int8_network, int8_unavailable, weights_fingerprint
 
 CLASS_QPARAMS_NAME = "class_int8.safetensors"
 
@@ -81,27 +79,6 @@ def class_int8_network(model, encoder: nn.Module, semantic: nn.Module) -> nn.Mod
             logging.getLogger("pathseg").warning("model %r classifies in float32, not int8: %s", model.name, why)
         model._class_int8 = (encoder, semantic, net)
     return model._class_int8[2]
-
-
-def calibrate_classes(
-    model,
-    images: Iterable[tuple[np.ndarray, float]],
-    total: int | None = None,
-    progress: ProgressCallback | None = None,
-) -> dict[str, torch.Tensor]:
-    """Activation ranges of ``model``'s class-path network observed on ``images`` (RGB uint8, µm/px) run as
-    ``class_probabilities`` runs them."""
-    encoder, _, semantic = model.inference_nets()
-    calibration = Calibration(encoder, semantic)
-    model._class_features_hook = calibration
-    try:
-        for i, (rgb, mpp) in enumerate(images):
-            model.class_probabilities(rgb, mpp)
-            if progress is not None:
-                progress(i + 1, total, "")
-    finally:
-        model._class_features_hook = None
-    return calibration.qparams()
 
 
 def saved_config(model, config: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:

@@ -188,20 +188,22 @@ def calibrate(
     images: Iterable[tuple[np.ndarray, float]],
     total: int | None = None,
     progress: ProgressCallback | None = None,
+    classes: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Activation ranges of ``model``'s automatic-path network (a compact :class:`SamNucleusModel`) observed on
-    ``images``, pairs of (RGB uint8 array, pixel size in µm/px) run exactly as the automatic path runs them
-    (``total``: how many, for ``progress``)."""
-    encoder, ais, _ = model.inference_nets()
-    calibration = Calibration(encoder, ais)
-    model._features_hook = calibration
+    """Activation ranges of ``model``'s automatic-path network (a compact :class:`SamNucleusModel`; with
+    ``classes``, of its class path's: :mod:`pathseg.models.class_int8`) observed on ``images``, pairs of (RGB uint8
+    array, pixel size in µm/px) run exactly as that path runs them (``total``: how many, for ``progress``)."""
+    encoder, ais, semantic = model.inference_nets()
+    calibration = Calibration(encoder, semantic if classes else ais)
+    hook = "_class_features_hook" if classes else "_features_hook"
+    setattr(model, hook, calibration)
     try:
         for i, (rgb, mpp) in enumerate(images):
-            model.initialized_segmenter(rgb, mpp)
+            model.class_probabilities(rgb, mpp) if classes else model.initialized_segmenter(rgb, mpp)
             if progress is not None:
                 progress(i + 1, total, "")
     finally:
-        model._features_hook = None
+        setattr(model, hook, None)
     return calibration.qparams()
 
 

@@ -416,6 +416,14 @@ def _model_parameters(model) -> dict:
     return params
 
 
+def _run_parameters(run: SlideRun, model) -> dict:
+    """:func:`_model_parameters`, and for a run with classes the class path's arithmetic when it is not float32."""
+    parameters = _model_parameters(model)
+    if run.classes and getattr(model, "config", {}).get("class_precision", "float32") != "float32":
+        parameters["class_precision"] = model.config["class_precision"]
+    return parameters
+
+
 def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print) -> dict:
     """Segment the nuclei of a slide (or its ``roi``) and write labels.zarr, nuclei.geojson, nuclei.csv and
     report.json into ``run.out``. Re-running the same command resumes after the last finished chunk.
@@ -457,10 +465,7 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
         model = place(model, run.device or "auto", run.ais_precision, run.class_precision)  # before the settings
     if run.classes and getattr(model, "semantic", None) is None:
         raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
-    parameters = _model_parameters(model)
-    if run.classes and getattr(model, "config", {}).get("class_precision", "float32") != "float32":
-        parameters["class_precision"] = model.config["class_precision"]  # the class votes' arithmetic
-    settings = run_settings(run, model, parameters)
+    settings = run_settings(run, model, _run_parameters(run, model))
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
         plan = plan_slide(run, slide, model.mpp, out, getattr(model, "network_mpp", None))
@@ -489,4 +494,5 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     end = time.perf_counter()
     timings = {"plan": t_chunks - start, "chunks": t_assemble - t_chunks, "assemble": end - t_assemble}
     done = sum(_part_path(out, c).is_file() for c in chunks)
-    return write_report(run, plan, model.name, parameters, done, failed, end - start, paths, timings)
+    # (again: a model fitted to the slide, e.g. the classical threshold, reports what it used)
+    return write_report(run, plan, model.name, _run_parameters(run, model), done, failed, end - start, paths, timings)
