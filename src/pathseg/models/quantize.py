@@ -199,7 +199,10 @@ def calibrate(
     setattr(model, hook, calibration)
     try:
         for i, (rgb, mpp) in enumerate(images):
-            model.class_probabilities(rgb, mpp) if classes else model.initialized_segmenter(rgb, mpp)
+            if classes:
+                model.class_probabilities(rgb, mpp)
+            else:
+                model.initialized_segmenter(rgb, mpp)
             if progress is not None:
                 progress(i + 1, total, "")
     finally:
