@@ -18,10 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pathseg.cli._common import add_ais_precision, add_class_precision
+from pathseg.errors import PathsegError
 from pathseg.evaluate import _class_names
 from pathseg.io.atomic import atomic_open
 from pathseg.io.images import read_image, read_labels
 from pathseg.metrics.classes import nuclei_with_classes, pair_centroids, type_scores
+from pathseg.models.base import set_ais_options
+from pathseg.models.class_int8 import set_class_precision
 from pathseg.models.zoo import get_nucleus_model
 from pathseg.nuclei.classes import argmax_disagreement, vote_classes
 from pathseg.table import format_table
@@ -35,10 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--radius", type=float, default=12.0)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    add_ais_precision(ap)
+    add_class_precision(ap)
     args = ap.parse_args(argv)
     model = get_nucleus_model(args.model)
     if getattr(model, "semantic", None) is None:
         print(f"model {model.name} has no class decoder", file=sys.stderr)
+        return 2
+    try:
+        set_ais_options(model, args.ais_precision)
+        if args.class_precision is not None:
+            set_class_precision(model, args.class_precision)
+    except PathsegError as e:
+        print(e, file=sys.stderr)
         return 2
     tiles = sorted((args.data / "images").glob("*"))[: args.limit]
     pools = {k: [] for k in ("pt", "pp", "ut", "up")}
@@ -92,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(
             {
                 "model": model.name,
+                "ais_precision": model.ais_precision,
+                "class_precision": model.config.get("class_precision", "float32"),
                 "tiles": len(tiles),
                 "f_d": scores["f_d"],
                 "accuracy": scores["accuracy"],
