@@ -11,25 +11,10 @@ from pathseg.errors import PathsegError
 from pathseg.models import class_int8
 from pathseg.models.quantize import calibrate, int8_unavailable
 
+from .test_fuse import _model  # a compact model with a class decoder and non-trivial BatchNorm statistics
+from .test_quantize import _images
+
 pytestmark = pytest.mark.skipif(int8_unavailable() is not None, reason=str(int8_unavailable()))
-
-
-def _model():
-    from pathseg.models.nucleus_sam import SamNucleusModel, compact_config
-
-    from .test_fuse import _random_batchnorm_statistics
-
-    torch.manual_seed(0)
-    cfg = compact_config(mpp=0.5, tile=256)
-    cfg["semantic_decoder"] = {**cfg["ais_decoder"], "out_channels": 3}
-    model = SamNucleusModel(cfg)
-    _random_batchnorm_statistics(model)
-    return model.eval()
-
-
-def _images(n: int = 3, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 255, (96, 112, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def test_int8_classes_follow_float32_and_only_the_class_path_changes():

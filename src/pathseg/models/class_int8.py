@@ -12,14 +12,13 @@ faster (demo slide), CoNSeP train class accuracy 0.798 against 0.799 in float32 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pathseg.errors import PathsegError
-from pathseg.models.quantize import INT8, PRECISIONS, int8_network, int8_unavailable, weights_fingerprint
+from pathseg.models.quantize import INT8, PRECISIONS, cached_int8, int8_unavailable, weights_fingerprint
 
 CLASS_QPARAMS_NAME = "class_int8.safetensors"
 
@@ -70,28 +69,12 @@ def class_int8_network(model, encoder: nn.Module, semantic: nn.Module) -> nn.Mod
         return None
     if encoder is model.sam.image_encoder or next(model.semantic.parameters()).device.type != "cpu":
         return None
-    cached = model._class_int8
-    if cached is None or cached[0] is not encoder or cached[1] is not semantic:
-        with torch.inference_mode(False):
-            sha = (model.config.get("class_int8") or {}).get("weights_sha256")
-            net, why = int8_network(_parts(model), (encoder, semantic), model.class_int8_qparams, sha)
-        if why is not None:
-            logging.getLogger("pathseg").warning("model %r classifies in float32, not int8: %s", model.name, why)
-        model._class_int8 = (encoder, semantic, net)
+    sha = (model.config.get("class_int8") or {}).get("weights_sha256")
+    fallback = f"model {model.name!r} classifies in float32, not int8"
+    model._class_int8 = cached_int8(
+        model._class_int8, _parts(model), (encoder, semantic), model.class_int8_qparams, sha, fallback
+    )
     return model._class_int8[2]
-
-
-def saved_config(model, config: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """``config`` to save with the class ranges' keys only while they fit ``model``'s weights, and those ranges."""
-    config = {k: v for k, v in config.items() if k not in ("class_precision", "class_int8")}
-    info = model.config.get("class_int8") or {}
-    ranges = model.class_int8_qparams
-    if ranges is None or model.semantic is None or info.get("weights_sha256") != weights_fingerprint(_parts(model)):
-        return config, None
-    config["class_int8"] = info
-    if class_precision(model) == INT8:
-        config["class_precision"] = INT8
-    return config, ranges
 
 
 def read_ranges(folder: Path) -> dict[str, torch.Tensor] | None:

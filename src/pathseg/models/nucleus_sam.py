@@ -8,7 +8,6 @@ Saved as a folder (or two files) in pathseg's format: ``config.json`` + ``model.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from pathseg.models.quantize import (
     INT8,
     PRECISIONS,
     QPARAMS_NAME,
-    int8_network,
+    cached_int8,
     int8_unavailable,
+    ranges_to_save,
     weights_fingerprint,
 )
 from pathseg.models.sam.build import SAM_SIZES, ViTConfig, build_image_encoder, build_sam_from_encoder
@@ -565,13 +565,10 @@ class SamNucleusModel(nn.Module):
             return None
         if encoder is self.sam.image_encoder or next(self.ais.parameters()).device.type != "cpu":  # unfolded; GPU
             return None
-        if self._int8 is None or self._int8[0] is not encoder or self._int8[1] is not ais:
-            with torch.inference_mode(False):
-                sha = (self.config.get("ais_int8") or {}).get("weights_sha256")
-                net, why = int8_network((self.sam.image_encoder, self.ais), (encoder, ais), self.int8_qparams, sha)
-            if why is not None:
-                logging.getLogger("pathseg").warning("model %r runs in float32, not int8: %s", self.name, why)
-            self._int8 = (encoder, ais, net)  # holding the keys: their identities cannot be reused meanwhile
+        sha = (self.config.get("ais_int8") or {}).get("weights_sha256")
+        parts = (self.sam.image_encoder, self.ais)
+        fallback = f"model {self.name!r} runs in float32, not int8"
+        self._int8 = cached_int8(self._int8, parts, (encoder, ais), self.int8_qparams, sha, fallback)
         return self._int8[2]
 
     def set_int8(self, qparams: dict[str, torch.Tensor], images: int) -> None:
@@ -700,17 +697,15 @@ class SamNucleusModel(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (optionally cast to ``dtype``) into ``folder``."""
         state = {k: v for k, v in self.state_dict().items() if "num_batches_tracked" not in k}
-        config = {k: v for k, v in self.config.items() if k not in ("ais_precision", "ais_int8")}
-        ranges = self.int8_qparams
-        info = self.config.get("ais_int8") or {}
-        current = ranges is not None and info.get("weights_sha256") == weights_fingerprint(
-            (self.sam.image_encoder, self.ais)
+        encoder = self.sam.image_encoder
+        config, ranges = ranges_to_save(
+            self.config, "ais_precision", "ais_int8", self.int8_qparams, (encoder, self.ais)
         )
-        if current:  # the ranges still belong to these weights (a retrained encoder or decoder drops them)
-            config.update(ais_int8=info, **({"ais_precision": INT8} if self.ais_precision == INT8 else {}))
-        config, class_ranges = class_int8.saved_config(self, config)
+        config, class_ranges = ranges_to_save(
+            config, "class_precision", "class_int8", self.class_int8_qparams, (encoder, self.semantic)
+        )
         folder = save_folder(folder, config, state, dtype)
-        for name, kept in ((QPARAMS_NAME, ranges if current else None), (class_int8.CLASS_QPARAMS_NAME, class_ranges)):
+        for name, kept in ((QPARAMS_NAME, ranges), (class_int8.CLASS_QPARAMS_NAME, class_ranges)):
             if kept is not None:
                 write_weights(folder / name, kept)
             elif (folder / name).is_file():  # an earlier save's ranges, for other weights

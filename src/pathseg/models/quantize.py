@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import logging
 import os
 import shutil
 import warnings
@@ -181,6 +182,46 @@ def int8_network(
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - another PyTorch's FX workflow: float32 is always a correct answer
         return None, f"this PyTorch ({torch.__version__}) could not build it: {type(exc).__name__}: {exc}"
+
+
+def cached_int8(
+    cache: tuple | None,
+    parts: tuple[nn.Module, nn.Module],
+    folded: tuple[nn.Module, nn.Module],
+    qparams: dict[str, torch.Tensor] | None,
+    weights_sha256: str | None,
+    fallback: str,
+) -> tuple:
+    """(folded encoder, folded decoder, int8 network or None): ``cache`` when it was built for these ``folded``
+    modules (they are refolded on any weight change, so they key it), else :func:`int8_network` built anew, the reason
+    it could not be logged once after ``fallback`` (e.g. "model 'x' runs in float32, not int8")."""
+    if cache is not None and cache[0] is folded[0] and cache[1] is folded[1]:
+        return cache
+    with torch.inference_mode(False):
+        net, why = int8_network(parts, folded, qparams, weights_sha256)
+    if why is not None:
+        logging.getLogger("pathseg").warning("%s: %s", fallback, why)
+    return (*folded, net)  # holding the keys: their identities cannot be reused meanwhile
+
+
+def ranges_to_save(
+    config: dict,
+    precision_key: str,
+    info_key: str,
+    ranges: dict[str, torch.Tensor] | None,
+    parts: tuple[nn.Module, nn.Module],
+) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """A model's ``config`` to save and the int8 ``ranges`` to save with it: the ranges and the config's
+    ``info_key`` / ``precision_key`` only while the ranges still belong to ``parts``' weights (their fingerprint in
+    ``config[info_key]``); a retrained encoder or decoder drops them."""
+    saved = {k: v for k, v in config.items() if k not in (precision_key, info_key)}
+    info = config.get(info_key) or {}
+    if ranges is None or None in parts or info.get("weights_sha256") != weights_fingerprint(parts):
+        return saved, None
+    saved[info_key] = info
+    if config.get(precision_key) == INT8:
+        saved[precision_key] = INT8
+    return saved, ranges
 
 
 def calibrate(

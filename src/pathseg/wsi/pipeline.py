@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from pathseg.errors import InputImageError, PathsegError
 from pathseg.io.atomic import atomic_open, atomic_path
 from pathseg.io.slides import Slide, open_slide
-from pathseg.models.base import needs_ais_decoder, set_ais_options
+from pathseg.models.base import set_ais_options
 from pathseg.nuclei.measure import COLUMNS, hole_rings, mask_outline, measure_nuclei
 from pathseg.progress import ProgressCallback
 from pathseg.wsi.chunks import (  # noqa: F401  (SlideRun, chunk_grid, write_multiscales: part of this module's API)
@@ -452,19 +452,17 @@ def run_slide(run: SlideRun, progress: ProgressCallback | None = None, log=print
     model = run.model if hasattr(run.model, "segment") else get_nucleus_model(run.model)
     if run.class_precision is not None and not run.classes:
         raise PathsegError("--class-precision goes with --classes")
+    if run.classes and getattr(model, "semantic", None) is None:
+        raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     if run.ais_precision is not None or run.ais_params or run.class_precision is not None:
-        if run.ais_precision is not None or run.ais_params:
-            needs_ais_decoder(model, "--ais-precision" if run.ais_precision is not None else "--ais-param")
         if model is run.model:  # the caller's model is left alone
             model = copy.copy(model)
             model.config = dict(model.config)
-        set_ais_options(model, run.ais_precision, run.ais_params)
-        if run.class_precision is not None and getattr(model, "semantic", None) is not None:
+        set_ais_options(model, run.ais_precision, run.ais_params)  # each checks for an AIS decoder
+        if run.class_precision is not None:
             set_class_precision(model, run.class_precision)
     if run.device is not None or not hasattr(run.model, "segment"):  # a caller's model stays where it is
         model = place(model, run.device or "auto", run.ais_precision, run.class_precision)  # before the settings
-    if run.classes and getattr(model, "semantic", None) is None:
-        raise PathsegError(f"model {model.name!r} has no class decoder; --classes needs one")
     settings = run_settings(run, model, _run_parameters(run, model))
     check_resume(out, settings)
     with open_slide(run.slide, mpp=run.mpp) as slide:
